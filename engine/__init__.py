@@ -1,0 +1,1 @@
+"""The engine: backends, the Layer contract, Sequential, loss, optimizer, gradient checks."""

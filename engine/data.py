@@ -1,0 +1,651 @@
+"""The data pipeline: decoding, folder scan, prepared shards, augmentation, background loading.
+
+Two kinds of dataset feed the same batches:
+
+* an ImageNet-style folder, ``DIR/train/<class>/*.jpg`` and ``DIR/val/<class>/*.jpg``, decoded with
+  Pillow every epoch (the demo dataset takes this path too, so it exercises the real loader);
+* a prepared dataset written by ``alexnet prepare``: uint8 shards of S x S x 3 images read through
+  ``np.load(mmap_mode="r")``, so an epoch costs a page-cache read instead of a JPEG decode.
+
+Every image is brought to S x S (S = the model's ``resize_size``, 256 for the paper) as in the paper
+(section 2): shorter side scaled to S, then the central S x S patch. Training batches then get the
+paper's augmentation (section 4.1) applied to the whole uint8 batch at once: a random
+``crop x crop`` window and a horizontal flip per image (one fancy-index gather), PCA lighting noise
+and mean subtraction, written straight into a float32 NCHW array.
+
+Determinism: the sample order of an epoch is a function of (seed, epoch) and the augmentation of a
+batch a function of (seed, epoch, batch index) alone, never of a shared generator that worker
+threads advance in whatever order they run. That is what makes resume exact: a run restarted at
+(epoch, batch) sees the same pixels as the run that never stopped.
+"""
+
+import json
+import math
+import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from engine.errors import UserError
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+PREPARED_FORMAT = "alexnet-prepared-v1"
+
+# The paper's lighting PCA (section 4.1) of ImageNet RGB pixels in [0, 1], in the values that
+# fb.resnet.torch and Caffe ports use. Columns of EIGVEC are the eigenvectors p_i.
+EIGVAL = np.array([0.2175, 0.0188, 0.0045])
+EIGVEC = np.array(
+    [
+        [-0.5675, 0.7192, 0.4009],
+        [-0.5808, -0.0045, -0.8140],
+        [-0.5836, -0.6948, 0.4203],
+    ]
+)
+LIGHTING_STD = 0.1
+
+# Sub-streams of the seed, so the order, the augmentation and anything added later never share
+# random numbers.
+_ORDER_STREAM = 1
+_AUGMENT_STREAM = 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode_image(path, size):
+    """Decode one image file into a uint8 array (size, size, 3), RGB.
+
+    EXIF orientation is applied first (a phone photo stored sideways is shown upright), every
+    mode becomes RGB (grayscale, palette, CMYK, 16-bit; transparency is composited on white so
+    transparent pixels don't turn into whatever colour the encoder left under them), then the
+    shorter side is scaled to ``size`` and the central square kept.
+    Raises OSError/ValueError (from Pillow) for unreadable or truncated files.
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        # JPEG can decode at 1/2, 1/4, 1/8 scale for free; draft keeps both sides >= size.
+        if im.format == "JPEG":
+            im.draft("RGB", (size, size))
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im)
+        w, h = im.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        # One resample from the central square: the same pixels as "scale, then crop".
+        im = im.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+        arr = np.asarray(im, dtype=np.uint8)
+    if arr.shape != (size, size, 3):
+        raise ValueError(f"decoded to shape {arr.shape}")
+    return arr
+
+
+def _to_rgb(im):
+    from PIL import Image
+
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grayscale: Pillow's convert("L") clips at 255 instead of scaling.
+        a = np.asarray(im, dtype=np.uint32)
+        top = 65535 if im.mode.startswith("I;16") else max(int(a.max()), 1)
+        im = Image.fromarray((a * 255 // top).astype(np.uint8), mode="L")
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        im.mode == "P" and "transparency" in im.info
+    )
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------
+# Folder scan
+
+
+def list_classes(split_dir):
+    if not os.path.isdir(split_dir):
+        raise UserError(f"data folder {split_dir} not found")
+    names = sorted(
+        e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")
+    )
+    if not names:
+        raise UserError(f"{split_dir} has no class folders (expected {split_dir}/<class>/*.jpg)")
+    return names
+
+
+def scan_split(split_dir, classes):
+    """List the image files of one split. Returns (paths, labels, skipped).
+
+    Files whose extension is not an image's are skipped and reported in ``skipped`` as
+    (path, reason). A class folder without a single image file is an error: training would
+    silently learn one class fewer.
+    """
+    paths, labels, skipped = [], [], []
+    for label, name in enumerate(classes):
+        cdir = os.path.join(split_dir, name)
+        if not os.path.isdir(cdir):
+            raise UserError(f"class folder {cdir} not found")
+        found = 0
+        for entry in sorted(os.scandir(cdir), key=lambda e: e.name):
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                paths.append(entry.path)
+                labels.append(label)
+                found += 1
+            else:
+                skipped.append((entry.path, "not an image file"))
+        if found == 0:
+            raise UserError(f"class folder {cdir} has no images")
+    return paths, np.asarray(labels, dtype=np.int64), skipped
+
+
+def is_prepared(path):
+    return os.path.isfile(os.path.join(path, "meta.json"))
+
+
+class FolderSource:
+    """A split of an image folder; ``load`` decodes a batch of samples."""
+
+    def __init__(self, paths, labels, size, strict=False):
+        self.paths = paths
+        self.labels = labels
+        self.size = size
+        self.strict = strict
+        self._bad = {}
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return len(self.paths)
+
+    @property
+    def bad(self):
+        """Files that failed to decode so far: {path: reason}."""
+        with self._lock:
+            return dict(self._bad)
+
+    def load(self, indices):
+        """uint8 images (k, S, S, 3) and labels (k,) for the samples that decode, k <= len(indices)."""
+        out = np.empty((len(indices), self.size, self.size, 3), dtype=np.uint8)
+        keep = np.ones(len(indices), dtype=bool)
+        for j, i in enumerate(indices):
+            path = self.paths[i]
+            try:
+                out[j] = decode_image(path, self.size)
+            except (OSError, ValueError, SyntaxError) as e:
+                # Pillow raises SyntaxError for some malformed headers, OSError for truncation.
+                reason = str(e) or type(e).__name__
+                if self.strict:
+                    raise UserError(f"cannot read image {path}: {reason} (--strict-data)") from None
+                keep[j] = False
+                with self._lock:
+                    self._bad[path] = reason
+        if keep.all():
+            return out, self.labels[indices]
+        return out[keep], self.labels[indices][keep]
+
+
+class ShardSource:
+    """A split of a prepared dataset: fixed-size uint8 shards opened as memory maps."""
+
+    def __init__(self, root, split, meta):
+        self.size = meta["size"]
+        self.shard_size = meta["shard_size"]
+        count = meta["counts"][split]
+        nshards = max(1, math.ceil(count / self.shard_size))
+        try:
+            self.labels = np.load(os.path.join(root, f"{split}-labels.npy"), allow_pickle=False)
+            self.shards = [
+                np.load(os.path.join(root, f"{split}-{s:05d}.npy"), mmap_mode="r", allow_pickle=False)
+                for s in range(nshards)
+            ]
+        except (OSError, ValueError) as e:
+            raise UserError(f"prepared dataset {root} is damaged: {e}") from None
+        total = sum(len(s) for s in self.shards)
+        if total != count or len(self.labels) != count:
+            raise UserError(f"prepared dataset {root} is damaged: {split} has {total} images, meta says {count}")
+        self.bad = {}
+
+    def __len__(self):
+        return len(self.labels)
+
+    def load(self, indices):
+        indices = np.asarray(indices)
+        out = np.empty((len(indices), self.size, self.size, 3), dtype=np.uint8)
+        shard, local = np.divmod(indices, self.shard_size)
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = self.shards[s][local[sel]]
+        return out, self.labels[indices].astype(np.int64)
+
+
+class Dataset:
+    """Train and val splits, class names and the training mean, from a folder or a prepared set."""
+
+    def __init__(self, root, kind, classes, train, val, mean, skipped):
+        self.root = root
+        self.kind = kind  # "folder" or "prepared"
+        self.classes = classes
+        self.train = train
+        self.val = val
+        self.mean = mean  # float32, (S, S, 3) per pixel or (1, 1, 3) per channel
+        self.skipped = skipped  # [(path, reason)] found while scanning
+
+    @property
+    def size(self):
+        return self.train.size
+
+
+def open_dataset(root, size, strict=False, need_train=True, mean_samples=1000):
+    """Open DIR as a prepared dataset (if it has meta.json) or as an image folder.
+
+    ``size`` is the side S that images are brought to; a prepared dataset has its own S, which
+    must be at least ``size``'s crop the caller checks. With need_train=False only val is required
+    (evaluation).
+    """
+    if not os.path.isdir(root):
+        raise UserError(f"data folder {root} not found")
+    if is_prepared(root):
+        return _open_prepared(root, need_train)
+    return _open_folder(root, size, strict, need_train, mean_samples)
+
+
+def _open_prepared(root, need_train):
+    try:
+        with open(os.path.join(root, "meta.json")) as f:
+            meta = json.load(f)
+        with open(os.path.join(root, "classes.json")) as f:
+            classes = json.load(f)
+        mean = np.load(os.path.join(root, "mean.npy"), allow_pickle=False).astype(np.float32)
+    except (OSError, ValueError) as e:
+        raise UserError(f"prepared dataset {root} is damaged: {e}") from None
+    if meta.get("format") != PREPARED_FORMAT:
+        raise UserError(f"{root} is not a dataset written by this version of 'alexnet prepare'")
+    train = ShardSource(root, "train", meta) if need_train else None
+    val = ShardSource(root, "val", meta)
+    return Dataset(root, "prepared", classes, train, val, mean, [])
+
+
+def _open_folder(root, size, strict, need_train, mean_samples):
+    train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
+    for d in ([train_dir] if need_train else []) + [val_dir]:
+        if not os.path.isdir(d):
+            raise UserError(f"{root} has no {os.path.basename(d)}/ folder (expected {d}/<class>/*.jpg)")
+    val_classes = list_classes(val_dir)
+    if need_train:
+        classes = list_classes(train_dir)
+        if classes != val_classes:
+            only_t = sorted(set(classes) - set(val_classes))
+            only_v = sorted(set(val_classes) - set(classes))
+            parts = []
+            if only_t:
+                parts.append(f"only in train: {_names(only_t)}")
+            if only_v:
+                parts.append(f"only in val: {_names(only_v)}")
+            raise UserError(f"train and val class folders differ ({'; '.join(parts)})")
+    else:
+        classes = val_classes
+    skipped = []
+    train = None
+    if need_train:
+        paths, labels, sk = scan_split(train_dir, classes)
+        skipped += sk
+        train = FolderSource(paths, labels, size, strict)
+    paths, labels, sk = scan_split(val_dir, classes)
+    skipped += sk
+    val = FolderSource(paths, labels, size, strict)
+    if strict and skipped:
+        path, reason = skipped[0]
+        raise UserError(f"{path}: {reason} (--strict-data; {len(skipped)} such files)")
+    mean = channel_mean(train, mean_samples) if need_train else None
+    return Dataset(root, "folder", classes, train, val, mean, skipped)
+
+
+def _names(names, limit=5):
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def channel_mean(source, max_samples):
+    """Per-channel RGB mean of up to max_samples training images, evenly spread over the set.
+
+    A per-pixel mean needs every training image decoded once, which is what ``alexnet prepare``
+    does; from a folder a few hundred images pin the three channel means down to well under one
+    grey level, at the cost of seconds.
+    """
+    n = len(source)
+    pick = np.unique(np.linspace(0, n - 1, num=min(n, max_samples)).round().astype(np.int64))
+    total = np.zeros(3)
+    count = 0
+    for start in range(0, len(pick), 64):
+        imgs, _ = source.load(pick[start : start + 64])
+        total += imgs.reshape(-1, 3).sum(axis=0, dtype=np.float64)
+        count += imgs.shape[0] * imgs.shape[1] * imgs.shape[2]
+    if count == 0:
+        raise UserError("none of the sampled training images could be decoded")
+    return (total / count).astype(np.float32).reshape(1, 1, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation (whole batch at once)
+
+
+def epoch_order(n, seed, epoch):
+    """The permutation of the training set used in ``epoch``; a pure function of its arguments."""
+    return np.random.default_rng([seed, _ORDER_STREAM, epoch]).permutation(n)
+
+
+def batch_rng(seed, epoch, batch):
+    return np.random.default_rng([seed, _AUGMENT_STREAM, epoch, batch])
+
+
+def _mean_patch(mean, rows, cols):
+    if mean.shape[0] == 1:
+        return mean.reshape(1, 1, 1, 3)
+    return mean[rows[:, :, None], cols[:, None, :]]  # (B, c, c, 3)
+
+
+def _to_nchw(patch, mean_patch, shift):
+    """float32 (B, 3, c, c) = patch - mean + shift, written channel by channel into NCHW."""
+    b, c = patch.shape[0], patch.shape[1]
+    x = np.empty((b, 3, c, c), dtype=np.float32)
+    for ch in range(3):
+        np.subtract(patch[..., ch], mean_patch[..., ch], out=x[:, ch], dtype=np.float32)
+        if shift is not None:
+            x[:, ch] += shift[:, ch, None, None]
+    return x
+
+
+def augment_batch(imgs, rng, crop, mean, flip=True, lighting=LIGHTING_STD):
+    """The paper's training augmentation on a uint8 batch (B, S, S, 3) -> float32 (B, 3, crop, crop).
+
+    Random crop offsets and flips become one gather: row indices (B, crop) and column indices
+    (B, crop), the latter reversed for flipped images. The per-pixel mean is gathered with the
+    same indices, which equals subtracting it before cropping. Lighting adds
+    ``sum_i p_i * alpha_i * lambda_i`` (times 255: our pixels are 0..255) to every pixel of an image.
+    """
+    b, s = imgs.shape[0], imgs.shape[1]
+    if s < crop:
+        raise ValueError(f"images are {s}x{s}, smaller than the {crop}x{crop} crop")
+    oy = rng.integers(0, s - crop + 1, size=b)
+    ox = rng.integers(0, s - crop + 1, size=b)
+    flips = rng.random(b) < 0.5 if flip else np.zeros(b, dtype=bool)
+    alpha = rng.normal(0.0, lighting, size=(b, 3)) if lighting else None
+    ar = np.arange(crop)
+    rows = oy[:, None] + ar  # (B, c)
+    cols = ox[:, None] + np.where(flips[:, None], crop - 1 - ar, ar)  # (B, c)
+    patch = imgs[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, c, c, 3)
+    shift = None
+    if alpha is not None:
+        shift = ((alpha * EIGVAL) @ EIGVEC.T * 255.0).astype(np.float32)  # (B, 3)
+    return _to_nchw(patch, _mean_patch(mean, rows, cols), shift)
+
+
+def crop_batch(imgs, crop, mean, oy, ox, flip=False):
+    """A fixed crop at (oy, ox) of every image, optionally mirrored -> float32 (B, 3, crop, crop)."""
+    b = imgs.shape[0]
+    ar = np.arange(crop)
+    rows = np.broadcast_to(oy + ar, (b, crop))
+    cols = np.broadcast_to(ox + (crop - 1 - ar if flip else ar), (b, crop))
+    patch = imgs[:, rows[0]][:, :, cols[0]]  # (B, c, c, 3)
+    return _to_nchw(patch, _mean_patch(mean, rows, cols), None)
+
+
+def center_crop_batch(imgs, crop, mean):
+    off = (imgs.shape[1] - crop) // 2
+    return crop_batch(imgs, crop, mean, off, off)
+
+
+def ten_crop_batches(imgs, crop, mean):
+    """The paper's test-time views: 4 corners and the centre, each also mirrored (10 arrays)."""
+    s = imgs.shape[1]
+    far, mid = s - crop, (s - crop) // 2
+    views = []
+    for oy, ox in ((0, 0), (0, far), (far, 0), (far, far), (mid, mid)):
+        for flip in (False, True):
+            views.append(crop_batch(imgs, crop, mean, oy, ox, flip))
+    return views
+
+
+# ---------------------------------------------------------------------------------------------
+# Background loading
+
+
+class Prefetcher:
+    """Runs ``fn(i)`` for i in ``indices`` on worker threads, yields results in order.
+
+    At most ``depth`` batches are in flight (a bounded queue: memory stays flat however slow the
+    consumer is). Threads suffice: Pillow's decoders and NumPy's copies release the GIL.
+    Each item is (i, result, wait_seconds), wait being how long the consumer blocked on it.
+    With workers=0 everything runs inline and the wait is the whole load time.
+    """
+
+    def __init__(self, fn, indices, workers=2, depth=None):
+        import time
+
+        self._time = time.perf_counter
+        self.fn = fn
+        self.indices = list(indices)
+        self.workers = workers
+        self.depth = depth or max(2, 2 * workers)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="loader") if workers > 0 else None
+        self._pending = deque()
+        self._next = 0
+
+    def _fill(self):
+        while self._next < len(self.indices) and len(self._pending) < self.depth:
+            i = self.indices[self._next]
+            self._pending.append((i, self._pool.submit(self.fn, i)))
+            self._next += 1
+
+    def __iter__(self):
+        try:
+            if self._pool is None:
+                for i in self.indices:
+                    t0 = self._time()
+                    result = self.fn(i)
+                    yield i, result, self._time() - t0
+                return
+            self._fill()
+            while self._pending:
+                i, fut = self._pending.popleft()
+                t0 = self._time()
+                result = fut.result()
+                wait = self._time() - t0
+                self._fill()
+                yield i, result, wait
+        finally:
+            self.close()
+
+    def close(self):
+        if self._pool is not None:
+            for _, fut in self._pending:
+                fut.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class TrainBatches:
+    """The training batches of one epoch: order, indices and augmentation fixed by (seed, epoch)."""
+
+    def __init__(self, source, batch_size, crop, mean, seed, epoch):
+        self.source = source
+        self.batch_size = batch_size
+        self.crop = crop
+        self.mean = mean
+        self.seed = seed
+        self.epoch = epoch
+        self.order = epoch_order(len(source), seed, epoch)
+        self.num_batches = num_batches(len(source), batch_size)
+
+    def __call__(self, b):
+        idx = self.order[b * self.batch_size : (b + 1) * self.batch_size]
+        imgs, labels = self.source.load(idx)
+        x = augment_batch(imgs, batch_rng(self.seed, self.epoch, b), self.crop, self.mean)
+        return x, labels
+
+
+def num_batches(n, batch_size):
+    return (n + batch_size - 1) // batch_size
+
+
+class EvalBatches:
+    """Validation batches in file order: centre crop, or the 10 views with ten_crop."""
+
+    def __init__(self, source, batch_size, crop, mean, ten_crop=False):
+        self.source = source
+        self.batch_size = batch_size
+        self.crop = crop
+        self.mean = mean
+        self.ten_crop = ten_crop
+        self.num_batches = num_batches(len(source), batch_size)
+
+    def __call__(self, b):
+        idx = np.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.source)))
+        imgs, labels = self.source.load(idx)
+        if self.ten_crop:
+            return ten_crop_batches(imgs, self.crop, self.mean), labels
+        return [center_crop_batch(imgs, self.crop, self.mean)], labels
+
+
+# ---------------------------------------------------------------------------------------------
+# alexnet prepare
+
+
+def prepare_dataset(src, dst, size, strict=False, shard_size=None, workers=2, progress=True):
+    """Decode SRC (train/ and val/ image folders) once into uint8 shards in DST.
+
+    Everything is written into a temporary sibling folder which is renamed to DST only at the
+    end, so an interrupted prepare leaves no DST at all, never a half-filled one that looks done.
+    The per-pixel mean of the training images is accumulated in the same pass.
+    Returns a summary dict.
+    """
+    import shutil
+    import tempfile
+
+    from tqdm import tqdm
+
+    if os.path.exists(dst):
+        raise UserError(f"{dst} already exists; remove it or choose another destination")
+    if is_prepared(src):
+        raise UserError(f"{src} is already a prepared dataset")
+    ds = _open_folder(src, size, strict, need_train=True, mean_samples=1)
+    if shard_size is None:
+        # About 1 GiB per shard: small enough to copy around, few enough files for ImageNet.
+        shard_size = max(1, (1 << 30) // (size * size * 3))
+    parent = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.tmp-", dir=parent)
+    counts, bad_total = {}, {}
+    try:
+        mean_sum = np.zeros((size, size, 3), dtype=np.float64)
+        for split, source in (("train", ds.train), ("val", ds.val)):
+            n_written, labels = _write_split(tmp, split, source, size, shard_size, workers, progress, tqdm,
+                                             mean_sum if split == "train" else None)
+            counts[split] = n_written
+            bad_total[split] = len(source.bad)
+            if n_written == 0:
+                raise UserError(f"no {split} image of {src} could be decoded")
+            np.save(os.path.join(tmp, f"{split}-labels.npy"), labels)
+        np.save(os.path.join(tmp, "mean.npy"), (mean_sum / counts["train"]).astype(np.float32))
+        with open(os.path.join(tmp, "classes.json"), "w") as f:
+            json.dump(ds.classes, f)
+        meta = {
+            "format": PREPARED_FORMAT,
+            "size": size,
+            "shard_size": shard_size,
+            "counts": counts,
+            "skipped": {"not_images": len(ds.skipped), "unreadable": bad_total},
+            "source": os.path.abspath(src),
+        }
+        # meta.json is what marks the folder as a prepared dataset: written last.
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+        for name in os.listdir(tmp):
+            with open(os.path.join(tmp, name), "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    bad = {**ds.train.bad, **ds.val.bad}
+    return {"counts": counts, "classes": len(ds.classes), "skipped": ds.skipped, "bad": bad, "size": size}
+
+
+def _write_split(tmp, split, source, size, shard_size, workers, progress, tqdm, mean_sum):
+    n = len(source)
+    chunk = 64
+    out_labels = np.empty(n, dtype=np.int32)
+    written = 0
+    shard, shard_index, shard_fill = None, -1, 0
+
+    def new_shard(index, capacity):
+        from numpy.lib.format import open_memmap
+
+        return open_memmap(os.path.join(tmp, f"{split}-{index:05d}.npy"), mode="w+", dtype=np.uint8,
+                           shape=(capacity, size, size, 3))
+
+    def load(b):
+        return source.load(np.arange(b * chunk, min((b + 1) * chunk, n)))
+
+    shards = []
+    bar = tqdm(total=n, desc=f"prepare {split}", unit="img", disable=not progress)
+    try:
+        for _, (imgs, labels), _ in Prefetcher(load, range(num_batches(n, chunk)), workers):
+            if mean_sum is not None:
+                mean_sum += imgs.sum(axis=0, dtype=np.float64)
+            pos = 0
+            while pos < len(imgs):
+                if shard is None or shard_fill == shard.shape[0]:
+                    if shard is not None:
+                        shard.flush()
+                    shard_index += 1
+                    # Capacity for the rest of the split: the last shard is sized to fit exactly
+                    # once skipped files are known, by truncating below.
+                    shard = new_shard(shard_index, min(shard_size, n - written))
+                    shards.append(shard)
+                    shard_fill = 0
+                take = min(len(imgs) - pos, shard.shape[0] - shard_fill)
+                shard[shard_fill : shard_fill + take] = imgs[pos : pos + take]
+                out_labels[written : written + take] = labels[pos : pos + take]
+                shard_fill += take
+                pos += take
+                written += take
+            bar.update(chunk if (written < n) else n - bar.n)
+    finally:
+        bar.close()
+    if shard is not None:
+        shard.flush()
+        if shard_fill < shard.shape[0]:
+            # Unreadable images left the last shard short: rewrite it at its true length.
+            data = np.array(shard[:shard_fill])
+            del shards[-1], shard
+            np.save(os.path.join(tmp, f"{split}-{shard_index:05d}.npy"), data)
+    if written == 0:
+        # Keep the file layout uniform (one shard even when empty) for ShardSource.
+        np.save(os.path.join(tmp, f"{split}-00000.npy"), np.empty((0, size, size, 3), np.uint8))
+    return written, out_labels[:written]
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

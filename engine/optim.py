@@ -1,0 +1,149 @@
+"""The paper's SGD with momentum and weight decay, and its learning-rate schedules.
+
+Paper, section 5:
+    v <- m v - wd lr w - lr g          (m = 0.9, wd = 0.0005, lr = 0.01)
+    w <- w + v
+
+This is NOT PyTorch's SGD, which keeps buf <- m buf + (g + wd w) and steps w <- w - lr buf. The two
+agree while lr is constant (v = -lr buf), but differ when lr changes: here the velocity keeps the
+old learning rate's steps and only new gradients see the new rate; in PyTorch the whole buffer is
+rescaled by the new rate at once.
+
+Per-tensor options, as in Caffe: biases may get a learning-rate multiplier (`bias_lr_mult`, Caffe
+uses 2) and a decay multiplier (`bias_decay`, Caffe uses 0). For a tensor with multipliers
+(lr_mult, decay_mult) the rule is v <- m v - decay_mult wd (lr lr_mult) w - (lr lr_mult) g.
+
+Schedules: `PlateauSchedule` is the paper's "divide the learning rate by 10 when the validation
+error stops improving", at most 3 times; `StepSchedule` divides by a factor every `step_size` epochs.
+"""
+import numpy as np
+
+from engine import backend
+
+
+class SGD:
+    def __init__(self, model, lr=0.01, momentum=0.9, weight_decay=5e-4, bias_lr_mult=1.0,
+                 bias_decay=1.0):
+        for label, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay),
+                         ("bias_lr_mult", bias_lr_mult), ("bias_decay", bias_decay)):
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f"SGD: {label} must be a finite number >= 0, got {v!r}")
+        self.model = model
+        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self.bias_lr_mult, self.bias_decay = float(bias_lr_mult), float(bias_decay)
+        self.velocity = {}
+        for full, layer, key in model.named_parameters():
+            p = layer.params[key]
+            self.velocity[full] = backend.get_array_module(p).zeros_like(p)
+
+    def _multipliers(self, key):
+        """(lr_mult, decay_mult) of a parameter tensor: biases are named "b"."""
+        return (self.bias_lr_mult, self.bias_decay) if key == "b" else (1.0, 1.0)
+
+    def step(self):
+        entries = []
+        for full, layer, key in self.model.named_parameters():
+            if key not in layer.grads:
+                raise ValueError(f"SGD: no gradient for {full}: call backward() before step()")
+            w, g, v = layer.params[key], layer.grads[key], self.velocity[full]
+            lr_mult, decay_mult = self._multipliers(key)
+            entries.append((w, g, v, lr_mult, decay_mult))
+        if entries and backend.is_gpu_array(entries[0][0]):
+            from kernels import dispatch
+            # the kernel computes v = m v - decay_mult wd lr w - lr_mult lr g: fold lr_mult into decay
+            dispatch.sgd_update([(w, g, v, lm, dm * lm) for w, g, v, lm, dm in entries],
+                                self.lr, self.momentum, self.weight_decay)
+            return
+        for w, g, v, lr_mult, decay_mult in entries:
+            lr = w.dtype.type(self.lr * lr_mult)
+            v *= w.dtype.type(self.momentum)
+            if decay_mult and self.weight_decay:
+                v -= w.dtype.type(decay_mult * self.weight_decay) * lr * w
+            v -= lr * g
+            w += v
+
+    def state_dict(self):
+        return {"lr": self.lr, "velocity": {k: backend.to_numpy(v).copy() for k, v in self.velocity.items()}}
+
+    def load_state_dict(self, state):
+        vel = state["velocity"]
+        missing = sorted(set(self.velocity) - set(vel))
+        extra = sorted(set(vel) - set(self.velocity))
+        if missing or extra:
+            raise ValueError(f"SGD: momentum buffers do not match the model (missing {missing}, "
+                             f"unexpected {extra})")
+        for k, v in self.velocity.items():
+            if tuple(vel[k].shape) != tuple(v.shape):
+                raise ValueError(f"SGD: momentum buffer {k} has shape {tuple(vel[k].shape)}, "
+                                 f"the model needs {tuple(v.shape)}")
+            v[...] = backend.get_array_module(v).asarray(vel[k], dtype=v.dtype)
+        self.lr = float(state["lr"])
+
+
+class PlateauSchedule:
+    """Divide the LR by 1/factor when the validation error has not improved by more than
+    `threshold` for `patience` epochs in a row; at most `max_drops` times (the paper: 3)."""
+
+    def __init__(self, optimizer, factor=0.1, patience=1, max_drops=3, threshold=1e-4):
+        if not 0 < factor < 1:
+            raise ValueError(f"PlateauSchedule: factor must be in (0, 1), got {factor!r}")
+        if patience < 1 or max_drops < 0:
+            raise ValueError("PlateauSchedule: patience must be >= 1 and max_drops >= 0")
+        self.optimizer = optimizer
+        self.factor, self.patience, self.max_drops = float(factor), int(patience), int(max_drops)
+        self.threshold = float(threshold)
+        self.best = float("inf")
+        self.bad_epochs = 0
+        self.drops = 0
+
+    def step(self, val_error):
+        """Record one epoch's validation error; returns True when it divided the LR."""
+        if val_error < self.best - self.threshold:
+            self.best = float(val_error)
+            self.bad_epochs = 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.patience and self.drops < self.max_drops:
+            self.optimizer.lr *= self.factor
+            self.drops += 1
+            self.bad_epochs = 0
+            return True
+        return False
+
+    def state_dict(self):
+        return {"kind": "plateau", "factor": self.factor, "patience": self.patience,
+                "max_drops": self.max_drops, "threshold": self.threshold, "best": self.best,
+                "bad_epochs": self.bad_epochs, "drops": self.drops}
+
+    def load_state_dict(self, state):
+        for key in ("factor", "threshold", "best"):
+            setattr(self, key, float(state[key]))
+        for key in ("patience", "max_drops", "bad_epochs", "drops"):
+            setattr(self, key, int(state[key]))
+
+
+class StepSchedule:
+    """lr = base_lr * gamma ** (epoch // step_size)."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        if step_size < 1 or not 0 < gamma <= 1:
+            raise ValueError(f"StepSchedule: need step_size >= 1 and 0 < gamma <= 1, got "
+                             f"{step_size!r}, {gamma!r}")
+        self.optimizer = optimizer
+        self.step_size, self.gamma = int(step_size), float(gamma)
+        self.base_lr = optimizer.lr
+
+    def step(self, epoch):
+        """Set the LR for `epoch` (0-based); returns True when it changed."""
+        new_lr = self.base_lr * self.gamma ** (epoch // self.step_size)
+        changed = new_lr != self.optimizer.lr
+        self.optimizer.lr = new_lr
+        return changed
+
+    def state_dict(self):
+        return {"kind": "step", "step_size": self.step_size, "gamma": self.gamma,
+                "base_lr": self.base_lr}
+
+    def load_state_dict(self, state):
+        self.step_size, self.gamma = int(state["step_size"]), float(state["gamma"])
+        self.base_lr = float(state["base_lr"])

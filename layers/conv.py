@@ -1,0 +1,132 @@
+"""Conv2d: a grouped 2-D convolution (cross-correlation, as every framework computes it).
+
+Paper: section 3 (architecture) and Figure 2. AlexNet's conv2, conv4 and conv5 only see the
+kernel maps of the same GPU: that is `groups=2` (two towers); `groups=1` is the one-tower net.
+
+Forward, for group g, output channel o in g, position (i, j):
+
+    out[n, o, i, j] = b[o] + sum_{c in g} sum_{p, q} W[o, c - c0(g), p, q] * xpad[n, c, S*i + p, S*j + q]
+
+with xpad the input zero-padded by P on each side, S the stride, K the kernel size, and
+OH = (H + 2P - K) // S + 1 (likewise OW).
+
+As a matrix product (im2col): per group, a patch matrix `col` with one row per (c, p, q) and one
+column per (n, i, j), so `out_g = W_g @ col_g` with W_g of shape (Og, Cg*K*K).
+
+Backward, from the same product (dout_g reshaped to (Og, N*OH*OW)):
+
+    db[o]  = sum_{n,i,j} dout[n, o, i, j]
+    dW_g   = dout_g @ col_g^T                      (Og, Cg*K*K)
+    dcol_g = W_g^T @ dout_g                        (Cg*K*K, N*OH*OW)
+    dx     = col2im(dcol): each patch entry is added back to the input pixel it was copied from
+             (overlapping patches add up), then the padding is cut off.
+
+Shapes: x (N, C, H, W), W (O, C // groups, K, K), b (O,), out (N, O, OH, OW).
+Cached: the patch matrix `col` (so backward needs no second im2col) and the input shape.
+The CPU path works channel-major internally, x -> (C, N, H, W), so that one as_strided view
+copied once gives every group's patch matrix, and one stacked matmul covers all groups.
+"""
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from engine.layer import Layer
+
+
+class Conv2d(Layer):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
+                 dtype=np.float32):
+        super().__init__()
+        for label, v, lo in (("in_channels", in_channels, 1), ("out_channels", out_channels, 1),
+                             ("kernel_size", kernel_size, 1), ("stride", stride, 1),
+                             ("padding", padding, 0), ("groups", groups, 1)):
+            if not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"Conv2d: {label} must be an integer >= {lo}, got {v!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} and "
+                             f"out_channels={out_channels}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride = int(kernel_size), int(stride)
+        self.padding, self.groups = int(padding), int(groups)
+        K = self.kernel_size
+        self.params = {"W": np.zeros((out_channels, in_channels // groups, K, K), dtype),
+                       "b": np.zeros((out_channels,), dtype)}
+
+    def describe(self):
+        return (f"Conv2d({self.in_channels}->{self.out_channels}, {self.kernel_size}x"
+                f"{self.kernel_size}, stride {self.stride}, pad {self.padding}, groups {self.groups})")
+
+    def check_input_shape(self, in_shape):
+        if len(in_shape) != 3:
+            self._fail("expected input of rank 4 (N, C, H, W)", in_shape)
+        C, H, W = in_shape
+        if C != self.in_channels:
+            self._fail(f"expected {self.in_channels} input channels", in_shape)
+        P, K = self.padding, self.kernel_size
+        if H + 2 * P < K or W + 2 * P < K:
+            self._fail(f"kernel {K}x{K} is larger than the padded input {H + 2 * P}x{W + 2 * P}",
+                       in_shape)
+
+    def output_shape(self, in_shape):
+        self.check_input_shape(in_shape)
+        _, H, W = in_shape
+        P, K, S = self.padding, self.kernel_size, self.stride
+        return (self.out_channels, (H + 2 * P - K) // S + 1, (W + 2 * P - K) // S + 1)
+
+    def macs(self, in_shape):
+        O, OH, OW = self.output_shape(in_shape)
+        return O * OH * OW * (self.in_channels // self.groups) * self.kernel_size ** 2
+
+    def _forward(self, x, train):
+        N, C, H, W = x.shape
+        K, S, P, G = self.kernel_size, self.stride, self.padding, self.groups
+        O, OH, OW = self.output_shape((C, H, W))
+        # channel-major padded copy: rows of the patch matrix then come out in (c, p, q) order
+        xc = np.zeros((C, N, H + 2 * P, W + 2 * P), x.dtype)       # (C, N, Hp, Wp)
+        xc[:, :, P:P + H, P:P + W] = x.transpose(1, 0, 2, 3)
+        sC, sN, sH, sW = xc.strides
+        patches = as_strided(xc, (C, K, K, N, OH, OW), (sC, sH, sW, sN, sH * S, sW * S))
+        col = patches.reshape(G, (C // G) * K * K, N * OH * OW)      # (G, Cg*K*K, N*OH*OW), im2col copy
+        Wg = self.params["W"].reshape(G, O // G, -1)                 # (G, Og, Cg*K*K)
+        out = np.matmul(Wg, col)                                     # (G, Og, N*OH*OW)
+        out = out.reshape(O, N, OH, OW)
+        out += self.params["b"][:, None, None, None]
+        if train:
+            self.cache = (col, x.shape)
+        return np.ascontiguousarray(out.transpose(1, 0, 2, 3))       # (N, O, OH, OW)
+
+    def _backward(self, dout, need_dx=True):
+        col, (N, C, H, W) = self.cache
+        K, S, P, G = self.kernel_size, self.stride, self.padding, self.groups
+        O, OH, OW = dout.shape[1:]
+        dout_g = np.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(G, O // G, -1)  # (G, Og, N*OH*OW)
+        self.grads["b"] = dout_g.sum(axis=2).reshape(O)
+        dW = np.matmul(dout_g, col.transpose(0, 2, 1))               # (G, Og, Cg*K*K)
+        self.grads["W"] = dW.reshape(self.params["W"].shape)
+        if not need_dx:
+            return None
+        Wg = self.params["W"].reshape(G, O // G, -1)
+        dcol = np.matmul(Wg.transpose(0, 2, 1), dout_g)              # (G, Cg*K*K, N*OH*OW)
+        dcol = dcol.reshape(C, K, K, N, OH, OW)
+        # col2im: one strided add per kernel offset (K*K of them), never a loop over pixels
+        dxc = np.zeros((C, N, H + 2 * P, W + 2 * P), dout.dtype)     # (C, N, Hp, Wp)
+        for p in range(K):
+            for q in range(K):
+                dxc[:, :, p:p + S * (OH - 1) + 1:S, q:q + S * (OW - 1) + 1:S] += dcol[:, p, q]
+        return np.ascontiguousarray(dxc[:, :, P:P + H, P:P + W].transpose(1, 0, 2, 3))
+
+    def _forward_ref(self, x):
+        """Loop version of the forward equation, for reading and for tests (slow)."""
+        N, C, H, W = x.shape
+        K, S, P, G = self.kernel_size, self.stride, self.padding, self.groups
+        O, OH, OW = self.output_shape((C, H, W))
+        Cg, Og = C // G, O // G
+        xp = np.pad(x, ((0, 0), (0, 0), (P, P), (P, P)))
+        out = np.empty((N, O, OH, OW), x.dtype)
+        for n in range(N):
+            for o in range(O):
+                c0 = (o // Og) * Cg
+                for i in range(OH):
+                    for j in range(OW):
+                        patch = xp[n, c0:c0 + Cg, S * i:S * i + K, S * j:S * j + K]
+                        out[n, o, i, j] = np.sum(patch * self.params["W"][o]) + self.params["b"][o]
+        return out

@@ -1,0 +1,1 @@
+"""Networks built from layers/: the paper's AlexNet and a CPU-sized variant."""

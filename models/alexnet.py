@@ -1,0 +1,96 @@
+"""AlexNet (Krizhevsky, Sutskever, Hinton 2012), Figure 2 and section 3, as a Sequential.
+
+    input 3x227x227
+    conv1 96@11x11/4            -> ReLU -> LRN -> pool 3/2      96x55x55 -> 96x27x27
+    conv2 256@5x5 pad 2, g2     -> ReLU -> LRN -> pool 3/2     256x27x27 -> 256x13x13
+    conv3 384@3x3 pad 1         -> ReLU                        384x13x13 (sees both towers)
+    conv4 384@3x3 pad 1, g2     -> ReLU
+    conv5 256@3x3 pad 1, g2     -> ReLU -> pool 3/2            256x13x13 -> 256x6x6
+    fc6 9216->4096 -> ReLU -> dropout
+    fc7 4096->4096 -> ReLU -> dropout
+    fc8 4096->classes
+
+With 1000 classes: 60,965,224 parameters and 724.4M multiply-adds per image. (The paper's
+224x224 input only works out with 227: (227 - 11) / 4 + 1 = 55.)
+
+`AlexNetSmall` keeps the same layer sequence (grouped conv2/4/5, two LRNs, three overlapping
+pools, two dropouts) at CPU scale: 64x64 input, fewer channels, 256-unit fc layers.
+"""
+from engine.init import init_weights
+from engine.net import Sequential
+from layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU
+
+MODEL_NAMES = ("alexnet", "alexnet-small")
+
+
+def _build(spec, num_classes, init, seed, dropout):
+    """spec: conv layers as (out, kernel, stride, pad, groups, lrn, pool), then fc widths."""
+    convs, fcs, (channels, size) = spec
+    layers, names = [], []
+    in_ch = channels
+    for i, (out, k, s, p, g, lrn, pool) in enumerate(convs, start=1):
+        layers += [Conv2d(in_ch, out, k, stride=s, padding=p, groups=g), ReLU()]
+        names += [f"conv{i}", f"relu{i}"]
+        if lrn:
+            layers.append(LRN(size=5, alpha=1e-4, beta=0.75, k=2.0))
+            names.append(f"lrn{i}")
+        if pool:
+            layers.append(MaxPool2d(3, 2))
+            names.append(f"pool{i}")
+        in_ch = out
+    layers.append(Flatten())
+    names.append("flatten")
+    net = Sequential(layers, names)
+    features = net.summary_rows((channels, size, size))[-1][2][0]
+    n_conv = len(convs)
+    for j, width in enumerate(list(fcs) + [num_classes], start=n_conv + 1):
+        layers.append(Dense(features, width))
+        names.append(f"fc{j}")
+        if j < n_conv + len(fcs) + 1:
+            layers += [ReLU(), Dropout(dropout, seed=seed * 1000 + j)]
+            names += [f"relu{j}", f"drop{j}"]
+        features = width
+    net = Sequential(layers, names)
+    init_weights(net, init, seed)
+    return net
+
+
+def _check_classes(num_classes):
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+
+
+def AlexNet(num_classes=1000, groups=2, init="paper", seed=0, dropout=0.5):
+    """The paper's network; groups=2 is the two-tower model, groups=1 the one-tower one."""
+    _check_classes(num_classes)
+    if groups not in (1, 2):
+        raise ValueError(f"AlexNet: groups must be 1 or 2, got {groups!r}")
+    convs = [(96, 11, 4, 0, 1, True, True),
+             (256, 5, 1, 2, groups, True, True),
+             (384, 3, 1, 1, 1, False, False),
+             (384, 3, 1, 1, groups, False, False),
+             (256, 3, 1, 1, groups, False, True)]
+    net = _build((convs, (4096, 4096), (3, 227)), num_classes, init, seed, dropout)
+    net.arch, net.num_classes, net.input_size, net.resize_size = "alexnet", num_classes, 227, 256
+    return net
+
+
+def AlexNetSmall(num_classes=10, init="paper", seed=0, dropout=0.5):
+    """AlexNet's layer sequence for 64x64 inputs (resize 73, crop 64): ~14M multiply-adds/image."""
+    _check_classes(num_classes)
+    convs = [(32, 5, 2, 2, 1, True, True),        # 64 -> 32 -> pool 15
+             (64, 5, 1, 2, 2, True, True),        # 15 -> pool 7
+             (96, 3, 1, 1, 1, False, False),
+             (96, 3, 1, 1, 2, False, False),
+             (64, 3, 1, 1, 2, False, True)]       # 7 -> pool 3
+    net = _build((convs, (256, 256), (3, 64)), num_classes, init, seed, dropout)
+    net.arch, net.num_classes, net.input_size, net.resize_size = "alexnet-small", num_classes, 64, 73
+    return net
+
+
+def build_model(name, num_classes, init="paper", seed=0):
+    if name == "alexnet":
+        return AlexNet(num_classes, init=init, seed=seed)
+    if name == "alexnet-small":
+        return AlexNetSmall(num_classes, init=init, seed=seed)
+    raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
