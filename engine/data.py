@@ -306,7 +306,7 @@ def _open_folder(root, size, strict, need_train, mean_samples):
     if strict and skipped:
         path, reason = skipped[0]
         raise UserError(f"{path}: {reason} (--strict-data; {len(skipped)} such files)")
-    mean = channel_mean(train, mean_samples) if need_train else None
+    mean = channel_mean(train, mean_samples) if need_train and mean_samples else None
     return Dataset(root, "folder", classes, train, val, mean, skipped)
 
 
@@ -539,7 +539,7 @@ def prepare_dataset(src, dst, size, strict=False, shard_size=None, workers=2, pr
         raise UserError(f"{dst} already exists; remove it or choose another destination")
     if is_prepared(src):
         raise UserError(f"{src} is already a prepared dataset")
-    ds = _open_folder(src, size, strict, need_train=True, mean_samples=1)
+    ds = _open_folder(src, size, strict, need_train=True, mean_samples=0)
     if shard_size is None:
         # About 1 GiB per shard: small enough to copy around, few enough files for ImageNet.
         shard_size = max(1, (1 << 30) // (size * size * 3))
@@ -622,7 +622,7 @@ def _write_split(tmp, split, source, size, shard_size, workers, progress, tqdm, 
                 shard_fill += take
                 pos += take
                 written += take
-            bar.update(chunk if (written < n) else n - bar.n)
+            bar.update(min(chunk, n - bar.n))
     finally:
         bar.close()
     if shard is not None:

@@ -1,0 +1,195 @@
+"""Checkpoints: one ``.npz`` file holding arrays and a JSON metadata record, written atomically.
+
+Layout of the archive (NumPy's zip of ``.npy`` members, loaded with ``allow_pickle=False``):
+
+    model/<layer>.<param>       the weights, e.g. model/conv1.W
+    optim/<layer>.<param>       the momentum buffers v of the paper's update rule
+    data/mean                   the training mean the model was trained against (float32)
+    __meta__                    uint8 bytes of a UTF-8 JSON object:
+                                format, arch, num_classes, classes, input_size, resize_size,
+                                epoch, batch (position inside the epoch), step, lr,
+                                schedule state, dropout RNG states, data seed, val metrics, ...
+
+Keeping the metadata inside the archive means one file is the whole state, so the single
+``os.replace`` that publishes it is the one atomic step: a reader sees the old checkpoint or the
+new one, never a mix, and a crash mid-write leaves only a ``.tmp`` file that nothing loads.
+"""
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from engine.errors import UserError
+
+FORMAT = "alexnet-checkpoint-v1"
+META_KEY = "__meta__"
+
+
+def save(path, arrays, meta):
+    """Write ``arrays`` (name -> ndarray) and ``meta`` (JSON-serialisable dict) to ``path``.
+
+    temp file in the same directory -> write -> flush + fsync -> os.replace -> fsync the directory,
+    so after a crash or power loss ``path`` is either the previous complete file or the new one.
+    """
+    meta = dict(meta, format=FORMAT)
+    payload = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    payload[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+def fsync_dir(directory):
+    """Make a rename durable: the directory entry must reach the disk too."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path):
+    """Read a checkpoint: (arrays dict, meta dict). Every array is read eagerly, so a truncated or
+    corrupt file fails here with a clear UserError rather than later, mid-training."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as e:
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})".splitlines()[0]) from None
+    if META_KEY not in arrays:
+        raise UserError(f"{path} is not an alexnet checkpoint (no metadata)")
+    try:
+        meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise UserError(f"checkpoint {path} has corrupt metadata") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path} is not an alexnet checkpoint (format {meta.get('format')!r})")
+    return arrays, meta
+
+
+def split(arrays, prefix):
+    """The arrays under ``prefix/`` with the prefix removed."""
+    cut = len(prefix) + 1
+    return {k[cut:]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
+
+
+def check_model(path, meta, weights, model):
+    """Raise a UserError naming the difference when the checkpoint does not fit ``model``."""
+    arch, classes = meta.get("arch"), meta.get("num_classes")
+    if arch != model.arch or classes != model.num_classes:
+        raise UserError(
+            f"checkpoint {path} is for {arch} with {classes} classes, but the model here is "
+            f"{model.arch} with {model.num_classes} classes")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    extra = sorted(set(weights) - set(own))
+    if missing or extra:
+        raise UserError(f"checkpoint {path} does not match {model.arch}: missing {missing[:3]}, unexpected {extra[:3]}")
+    for k, v in own.items():
+        if weights[k].shape != v.shape:
+            raise UserError(f"checkpoint {path}: {k} has shape {weights[k].shape}, {model.arch} needs {v.shape}")
+
+
+def load_model(path, device="cpu"):
+    """Rebuild the model a checkpoint was trained as and load its weights.
+
+    Returns (model, meta, mean). Used by eval, predict and plot, which have no config of their own.
+    """
+    from models.alexnet import build_model
+
+    arrays, meta = load(path)
+    try:
+        model = build_model(meta["arch"], meta["num_classes"])
+    except (KeyError, ValueError) as e:
+        raise UserError(f"checkpoint {path} names no model this version can build ({e})") from None
+    weights = split(arrays, "model")
+    check_model(path, meta, weights, model)
+    model.load_state_dict(weights)
+    mean = arrays.get("data/mean")
+    if mean is None:
+        raise UserError(f"checkpoint {path} has no training mean")
+    if device != "cpu":
+        model.to(device)
+    return model, meta, mean.astype(np.float32)
+
+
+class CheckpointDir:
+    """The ``checkpoints/`` folder of a run: ``ckpt-<step>.npz`` files, the last ``keep`` kept,
+    plus ``best.npz`` (highest validation top-1)."""
+
+    PREFIX, SUFFIX = "ckpt-", ".npz"
+
+    def __init__(self, directory, keep=3):
+        self.directory = directory
+        self.keep = keep
+
+    def path_for(self, step):
+        return os.path.join(self.directory, f"{self.PREFIX}{step:08d}{self.SUFFIX}")
+
+    @property
+    def best_path(self):
+        return os.path.join(self.directory, "best.npz")
+
+    def list(self):
+        """Completed checkpoints, oldest first (temp files from interrupted writes never match)."""
+        if not os.path.isdir(self.directory):
+            return []
+        names = []
+        for name in os.listdir(self.directory):
+            stem = name[len(self.PREFIX) : -len(self.SUFFIX)]
+            if name.startswith(self.PREFIX) and name.endswith(self.SUFFIX) and stem.isdigit():
+                names.append((int(stem), name))
+        return [os.path.join(self.directory, n) for _, n in sorted(names)]
+
+    def latest(self):
+        paths = self.list()
+        return paths[-1] if paths else None
+
+    def save(self, step, arrays, meta, is_best=False):
+        os.makedirs(self.directory, exist_ok=True)
+        path = self.path_for(step)
+        save(path, arrays, meta)
+        if is_best:
+            self._publish_best(path)
+        for old in self.list()[: -self.keep] if self.keep > 0 else []:
+            os.unlink(old)
+        return path
+
+    def _publish_best(self, path):
+        """best.npz as a hard link to the checkpoint (no second copy of the weights), swapped in
+        atomically; a plain copy where the filesystem has no hard links."""
+        fd, tmp = tempfile.mkstemp(prefix=".best.npz.", suffix=".tmp", dir=self.directory)
+        os.close(fd)
+        os.unlink(tmp)
+        try:
+            os.link(path, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(path, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, self.best_path)
+        fsync_dir(self.directory)
