@@ -1,0 +1,93 @@
+"""Every layer's analytic gradients against central finite differences in float64."""
+import numpy as np
+import pytest
+
+from engine.gradcheck import (TOLERANCE, check_layer, check_net, distinct_values, relative_error,
+                              standard_layer_cases, tiny_alexnet)
+from engine.loss import SoftmaxCrossEntropy
+from layers import LRN, Conv2d, MaxPool2d
+
+CASES = standard_layer_cases()
+
+
+@pytest.mark.parametrize("label,make_layer,make_input", CASES, ids=[c[0] for c in CASES])
+def test_layer_gradients_match_finite_differences(label, make_layer, make_input):
+    layer = make_layer()
+    rows = check_layer(layer, make_input(np.random.default_rng(0)))
+    assert {name for name, _ in rows} == {"dx"} | {f"d{k}" for k in layer.params}
+    for name, err in rows:
+        assert err < TOLERANCE, f"{label} {name}: relative error {err:.3e}"
+
+
+def test_loss_gradient_matches_finite_differences(rng):
+    logits = rng.standard_normal((4, 6)) * 3
+    labels = np.array([0, 5, 2, 2])
+    loss = SoftmaxCrossEntropy()
+    loss.forward(logits, labels)
+    analytic = loss.backward()
+    numeric = np.zeros_like(logits)
+    eps = 1e-5
+    for i in np.ndindex(logits.shape):
+        old = logits[i]
+        logits[i] = old + eps
+        fp = loss.forward(logits, labels)
+        logits[i] = old - eps
+        fm = loss.forward(logits, labels)
+        logits[i] = old
+        numeric[i] = (fp - fm) / (2 * eps)
+    assert relative_error(analytic, numeric) < TOLERANCE
+
+
+def test_tiny_alexnet_end_to_end_gradients():
+    net = tiny_alexnet(num_classes=5)
+    x = np.random.default_rng(0).standard_normal((2, 3, 31, 31))
+    rows = check_net(net, SoftmaxCrossEntropy(), x, np.array([1, 3]))
+    assert len(rows) == 1 + 2 * 8          # input + W, b of 5 convs and 3 dense layers
+    for name, err in rows:
+        assert err < TOLERANCE, f"{name}: relative error {err:.3e}"
+
+
+def test_gradcheck_catches_a_wrong_backward():
+    """The checker itself must be able to fail: break LRN's backward and see it flagged."""
+    layer = LRN(5, 1.0, 0.75, 1.0)
+    original = layer._backward
+    layer._backward = lambda dout, need_dx=True: original(dout) * 1.001
+    rows = check_layer(layer, np.random.default_rng(0).standard_normal((2, 7, 3, 3)))
+    assert rows[0][1] > 1e-4
+
+
+@pytest.mark.parametrize("kw,shape", [
+    (dict(in_channels=3, out_channels=4, kernel_size=3), (2, 3, 6, 7)),
+    (dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, groups=2), (2, 4, 7, 7)),
+    (dict(in_channels=2, out_channels=4, kernel_size=5, stride=4), (1, 2, 13, 14)),
+])
+def test_conv_forward_matches_the_loop_reference(kw, shape, rng):
+    layer = Conv2d(**kw)
+    layer.params["W"] = rng.standard_normal(layer.params["W"].shape)
+    layer.params["b"] = rng.standard_normal(layer.params["b"].shape)
+    x = rng.standard_normal(shape)
+    np.testing.assert_allclose(layer.forward(x), layer._forward_ref(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 2.0), (5, 1.0, 0.75, 1.0), (3, 0.3, 0.5, 1.0),
+                                               (7, 0.2, 1.1, 0.5)])
+def test_lrn_forward_matches_the_formula(size, alpha, beta, k, rng):
+    layer = LRN(size, alpha, beta, k)
+    x = rng.standard_normal((2, 9, 3, 4))
+    np.testing.assert_allclose(layer.forward(x), layer._forward_ref(x), rtol=1e-12)
+
+
+def test_maxpool_backward_routes_each_gradient_to_its_argmax():
+    x = distinct_values(np.random.default_rng(5), (1, 1, 5, 5))
+    pool = MaxPool2d(3, 2)
+    out = pool.forward(x)
+    dx = pool.backward(np.ones_like(out))
+    # every output's gradient lands on the position of its window's maximum
+    expected = np.zeros_like(x)
+    for i in range(2):
+        for j in range(2):
+            win = x[0, 0, 2 * i:2 * i + 3, 2 * j:2 * j + 3]
+            p, q = np.unravel_index(np.argmax(win), win.shape)
+            expected[0, 0, 2 * i + p, 2 * j + q] += 1
+            assert out[0, 0, i, j] == win.max()
+    np.testing.assert_array_equal(dx, expected)

@@ -1,0 +1,142 @@
+"""Forward and backward of every layer, and a full AlexNet step, against PyTorch (float32).
+
+Skipped cleanly where PyTorch is absent; CI installs the CPU build (torch==2.13.0).
+"""
+import numpy as np
+import pytest
+
+from conftest import max_rel_diff
+from engine.loss import SoftmaxCrossEntropy
+from layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU
+from models.alexnet import AlexNet
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def run_ours(layer, x, upstream):
+    out = layer.forward(x, train=True)
+    return out, layer.backward(upstream)
+
+
+def run_torch(fn, x, upstream, *params):
+    tx = torch.tensor(x, requires_grad=True)
+    tparams = [torch.tensor(p, requires_grad=True) for p in params]
+    out = fn(tx, *tparams)
+    out.backward(torch.tensor(upstream))
+    return out.detach().numpy(), tx.grad.numpy(), [p.grad.numpy() for p in tparams]
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(in_channels=3, out_channels=8, kernel_size=11, stride=4, padding=0, groups=1, hw=39),
+    dict(in_channels=8, out_channels=12, kernel_size=5, stride=1, padding=2, groups=2, hw=13),
+    dict(in_channels=6, out_channels=6, kernel_size=3, stride=2, padding=1, groups=3, hw=10),
+], ids=["conv1-like", "conv2-like-groups2", "stride2-groups3"])
+def test_conv(cfg, rng):
+    hw = cfg.pop("hw")
+    layer = Conv2d(**cfg)
+    layer.params["W"][...] = rng.standard_normal(layer.params["W"].shape) * 0.1
+    layer.params["b"][...] = rng.standard_normal(layer.params["b"].shape)
+    x = rng.standard_normal((3, cfg["in_channels"], hw, hw)).astype(np.float32)
+    up = rng.standard_normal((3,) + layer.output_shape(x.shape[1:])).astype(np.float32)
+    out, dx = run_ours(layer, x, up)
+    t_out, t_dx, (t_dW, t_db) = run_torch(
+        lambda a, W, b: F.conv2d(a, W, b, stride=cfg["stride"], padding=cfg["padding"], groups=cfg["groups"]),
+        x, up, layer.params["W"], layer.params["b"])
+    assert max_rel_diff(out, t_out) < 1e-5
+    assert max_rel_diff(dx, t_dx) < 1e-5
+    assert max_rel_diff(layer.grads["W"], t_dW) < 1e-5
+    assert max_rel_diff(layer.grads["b"], t_db) < 1e-5
+
+
+@pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 2.0), (5, 1.0, 0.75, 1.0), (3, 0.1, 0.5, 1.0)])
+def test_lrn_maps_to_torch_with_alpha_times_size(size, alpha, beta, k, rng):
+    x = rng.standard_normal((2, 10, 4, 5)).astype(np.float32) * 3
+    up = rng.standard_normal(x.shape).astype(np.float32)
+    out, dx = run_ours(LRN(size, alpha, beta, k), x, up)
+    t_out, t_dx, _ = run_torch(lambda a: F.local_response_norm(a, size, alpha * size, beta, k), x, up)
+    assert max_rel_diff(out, t_out) < 1e-5
+    assert max_rel_diff(dx, t_dx) < 1e-5
+
+
+def test_maxpool(rng):
+    x = rng.permutation(2 * 4 * 13 * 14).reshape(2, 4, 13, 14).astype(np.float32)
+    up = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    out, dx = run_ours(MaxPool2d(3, 2), x, up)
+    t_out, t_dx, _ = run_torch(lambda a: F.max_pool2d(a, 3, 2), x, up)
+    np.testing.assert_array_equal(out, t_out)
+    np.testing.assert_allclose(dx, t_dx, rtol=0, atol=1e-6)
+
+
+def test_relu_dense_flatten(rng):
+    x = rng.standard_normal((5, 3, 2, 2)).astype(np.float32)
+    up = rng.standard_normal((5, 7)).astype(np.float32)
+    dense = Dense(12, 7)
+    dense.params["W"][...] = rng.standard_normal((7, 12))
+    dense.params["b"][...] = rng.standard_normal(7)
+    relu, flat = ReLU(), Flatten()
+    out = dense.forward(flat.forward(relu.forward(x)))
+    dx = relu.backward(flat.backward(dense.backward(up)))
+    t_out, t_dx, (t_dW, t_db) = run_torch(
+        lambda a, W, b: F.linear(torch.flatten(F.relu(a), 1), W, b), x, up, dense.params["W"], dense.params["b"])
+    assert max_rel_diff(out, t_out) < 1e-6
+    assert max_rel_diff(dx, t_dx) < 1e-6
+    assert max_rel_diff(dense.grads["W"], t_dW) < 1e-6
+    assert max_rel_diff(dense.grads["b"], t_db) < 1e-6
+
+
+def test_dropout_is_inverted_and_matches_its_mask(rng):
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    layer = Dropout(0.5, seed=7)
+    out = layer.forward(x, train=True)
+    kept = out != 0
+    assert 0.45 < kept.mean() < 0.55
+    np.testing.assert_allclose(out[kept], 2 * x[kept], rtol=1e-6)
+    up = rng.standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_allclose(layer.backward(up), up * 2 * kept, rtol=1e-6)
+    np.testing.assert_array_equal(layer.forward(x, train=False), x)
+    # same seed, same masks
+    np.testing.assert_array_equal(Dropout(0.5, seed=7).forward(x) != 0, kept)
+
+
+def torch_alexnet_step(net, x, labels):
+    """PyTorch forward + backward of the same network with our weights and our dropout masks."""
+    t = torch.tensor(x, requires_grad=True)
+    params = {}
+    h = t
+    for layer in net.layers:
+        if isinstance(layer, Conv2d):
+            W = params[layer.name + ".W"] = torch.tensor(layer.params["W"], requires_grad=True)
+            b = params[layer.name + ".b"] = torch.tensor(layer.params["b"], requires_grad=True)
+            h = F.conv2d(h, W, b, stride=layer.stride, padding=layer.padding, groups=layer.groups)
+        elif isinstance(layer, Dense):
+            W = params[layer.name + ".W"] = torch.tensor(layer.params["W"], requires_grad=True)
+            b = params[layer.name + ".b"] = torch.tensor(layer.params["b"], requires_grad=True)
+            h = F.linear(h, W, b)
+        elif isinstance(layer, ReLU):
+            h = F.relu(h)
+        elif isinstance(layer, LRN):
+            h = F.local_response_norm(h, layer.size, layer.alpha * layer.size, layer.beta, layer.k)
+        elif isinstance(layer, MaxPool2d):
+            h = F.max_pool2d(h, layer.kernel_size, layer.stride)
+        elif isinstance(layer, Flatten):
+            h = torch.flatten(h, 1)
+        elif isinstance(layer, Dropout):
+            h = h * torch.tensor(layer.cache)
+    loss = F.cross_entropy(h, torch.tensor(labels))
+    loss.backward()
+    return loss.item(), t.grad.numpy(), {k: v.grad.numpy() for k, v in params.items()}
+
+
+def test_full_alexnet_forward_and_backward_match_torch(rng):
+    net = AlexNet(num_classes=1000, groups=2, init="caffe", seed=3)
+    x = rng.standard_normal((2, 3, 227, 227)).astype(np.float32)
+    labels = np.array([5, 901])
+    crit = SoftmaxCrossEntropy()
+    loss = crit.forward(net.forward(x, train=True), labels)
+    dx = net.backward(crit.backward())
+    t_loss, t_dx, t_grads = torch_alexnet_step(net, x, labels)
+    assert abs(loss - t_loss) < 1e-5 * max(1.0, abs(t_loss))
+    assert max_rel_diff(dx, t_dx) < 1e-4
+    for full, layer, key in net.named_parameters():
+        assert max_rel_diff(layer.grads[key], t_grads[full]) < 1e-4, full
