@@ -1,0 +1,200 @@
+"""Every kernel against the NumPy reference, on a runtime (CuPy, or the CPU harness).
+
+Used by tests/test_kernels.py (one test per check, both backends) and `alexnet kernels --check`.
+The reference is the NumPy layer from layers/*.py run in float64 on the same float32 numbers, so
+the error measured is the kernels' float32 arithmetic alone. Inputs go through kernels/dispatch.py,
+the exact code a CuPy layer runs, with shapes small and odd (never a multiple of the block size).
+
+Each check returns Rows: what was compared, the kernels that produced it, the error
+max|got - ref| / max|ref| and its tolerance.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels import dispatch
+
+
+@dataclass(frozen=True)
+class Row:
+    check: str
+    kernels: tuple
+    err: float
+    tol: float
+
+    @property
+    def ok(self):
+        return bool(self.err <= self.tol)  # False for NaN
+
+
+def host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def rel_err(got, ref):
+    got, ref = host(got).astype(np.float64), np.asarray(ref, np.float64)
+    if got.shape != ref.shape:
+        return float("inf")
+    return float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def _layer(rt, rng, label, make, x, kernels, params=None, tol=1e-5):
+    """Forward and backward of a kernel-backed layer against the same NumPy layer in float64.
+
+    kernels: {"out": (...), "dx": (...), "W": (...), ...}, which kernels produce each result."""
+    ref, ker = make(), make()
+    for key, value in (params or {}).items():
+        ref.params[key] = value.astype(np.float64)
+        ker.params[key] = rt.xp.asarray(value.astype(np.float32))
+    x = x.astype(np.float32)
+    out_ref = ref.forward(x.astype(np.float64), train=True)
+    out = dispatch.layer_forward(ker, rt.xp.asarray(x), True, runtime=rt)
+    dout = rng.standard_normal(out_ref.shape).astype(np.float32)
+    dx_ref = ref.backward(dout.astype(np.float64))
+    dx = dispatch.layer_backward(ker, rt.xp.asarray(dout), runtime=rt)
+    rows = [Row(f"{label} out", kernels["out"], rel_err(out, out_ref), tol),
+            Row(f"{label} dx", kernels["dx"], rel_err(dx, dx_ref), tol)]
+    rows += [Row(f"{label} d{key}", kernels[key], rel_err(ker.grads[key], ref.grads[key]), tol)
+             for key in ref.params]
+    return rows
+
+
+def check_conv(rt, rng):
+    from layers import Conv2d
+    kernels = {"out": ("conv_im2col", "conv_bias_forward"), "dx": ("conv_bias_backward", "conv_col2im"),
+               "W": ("conv_im2col", "conv_bias_backward"), "b": ("conv_bias_backward",)}
+    rows = []
+    # (in, out, kernel, stride, pad, groups, input HxW): grouped + padded, strided, conv1-like 11x11/4
+    for C, O, K, S, P, G, (H, W) in ((4, 6, 3, 2, 1, 2, (9, 7)), (3, 5, 5, 3, 0, 1, (13, 11)),
+                                     (3, 4, 11, 4, 0, 1, (23, 22))):
+        label = f"Conv2d {C}->{O} {K}x{K}/{S} pad {P} groups {G}"
+        params = {"W": rng.standard_normal((O, C // G, K, K)), "b": rng.standard_normal(O)}
+        rows += _layer(rt, rng, label, lambda: Conv2d(C, O, K, S, P, G), rng.standard_normal((2, C, H, W)),
+                       kernels, params)
+    return rows
+
+
+def check_dense(rt, rng):
+    from layers import Dense
+    kernels = {"out": ("conv_bias_forward",), "dx": (), "W": ("conv_bias_backward",), "b": ("conv_bias_backward",)}
+    params = {"W": rng.standard_normal((11, 37)), "b": rng.standard_normal(11)}
+    return _layer(rt, rng, "Dense 37->11", lambda: Dense(37, 11), rng.standard_normal((3, 37)), kernels, params)
+
+
+def check_relu(rt, rng):
+    from layers import ReLU
+    x = rng.standard_normal((3, 5, 7, 9))
+    x += np.sign(x) * 0.1  # away from 0, where the derivative's convention would decide
+    return _layer(rt, rng, "ReLU", ReLU, x, {"out": ("relu_forward",), "dx": ("relu_backward",)})
+
+
+def check_lrn(rt, rng):
+    from layers import LRN
+    kernels = {"out": ("lrn_forward",), "dx": ("lrn_backward",)}
+    rows = []
+    # exaggerated alpha and k (a realistic alpha hides an off-by-one window), then the paper's
+    for size, alpha, beta, k, shape, gain in ((5, 1.0, 0.75, 1.0, (2, 7, 5, 3), 1.0),
+                                              (3, 0.5, 0.6, 1.5, (1, 4, 3, 7), 1.0),
+                                              (5, 1e-4, 0.75, 2.0, (2, 9, 4, 5), 30.0)):
+        label = f"LRN size {size} alpha {alpha:g} beta {beta:g} k {k:g}"
+        rows += _layer(rt, rng, label, lambda: LRN(size, alpha, beta, k), gain * rng.standard_normal(shape),
+                       kernels)
+    return rows
+
+
+def check_pool(rt, rng):
+    from layers import MaxPool2d
+    shape = (2, 3, 9, 10)  # 10 leaves a column that no window reaches (floor mode)
+    x = rng.permutation(np.prod(shape)).reshape(shape) / np.prod(shape)  # distinct values: no ties
+    return _layer(rt, rng, "MaxPool2d 3x3/2", lambda: MaxPool2d(3, 2), x,
+                  {"out": ("maxpool_forward",), "dx": ("maxpool_backward",)})
+
+
+def check_flatten(rt, rng):
+    from layers import Flatten
+    return _layer(rt, rng, "Flatten", Flatten, rng.standard_normal((2, 3, 4, 5)), {"out": (), "dx": ()})
+
+
+def dropout_mask(seed, step, n, p):
+    """The keep mask of dropout.cu's hash, computed on the host with NumPy's wrapping uint64."""
+    golden = np.uint64(0x9E3779B97F4A7C15)
+
+    def mix(z):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+    stream = mix(np.array([seed], np.uint64) + (np.array([step], np.uint64) + np.uint64(1)) * golden)
+    h = mix(stream + (np.arange(n, dtype=np.uint64) + np.uint64(1)) * golden)
+    return (h >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / 16777216.0) >= np.float32(p)
+
+
+def check_dropout(rt, rng):
+    from layers import Dropout
+    p, seed, step = 0.4, 7, 3
+    layer = Dropout(p, seed=seed)
+    layer.step = step
+    x = rng.standard_normal((3, 1001)).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    out = dispatch.layer_forward(layer, rt.xp.asarray(x), True, runtime=rt)
+    dx = dispatch.layer_backward(layer, rt.xp.asarray(dout), runtime=rt)
+    keep = dropout_mask(seed, step, x.size, p).reshape(x.shape)
+    scale = np.float32(1.0 / (1.0 - p))
+    test_out = dispatch.layer_forward(layer, rt.xp.asarray(x), False, runtime=rt)
+    # the keep ratio of the hash over many elements: within 5 standard deviations of 1 - p
+    n = 200_003
+    big = dispatch.layer_forward(Dropout(p, seed=seed), rt.xp.ones(n, np.float32), True, runtime=rt)
+    ratio = float((host(big) != 0).mean())
+    return [Row("Dropout out (train) = x * mask(seed, step) / (1-p)", ("dropout_forward",),
+                rel_err(out, x * keep * scale), 0.0),
+            Row("Dropout dx = dout * mask(seed, step) / (1-p)", ("dropout_backward",),
+                rel_err(dx, dout * keep * scale), 0.0),
+            Row("Dropout out (test) = x", (), rel_err(test_out, x), 0.0),
+            Row("Dropout keep ratio - (1-p)", ("dropout_forward",), abs(ratio - (1 - p)),
+                5 * np.sqrt(p * (1 - p) / n))]
+
+
+def check_softmax_xent(rt, rng):
+    from engine.loss import SoftmaxCrossEntropy
+    rows = []
+    for N, K in ((5, 37), (3, 1000)):  # fewer classes than threads; several classes per thread
+        logits = (3 * rng.standard_normal((N, K))).astype(np.float32)
+        labels = rng.integers(0, K, N)
+        ref = SoftmaxCrossEntropy()
+        loss_ref = ref.forward(logits.astype(np.float64), labels)
+        dlogits_ref = ref.backward()
+        loss, cache = dispatch.softmax_xent_forward(rt.xp.asarray(logits), rt.xp.asarray(labels), runtime=rt)
+        dlogits = dispatch.softmax_xent_backward(cache, runtime=rt)
+        rows += [Row(f"SoftmaxCrossEntropy N {N} K {K} loss", ("softmax_xent_forward",),
+                     rel_err(loss, loss_ref), 1e-5),
+                 Row(f"SoftmaxCrossEntropy N {N} K {K} dlogits", ("softmax_xent_forward", "softmax_xent_backward"),
+                     rel_err(dlogits, dlogits_ref), 1e-5)]
+    return rows
+
+
+def check_sgd(rt, rng):
+    """Two steps over three tensors with distinct multipliers; the LR changes between the steps."""
+    shapes, mults = ((7, 5), (13,), (3, 3, 2, 2)), ((1.0, 1.0), (2.0, 0.0), (1.0, 0.5))
+    momentum, weight_decay = 0.9, 0.05
+    w = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    v = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    w_ref, v_ref = [a.astype(np.float64) for a in w], [a.astype(np.float64) for a in v]
+    w_dev, v_dev = [rt.xp.asarray(a) for a in w], [rt.xp.asarray(a) for a in v]
+    for lr in (0.1, 0.03):
+        g = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        g_dev = [rt.xp.asarray(a) for a in g]
+        dispatch.sgd_update([(w_dev[i], g_dev[i], v_dev[i], *mults[i]) for i in range(len(shapes))],
+                            lr, momentum, weight_decay, runtime=rt)
+        for i, (lr_mult, decay_mult) in enumerate(mults):
+            v_ref[i] = momentum * v_ref[i] - decay_mult * weight_decay * lr * w_ref[i] - lr_mult * lr * g[i]
+            w_ref[i] = w_ref[i] + v_ref[i]
+    err = max(max(rel_err(a, b) for a, b in zip(w_dev, w_ref)), max(rel_err(a, b) for a, b in zip(v_dev, v_ref)))
+    return [Row("SGD w and v after 2 steps, 3 tensors", ("sgd_update",), err, 1e-6)]
+
+
+CHECKS = {"conv": check_conv, "dense": check_dense, "relu": check_relu, "lrn": check_lrn, "pool": check_pool,
+          "flatten": check_flatten, "dropout": check_dropout, "softmax_xent": check_softmax_xent, "sgd": check_sgd}
+
+
+def run(rt, name, seed=0):
+    return CHECKS[name](rt, np.random.default_rng(seed))

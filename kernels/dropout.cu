@@ -1,0 +1,42 @@
+// Inverted dropout (paper section 4.2): keep a unit with probability 1 - p and scale it by
+// 1 / (1 - p) while training, so inference is the identity.
+//
+// The mask is never stored: it is a pure function of (seed, step, i), a counter-based hash (two
+// rounds of the splitmix64 finalizer), so the backward regenerates exactly the forward's mask,
+// the same seed and step give the same mask on every device and on the CPU harness, and the
+// layer's `step` counter (one per training forward) gives every batch a fresh mask.
+// u = the top 24 bits of the hash / 2^24 is exact in float32; the unit is kept when u >= p.
+//
+// Both kernels: one thread per element of the flattened tensor, grid-stride loop. Launched with
+// 256 threads per block (kernels/ops.py); not yet measured on a GPU.
+
+__device__ __forceinline__ unsigned long long dropout_mix(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// The same splitmix64 stream construction twice: (seed, step) picks a stream, i the element in it.
+__device__ __forceinline__ bool dropout_keep(unsigned long long seed, unsigned long long step,
+                                             unsigned long long i, float p) {
+    const unsigned long long golden = 0x9E3779B97F4A7C15ull;
+    const unsigned long long stream = dropout_mix(seed + (step + 1ull) * golden);
+    const unsigned long long h = dropout_mix(stream + (i + 1ull) * golden);
+    return (float)(h >> 40) * (1.0f / 16777216.0f) >= p;
+}
+
+extern "C" __global__ void dropout_forward(const float* __restrict__ x, float* __restrict__ out, int n,
+                                           unsigned long long seed, unsigned long long step, float p,
+                                           float scale) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        out[i] = dropout_keep(seed, step, i, p) ? x[i] * scale : 0.0f;
+    }
+}
+
+extern "C" __global__ void dropout_backward(const float* __restrict__ dout, float* __restrict__ dx, int n,
+                                            unsigned long long seed, unsigned long long step, float p,
+                                            float scale) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        dx[i] = dropout_keep(seed, step, i, p) ? dout[i] * scale : 0.0f;
+    }
+}

@@ -1,0 +1,232 @@
+"""Launchers: one function per kernel in kernels/*.cu.
+
+Each takes a runtime `rt` (kernels/loader.py) first, checks its arrays (right array type for the
+runtime, float32 or the stated integer type, C-contiguous), allocates the outputs with `rt.xp`,
+passes every scalar as numpy.int32 / numpy.float32 / numpy.uint64 (CuPy validates nothing: a
+Python int would arrive as 8 bytes where the kernel reads 4), and launches. `who` names the layer
+in error messages.
+
+All kernels use grid-stride loops, so the grid is only a speed knob: enough blocks of BLOCK
+threads to cover the work, capped at MAX_BLOCKS (several waves on any current GPU).
+"""
+import numpy as np
+
+BLOCK = 256
+MAX_BLOCKS = 4096
+WARP = 32
+INT_LIMIT = 2 ** 31  # the elementwise kernels index with int
+
+
+def check_array(rt, who, what, a, dtype=np.float32):
+    """Raise a clear error unless `a` is a C-contiguous `dtype` array of the runtime's kind."""
+    if not isinstance(a, rt.xp.ndarray):
+        raise TypeError(f"{who}: {what} is a {type(a).__module__}.{type(a).__name__}, but the {rt.name} kernels "
+                        f"need a {rt.xp.__name__}.ndarray (move it with engine.backend.to_device)")
+    if a.dtype != dtype:
+        raise TypeError(f"{who}: {what} must be {np.dtype(dtype).name} for the CUDA kernels, got {a.dtype} "
+                        f"with shape {tuple(a.shape)} (float64 is for the NumPy path's gradient checks)")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{who}: {what} must be C-contiguous for the CUDA kernels, got shape {tuple(a.shape)} "
+                         f"with strides {a.strides}")
+    if a.size >= INT_LIMIT:
+        raise ValueError(f"{who}: {what} has {a.size} elements; the kernels index with 32-bit ints")
+
+
+def _grid(n, block=BLOCK):
+    return (max(1, min(MAX_BLOCKS, -(-n // block))),)
+
+
+def _launch(rt, file, kernel, n, args, shared_mem=0):
+    rt.module(file).get_function(kernel)(_grid(n), (BLOCK,), args, shared_mem=shared_mem)
+
+
+def _ints(*values):
+    return tuple(np.int32(v) for v in values)
+
+
+def _floats(*values):
+    return tuple(np.float32(v) for v in values)
+
+
+# ---- ReLU ----------------------------------------------------------------------------------------
+def relu_forward(rt, x, who="relu"):
+    check_array(rt, who, "x", x)
+    out = rt.xp.empty_like(x)
+    _launch(rt, "relu", "relu_forward", x.size, (x, out, *_ints(x.size)))
+    return out
+
+
+def relu_backward(rt, out, dout, who="relu"):
+    check_array(rt, who, "out", out)
+    check_array(rt, who, "dout", dout)
+    dx = rt.xp.empty_like(dout)
+    _launch(rt, "relu", "relu_backward", dout.size, (out, dout, dx, *_ints(dout.size)))
+    return dx
+
+
+# ---- LRN -----------------------------------------------------------------------------------------
+def lrn_forward(rt, x, size, alpha, beta, k, who="lrn"):
+    """-> out, scale (both (N, C, H, W)); scale = k + alpha * window sum, kept for the backward."""
+    check_array(rt, who, "x", x)
+    N, C, H, W = x.shape
+    out, scale = rt.xp.empty_like(x), rt.xp.empty_like(x)
+    _launch(rt, "lrn", "lrn_forward", x.size,
+            (x, out, scale, *_ints(N, C, H * W, size), *_floats(alpha, beta, k)))
+    return out, scale
+
+
+def lrn_backward(rt, x, out, scale, dout, size, alpha, beta, who="lrn"):
+    for what, a in (("x", x), ("out", out), ("scale", scale), ("dout", dout)):
+        check_array(rt, who, what, a)
+    N, C, H, W = x.shape
+    dx = rt.xp.empty_like(x)
+    _launch(rt, "lrn", "lrn_backward", x.size,
+            (x, out, scale, dout, dx, *_ints(N, C, H * W, size), *_floats(alpha, beta)))
+    return dx
+
+
+# ---- max pooling ---------------------------------------------------------------------------------
+def maxpool_forward(rt, x, kernel_size, stride, who="maxpool"):
+    """-> out (N, C, OH, OW), argmax (same shape, int32 flat index into the input plane)."""
+    check_array(rt, who, "x", x)
+    N, C, H, W = x.shape
+    K, S = kernel_size, stride
+    OH, OW = (H - K) // S + 1, (W - K) // S + 1
+    out = rt.xp.empty((N, C, OH, OW), np.float32)
+    argmax = rt.xp.empty((N, C, OH, OW), np.int32)
+    _launch(rt, "pool", "maxpool_forward", out.size, (x, out, argmax, *_ints(N * C, H, W, OH, OW, K, S)))
+    return out, argmax
+
+
+def maxpool_backward(rt, dout, argmax, x_shape, kernel_size, stride, who="maxpool"):
+    check_array(rt, who, "dout", dout)
+    check_array(rt, who, "argmax", argmax, np.int32)
+    N, C, H, W = x_shape
+    OH, OW = dout.shape[2:]
+    dx = rt.xp.empty(x_shape, np.float32)
+    _launch(rt, "pool", "maxpool_backward", dx.size,
+            (dout, argmax, dx, *_ints(N * C, H, W, OH, OW, kernel_size, stride)))
+    return dx
+
+
+# ---- dropout -------------------------------------------------------------------------------------
+def _dropout_args(p, seed, step):
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p!r}")
+    return np.uint64(seed), np.uint64(step), np.float32(p), np.float32(1.0 / (1.0 - p))
+
+
+def dropout_forward(rt, x, p, seed, step, who="dropout"):
+    """Training forward: the mask is the hash of (seed, step, element index), see dropout.cu."""
+    check_array(rt, who, "x", x)
+    out = rt.xp.empty_like(x)
+    _launch(rt, "dropout", "dropout_forward", x.size, (x, out, *_ints(x.size), *_dropout_args(p, seed, step)))
+    return out
+
+
+def dropout_backward(rt, dout, p, seed, step, who="dropout"):
+    check_array(rt, who, "dout", dout)
+    dx = rt.xp.empty_like(dout)
+    _launch(rt, "dropout", "dropout_backward", dout.size,
+            (dout, dx, *_ints(dout.size), *_dropout_args(p, seed, step)))
+    return dx
+
+
+# ---- convolution ---------------------------------------------------------------------------------
+def conv_im2col(rt, x, kernel_size, stride, padding, who="conv"):
+    """-> col (C*K*K, N*OH*OW); layout in conv.cu."""
+    check_array(rt, who, "x", x)
+    N, C, H, W = x.shape
+    K, S, P = kernel_size, stride, padding
+    OH, OW = (H + 2 * P - K) // S + 1, (W + 2 * P - K) // S + 1
+    col = rt.xp.empty((C * K * K, N * OH * OW), np.float32)
+    if col.size >= INT_LIMIT:
+        raise ValueError(f"{who}: the im2col matrix would have {col.size} elements; split the batch")
+    _launch(rt, "conv", "conv_im2col", col.size, (x, col, *_ints(N, C, H, W, K, K, S, P, OH, OW)))
+    return col
+
+
+def conv_col2im(rt, col, x_shape, kernel_size, stride, padding, who="conv"):
+    """-> dx (N, C, H, W), every col entry added back to the input element it was copied from."""
+    check_array(rt, who, "dcol", col)
+    N, C, H, W = x_shape
+    K, S, P = kernel_size, stride, padding
+    OH, OW = (H + 2 * P - K) // S + 1, (W + 2 * P - K) // S + 1
+    dx = rt.xp.empty(x_shape, np.float32)
+    _launch(rt, "conv", "conv_col2im", dx.size, (col, dx, *_ints(N, C, H, W, K, K, S, P, OH, OW)))
+    return dx
+
+
+def conv_bias_forward(rt, y, b, who="conv"):
+    """y (C, N, P) channel-major, b (C,) -> out (N, C, P) = y transposed + b."""
+    check_array(rt, who, "y", y)
+    check_array(rt, who, "b", b)
+    C, N, P = y.shape
+    out = rt.xp.empty((N, C, P), np.float32)
+    _launch(rt, "conv", "conv_bias_forward", out.size, (y, b, out, *_ints(N, C, P)))
+    return out
+
+
+def conv_bias_backward(rt, dout, who="conv"):
+    """dout (N, C, P) -> dy (C, N*P) (dout channel-major, the GEMM operand), db (C,)."""
+    check_array(rt, who, "dout", dout)
+    N, C, P = dout.shape
+    dy = rt.xp.empty((C, N * P), np.float32)
+    db = rt.xp.empty((C,), np.float32)
+    # one block per channel: the grid covers C blocks, not C * BLOCK elements
+    rt.module("conv").get_function("conv_bias_backward")(
+        _grid(C, 1), (BLOCK,), (dout, dy, db, *_ints(N, C, P)), shared_mem=BLOCK // WARP * 4)
+    return dy, db
+
+
+# ---- softmax cross-entropy -----------------------------------------------------------------------
+def softmax_xent_forward(rt, logits, labels, who="softmax_xent"):
+    """logits (N, K) float32, labels (N,) int32 -> loss (0-d float32, mean over N), probs (N, K)."""
+    check_array(rt, who, "logits", logits)
+    check_array(rt, who, "labels", labels, np.int32)
+    N, K = logits.shape
+    probs = rt.xp.empty_like(logits)
+    loss = rt.xp.zeros((), np.float32)  # the kernel accumulates into it
+    rt.module("softmax_xent").get_function("softmax_xent_forward")(
+        _grid(N, 1), (BLOCK,), (logits, labels, probs, loss, *_ints(N, K)), shared_mem=BLOCK // WARP * 4)
+    return loss, probs
+
+
+def softmax_xent_backward(rt, probs, labels, who="softmax_xent"):
+    check_array(rt, who, "probs", probs)
+    check_array(rt, who, "labels", labels, np.int32)
+    N, K = probs.shape
+    dlogits = rt.xp.empty_like(probs)
+    _launch(rt, "softmax_xent", "softmax_xent_backward", probs.size,
+            (probs, labels, dlogits, *_ints(N, K), *_floats(1.0 / N)))
+    return dlogits
+
+
+# ---- SGD -----------------------------------------------------------------------------------------
+def check_sgd_entries(rt, entries, who="sgd"):
+    """Entries [(w, g, v, lr_mult, decay_mult)]: w, g, v float32, contiguous, of one shape each."""
+    for i, (w, g, v, _, _) in enumerate(entries):
+        for what, a in (("w", w), ("g", g), ("v", v)):
+            check_array(rt, who, f"{what} of entry {i}", a)
+        if not w.shape == g.shape == v.shape:
+            raise ValueError(f"{who}: entry {i} has w {tuple(w.shape)}, g {tuple(g.shape)}, v {tuple(v.shape)}; "
+                             f"they must match")
+
+
+def sgd_table(rt, entries):
+    """The device table sgd.cu reads for checked entries, plus the tensor and element counts on the
+    host (reading them back from the device would wait for the GPU)."""
+    ptrs = [(rt.pointer(w), rt.pointer(g), rt.pointer(v)) for w, g, v, _, _ in entries]
+    sizes = [0] + [w.size for w, _, _, _, _ in entries]
+    mults = [(lr_mult, decay_mult) for _, _, _, lr_mult, decay_mult in entries]
+    return (rt.xp.asarray(np.array(ptrs, np.uint64).reshape(-1, 3)),
+            rt.xp.asarray(np.cumsum(sizes, dtype=np.int64)),
+            rt.xp.asarray(np.array(mults, np.float32).reshape(-1, 2)),
+            len(entries), sum(sizes))
+
+
+def sgd_update(rt, table, lr, momentum, weight_decay):
+    """One launch updates every tensor in `table` (from sgd_table) in place."""
+    tensors, offsets, mults, T, total = table
+    rt.module("sgd").get_function("sgd_update")(
+        _grid(total), (BLOCK,), (tensors, offsets, mults, *_ints(T), *_floats(lr, momentum, weight_decay)))

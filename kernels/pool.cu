@@ -1,0 +1,58 @@
+// Max pooling, K x K windows with stride S, floor mode, no padding (paper section 3.4: K=3, S=2,
+// overlapping). OH = (H - K) / S + 1, so every window lies inside the input.
+//
+// Layout NCHW, contiguous; the N*C planes are independent, so both kernels index planes as nc.
+// Launched with 256 threads per block (kernels/ops.py); not yet measured on a GPU.
+
+// One thread per output element (nc, oh, ow), grid-stride. Writes the maximum and its argmax as
+// a flat index h*W + w into the input plane; ties keep the first maximum in row-major window
+// order (strict >), as layers/pool.py and PyTorch do.
+extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* __restrict__ out,
+                                           int* __restrict__ argmax, int NC, int H, int W, int OH,
+                                           int OW, int K, int S) {
+    const int total = NC * OH * OW;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+        const int nc = i / (OH * OW);
+        const int q = i - nc * OH * OW;
+        const int oh = q / OW;
+        const int ow = q - oh * OW;
+        const float* plane = x + nc * H * W;
+        int best = (oh * S) * W + ow * S;
+        for (int kh = 0; kh < K; ++kh) {
+            for (int kw = 0; kw < K; ++kw) {
+                const int idx = (oh * S + kh) * W + ow * S + kw;
+                if (plane[idx] > plane[best]) best = idx;
+            }
+        }
+        out[i] = plane[best];
+        argmax[i] = best;
+    }
+}
+
+// One thread per INPUT element (nc, h, w), grid-stride: it gathers dout from the (at most
+// ceil(K/S)^2) windows that cover it and whose argmax is this element. Gathering instead of
+// scattering dout through atomicAdd keeps the sum order fixed, so dx is bit-reproducible.
+// Window oh covers h when oh*S <= h <= oh*S + K - 1.
+extern "C" __global__ void maxpool_backward(const float* __restrict__ dout, const int* __restrict__ argmax,
+                                            float* __restrict__ dx, int NC, int H, int W, int OH,
+                                            int OW, int K, int S) {
+    const int total = NC * H * W;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
+        const int nc = i / (H * W);
+        const int p = i - nc * H * W;
+        const int h = p / W;
+        const int w = p - h * W;
+        const int oh_lo = h < K ? 0 : (h - K) / S + 1;
+        const int ow_lo = w < K ? 0 : (w - K) / S + 1;
+        const int oh_hi = h / S < OH - 1 ? h / S : OH - 1;
+        const int ow_hi = w / S < OW - 1 ? w / S : OW - 1;
+        float sum = 0.0f;
+        for (int oh = oh_lo; oh <= oh_hi; ++oh) {
+            for (int ow = ow_lo; ow <= ow_hi; ++ow) {
+                const int j = (nc * OH + oh) * OW + ow;
+                if (argmax[j] == p) sum += dout[j];
+            }
+        }
+        dx[i] = sum;
+    }
+}
