@@ -19,6 +19,17 @@ error stops improving", at most 3 times; `StepSchedule` divides by a factor ever
 import numpy as np
 
 from engine import backend
+from engine.parallel import run_chunks
+
+
+def _paper_update(w, g, v, momentum, decay, lr):
+    """In place: v <- momentum v - decay w - lr g; w <- w + v (decay = decay_mult wd lr_eff)."""
+    v *= momentum
+    scratch = np.multiply(g, lr)
+    if decay:
+        scratch += decay * w
+    v -= scratch
+    w += v
 
 
 class SGD:
@@ -55,12 +66,12 @@ class SGD:
                                 self.lr, self.momentum, self.weight_decay)
             return
         for w, g, v, lr_mult, decay_mult in entries:
-            lr = w.dtype.type(self.lr * lr_mult)
-            v *= w.dtype.type(self.momentum)
-            if decay_mult and self.weight_decay:
-                v -= w.dtype.type(decay_mult * self.weight_decay) * lr * w
-            v -= lr * g
-            w += v
+            dt = w.dtype.type
+            lr, decay = dt(self.lr * lr_mult), dt(decay_mult * self.weight_decay * self.lr * lr_mult)
+            w, g, v = w.reshape(-1), g.reshape(-1), v.reshape(-1)
+            run_chunks(lambda lo, hi: _paper_update(w[lo:hi], g[lo:hi], v[lo:hi], dt(self.momentum),
+                                                    decay, lr), w.size)
+
 
     def state_dict(self):
         return {"lr": self.lr, "velocity": {k: backend.to_numpy(v).copy() for k, v in self.velocity.items()}}

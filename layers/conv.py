@@ -30,6 +30,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from engine.layer import Layer
+from engine.parallel import chunk_bounds, run_chunks
 
 
 class Conv2d(Layer):
@@ -78,41 +79,64 @@ class Conv2d(Layer):
 
     def _forward(self, x, train):
         N, C, H, W = x.shape
-        K, S, P, G = self.kernel_size, self.stride, self.padding, self.groups
         O, OH, OW = self.output_shape((C, H, W))
-        # channel-major padded copy: rows of the patch matrix then come out in (c, p, q) order
-        xc = np.zeros((C, N, H + 2 * P, W + 2 * P), x.dtype)       # (C, N, Hp, Wp)
-        xc[:, :, P:P + H, P:P + W] = x.transpose(1, 0, 2, 3)
-        sC, sN, sH, sW = xc.strides
-        patches = as_strided(xc, (C, K, K, N, OH, OW), (sC, sH, sW, sN, sH * S, sW * S))
-        col = patches.reshape(G, (C // G) * K * K, N * OH * OW)      # (G, Cg*K*K, N*OH*OW), im2col copy
-        Wg = self.params["W"].reshape(G, O // G, -1)                 # (G, Og, Cg*K*K)
-        out = np.matmul(Wg, col)                                     # (G, Og, N*OH*OW)
-        out = out.reshape(O, N, OH, OW)
-        out += self.params["b"][:, None, None, None]
+        out = np.empty((N, O, OH, OW), x.dtype)
+        # one batch chunk per core (engine/parallel.py); each keeps its own patch matrix
+        cols = run_chunks(lambda lo, hi: self._forward_chunk(x, out, lo, hi), N)
         if train:
-            self.cache = (col, x.shape)
-        return np.ascontiguousarray(out.transpose(1, 0, 2, 3))       # (N, O, OH, OW)
+            self.cache = (cols, x.shape)
+        return out
+
+    def _forward_chunk(self, x, out, lo, hi):
+        n, (_, C, H, W) = hi - lo, x.shape
+        K, S, P, G = self.kernel_size, self.stride, self.padding, self.groups
+        O, OH, OW = out.shape[1:]
+        # channel-major padded copy: rows of the patch matrix then come out in (c, p, q) order
+        if P:
+            xc = np.zeros((C, n, H + 2 * P, W + 2 * P), x.dtype)      # (C, n, Hp, Wp)
+            xc[:, :, P:P + H, P:P + W] = x[lo:hi].transpose(1, 0, 2, 3)
+        else:
+            xc = np.ascontiguousarray(x[lo:hi].transpose(1, 0, 2, 3))  # (C, n, H, W)
+        sC, sN, sH, sW = xc.strides
+        patches = as_strided(xc, (C, K, K, n, OH, OW), (sC, sH, sW, sN, sH * S, sW * S))
+        col = patches.reshape(G, (C // G) * K * K, n * OH * OW)      # (G, Cg*K*K, n*OH*OW): im2col copy
+        Wg = self.params["W"].reshape(G, O // G, -1)                 # (G, Og, Cg*K*K)
+        prod = np.matmul(Wg, col).reshape(O, n, OH, OW)              # (O, n, OH, OW)
+        np.add(prod.transpose(1, 0, 2, 3), self.params["b"][:, None, None], out=out[lo:hi])
+        return col
 
     def _backward(self, dout, need_dx=True):
-        col, (N, C, H, W) = self.cache
+        cols, x_shape = self.cache
+        dx = np.empty(x_shape, dout.dtype) if need_dx else None
+        bounds = chunk_bounds(x_shape[0], len(cols))          # the forward's chunks, one per col
+
+        def chunks(first, last):
+            return [self._backward_chunk(dout, dx, x_shape, *bounds[c], cols[c]) for c in range(first, last)]
+        parts = [part for group in run_chunks(chunks, len(cols)) for part in group]
+        # each chunk's dW, db cover only its samples: the batch sum adds them up
+        self.grads["W"] = sum(dW for dW, _ in parts).reshape(self.params["W"].shape)
+        self.grads["b"] = sum(db for _, db in parts)
+        return dx
+
+    def _backward_chunk(self, dout, dx, x_shape, lo, hi, col):
+        n, (_, C, H, W) = hi - lo, x_shape
         K, S, P, G = self.kernel_size, self.stride, self.padding, self.groups
         O, OH, OW = dout.shape[1:]
-        dout_g = np.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(G, O // G, -1)  # (G, Og, N*OH*OW)
-        self.grads["b"] = dout_g.sum(axis=2).reshape(O)
-        dW = np.matmul(dout_g, col.transpose(0, 2, 1))               # (G, Og, Cg*K*K)
-        self.grads["W"] = dW.reshape(self.params["W"].shape)
-        if not need_dx:
-            return None
+        dout_g = np.ascontiguousarray(dout[lo:hi].transpose(1, 0, 2, 3)).reshape(G, O // G, -1)  # (G, Og, n*OH*OW)
+        db = dout_g.sum(axis=2).reshape(O)
+        dW = np.matmul(dout_g, col.transpose(0, 2, 1))                  # (G, Og, Cg*K*K)
+        if dx is None:
+            return dW, db
         Wg = self.params["W"].reshape(G, O // G, -1)
-        dcol = np.matmul(Wg.transpose(0, 2, 1), dout_g)              # (G, Cg*K*K, N*OH*OW)
-        dcol = dcol.reshape(C, K, K, N, OH, OW)
+        dcol = np.matmul(Wg.transpose(0, 2, 1), dout_g)                 # (G, Cg*K*K, n*OH*OW)
+        dcol = dcol.reshape(C, K, K, n, OH, OW)
         # col2im: one strided add per kernel offset (K*K of them), never a loop over pixels
-        dxc = np.zeros((C, N, H + 2 * P, W + 2 * P), dout.dtype)     # (C, N, Hp, Wp)
+        dxc = np.zeros((C, n, H + 2 * P, W + 2 * P), dout.dtype)        # (C, n, Hp, Wp)
         for p in range(K):
             for q in range(K):
                 dxc[:, :, p:p + S * (OH - 1) + 1:S, q:q + S * (OW - 1) + 1:S] += dcol[:, p, q]
-        return np.ascontiguousarray(dxc[:, :, P:P + H, P:P + W].transpose(1, 0, 2, 3))
+        dx[lo:hi] = dxc[:, :, P:P + H, P:P + W].transpose(1, 0, 2, 3)
+        return dW, db
 
     def _forward_ref(self, x):
         """Loop version of the forward equation, for reading and for tests (slow)."""

@@ -13,6 +13,7 @@ Cached: x, needed for dW.
 import numpy as np
 
 from engine.layer import Layer
+from engine.parallel import run_chunks
 
 
 class Dense(Layer):
@@ -42,14 +43,22 @@ class Dense(Layer):
         return self.in_features * self.out_features
 
     def _forward(self, x, train):
-        out = x @ self.params["W"].T                    # (N, out)
-        out += self.params["b"]
+        out = np.empty((len(x), self.out_features), x.dtype)
+        W, b = self.params["W"], self.params["b"]
+        run_chunks(lambda lo, hi: np.add(x[lo:hi] @ W.T, b, out=out[lo:hi]), len(x))   # (N, out)
         if train:
             self.cache = x
         return out
 
     def _backward(self, dout, need_dx=True):
-        x = self.cache
-        self.grads["W"] = dout.T @ x                    # (out, in)
-        self.grads["b"] = dout.sum(axis=0)              # (out,)
-        return dout @ self.params["W"] if need_dx else None   # (N, in)
+        x, W = self.cache, self.params["W"]
+        dW = np.empty_like(W)
+        # dW is split by output rows (not by batch): no partial sums of a 150 MB matrix to add up
+        run_chunks(lambda lo, hi: np.matmul(dout[:, lo:hi].T, x, out=dW[lo:hi]), self.out_features)
+        self.grads["W"] = dW                                        # (out, in)
+        self.grads["b"] = dout.sum(axis=0)                          # (out,)
+        if not need_dx:
+            return None
+        dx = np.empty_like(x)
+        run_chunks(lambda lo, hi: np.matmul(dout[lo:hi], W, out=dx[lo:hi]), len(dout))   # (N, in)
+        return dx

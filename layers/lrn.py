@@ -27,27 +27,29 @@ sum and the fractional power would cost as much as the forward.
 import numpy as np
 
 from engine.layer import Layer
+from engine.parallel import run_chunks
 
 
-def window_sum(a, size):
-    """sum over channels j in [c - size//2, c + size//2] clipped to [0, C-1]; a: (N, C, ...)."""
+def window_sum(a, size, out):
+    """out[:, c] = sum of a[:, j] for j in [c - size//2, c + size//2] clipped to [0, C-1]."""
     half = size // 2
-    total = a.copy()
+    out[...] = a
     for d in range(1, half + 1):
-        total[:, d:] += a[:, :-d]      # channel c gets c - d
-        total[:, :-d] += a[:, d:]      # channel c gets c + d
-    return total
+        out[:, d:] += a[:, :-d]        # channel c gets c - d
+        out[:, :-d] += a[:, d:]        # channel c gets c + d
+    return out
 
 
-def pow_neg(s, beta):
-    """s ** -beta; beta = 0.75 (the paper's) is done with two square roots, ~10x faster than pow."""
+def pow_neg(s, beta, out):
+    """out = s ** -beta; beta = 0.75 (the paper's) is two square roots, several times faster than pow."""
     if beta == 0.75:
-        r = np.sqrt(s)
-        r *= np.sqrt(r)                # s^0.75
-        return np.reciprocal(r, out=r)
+        np.sqrt(s, out=out)
+        out *= np.sqrt(out)            # s^0.75
+        return np.reciprocal(out, out=out)
     if beta == 0.5:
-        return np.reciprocal(np.sqrt(s))
-    return np.power(s, -beta)
+        np.sqrt(s, out=out)
+        return np.reciprocal(out, out=out)
+    return np.power(s, -beta, out=out)
 
 
 class LRN(Layer):
@@ -67,27 +69,37 @@ class LRN(Layer):
             self._fail("expected input of rank 4 (N, C, H, W)", in_shape)
 
     def _forward(self, x, train):
-        dt = x.dtype.type
-        scale = window_sum(x * x, self.size)                     # (N, C, H, W): S_c
-        scale *= dt(self.alpha)
-        scale += dt(self.k)                                      # s_c
-        scale_pow = pow_neg(scale, self.beta)                    # s_c^-beta
-        out = x * scale_pow
+        scale, scale_pow, out = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+        run_chunks(lambda lo, hi: self._forward_chunk(x[lo:hi], scale[lo:hi], scale_pow[lo:hi],
+                                                      out[lo:hi]), len(x))
         if train:
             self.cache = (x, scale, scale_pow, out)
         return out
 
+    def _forward_chunk(self, x, scale, scale_pow, out):
+        dt = x.dtype.type
+        np.multiply(x, x, out=out)                               # a_c^2, out used as scratch
+        window_sum(out, self.size, scale)                        # S_c
+        scale *= dt(self.alpha)
+        scale += dt(self.k)                                      # s_c = k + alpha S_c
+        pow_neg(scale, self.beta, scale_pow)                     # s_c^-beta
+        np.multiply(x, scale_pow, out=out)                       # b_c
+
     def _backward(self, dout, need_dx=True):
-        x, scale, scale_pow, out = self.cache
+        dx = np.empty_like(dout)
+        run_chunks(lambda lo, hi: self._backward_chunk(dout[lo:hi], dx[lo:hi],
+                                                       *(c[lo:hi] for c in self.cache)), len(dout))
+        return dx
+
+    def _backward_chunk(self, dout, dx, x, scale, scale_pow, out):
         dt = x.dtype.type
         t = dout * out
         t /= scale                                               # dout_j b_j / s_j
-        t = window_sum(t, self.size)
-        t *= x
-        t *= dt(2.0 * self.alpha * self.beta)
-        dx = dout * scale_pow
-        dx -= t
-        return dx
+        window_sum(t, self.size, dx)                             # sum over j in win(c), dx as scratch
+        dx *= x
+        dx *= dt(-2.0 * self.alpha * self.beta)
+        t = np.multiply(dout, scale_pow, out=t)                  # dout_c s_c^-beta
+        dx += t
 
     def _forward_ref(self, x):
         """Loop over channels, straight from the formula (for reading and tests)."""

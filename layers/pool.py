@@ -16,6 +16,7 @@ never over pixels. Backward adds `dout * (argmax == offset)` through the same st
 import numpy as np
 
 from engine.layer import Layer
+from engine.parallel import run_chunks
 
 
 class MaxPool2d(Layer):
@@ -47,25 +48,33 @@ class MaxPool2d(Layer):
         return a[:, :, p:p + S * (OH - 1) + 1:S, q:q + S * (OW - 1) + 1:S]   # (N, C, OH, OW) view
 
     def _forward(self, x, train):
-        K = self.kernel_size
         _, OH, OW = self.output_shape(x.shape[1:])
-        out = self._window(x, 0, 0, OH, OW).copy()                  # (N, C, OH, OW)
-        argmax = np.zeros(out.shape, np.uint8)
-        for offset in range(1, K * K):
-            win = self._window(x, offset // K, offset % K, OH, OW)
-            better = win > out                                       # strict: first max wins ties
-            np.maximum(out, win, out=out)
-            argmax[better] = offset
+        out = np.empty(x.shape[:2] + (OH, OW), x.dtype)             # (N, C, OH, OW)
+        argmax = np.empty(out.shape, np.uint8)
+        run_chunks(lambda lo, hi: self._forward_chunk(x[lo:hi], out[lo:hi], argmax[lo:hi]), len(x))
         if train:
             self.cache = (argmax, x.shape)
         return out
 
+    def _forward_chunk(self, x, out, argmax):
+        K, (OH, OW) = self.kernel_size, out.shape[2:]
+        out[...] = self._window(x, 0, 0, OH, OW)
+        argmax[...] = 0
+        for offset in range(1, K * K):
+            win = self._window(x, offset // K, offset % K, OH, OW)
+            better = win > out                                       # strict: first max wins ties
+            np.maximum(out, win, out=out)
+            np.putmask(argmax, better, offset)
+
     def _backward(self, dout, need_dx=True):
         argmax, x_shape = self.cache
-        K = self.kernel_size
-        OH, OW = dout.shape[2:]
-        dx = np.zeros(x_shape, dout.dtype)
+        dx = np.empty(x_shape, dout.dtype)
+        run_chunks(lambda lo, hi: self._backward_chunk(dout[lo:hi], argmax[lo:hi], dx[lo:hi]), len(dout))
+        return dx
+
+    def _backward_chunk(self, dout, argmax, dx):
+        K, (OH, OW) = self.kernel_size, dout.shape[2:]
+        dx[...] = 0
         for offset in range(K * K):
             dx_win = self._window(dx, offset // K, offset % K, OH, OW)   # a view into dx
             dx_win += dout * (argmax == offset)
-        return dx

@@ -12,15 +12,19 @@ costs no extra memory.
 import numpy as np
 
 from engine.layer import Layer
+from engine.parallel import run_chunks
 
 
 class ReLU(Layer):
     def _forward(self, x, train):
-        out = np.maximum(x, 0)
+        out = np.empty_like(x)
+        run_chunks(lambda lo, hi: np.maximum(x[lo:hi], 0, out=out[lo:hi]), len(x))
         if train:
             self.cache = out
         return out
 
     def _backward(self, dout, need_dx=True):
         out = self.cache
-        return dout * (out > 0)
+        dx = np.empty_like(dout)
+        run_chunks(lambda lo, hi: np.multiply(dout[lo:hi], out[lo:hi] > 0, out=dx[lo:hi]), len(dout))
+        return dx
