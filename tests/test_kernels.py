@@ -1,0 +1,250 @@
+"""The CUDA kernels of kernels/*.cu against the NumPy layers, on every backend this machine has.
+
+One test module, a backend fixture: "cpu-harness" runs the .cu files compiled by g++ >= 12 on the
+CPU (every machine, CI included), "cupy" runs them on a GPU when one is usable; each skips with
+the reason otherwise. The numeric checks live in kernels/checks.py, shared with
+`alexnet kernels --check`; the tests below them pin behaviour the numbers cannot show (mask
+reproducibility, one SGD launch, clear errors) and the CPU harness itself.
+"""
+import functools
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from kernels import checks, dispatch, harness, loader
+from layers import Dropout, ReLU
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", params=["cpu-harness", "cupy"])
+def rt(request):
+    try:
+        return loader.runtime(request.param)
+    except (harness.HarnessUnavailable, loader.CudaUnavailable) as e:
+        pytest.skip(str(e))
+
+
+@functools.cache
+def _rows(rt, name):
+    return checks.run(rt, name)
+
+
+@pytest.mark.parametrize("name", list(checks.CHECKS))
+def test_kernels_match_numpy_layers(rt, name):
+    bad = [r for r in _rows(rt, name) if not r.ok]
+    assert not bad, "\n".join(f"{r.check} [{', '.join(r.kernels)}]: error {r.err:.3g} > {r.tol:.3g}" for r in bad)
+
+
+def test_every_kernel_is_checked(rt):
+    defined = {name for f in loader.kernel_files() for name, _ in harness.kernels_in(loader.source(f))}
+    checked = {k for name in checks.CHECKS for row in _rows(rt, name) for k in row.kernels}
+    assert defined - checked == set()
+    assert len(defined) == 15
+
+
+def test_dropout_mask_follows_seed_and_step(rt):
+    x = rt.xp.ones((4, 257), np.float32)
+    layer = Dropout(0.5, seed=11)
+    first = checks.host(dispatch.layer_forward(layer, x, True, runtime=rt))
+    second = checks.host(dispatch.layer_forward(layer, x, True, runtime=rt))
+    assert layer.step == 2
+    assert (first != second).any()                      # a new step draws a new mask
+    again = checks.host(dispatch.layer_forward(Dropout(0.5, seed=11), x, True, runtime=rt))
+    np.testing.assert_array_equal(first, again)        # same seed and step: the same mask
+    other = checks.host(dispatch.layer_forward(Dropout(0.5, seed=12), x, True, runtime=rt))
+    assert (first != other).any()
+    assert set(np.unique(first)) == {0.0, 2.0}
+
+
+def test_dropout_p0_is_identity_and_keeps_step(rt):
+    layer = Dropout(0.0, seed=3)
+    x = rt.xp.asarray(np.random.default_rng(0).standard_normal((3, 33)).astype(np.float32))
+    np.testing.assert_array_equal(checks.host(dispatch.layer_forward(layer, x, True, runtime=rt)), checks.host(x))
+    assert layer.step == 0
+
+
+class _CountingRuntime:
+    """A runtime that counts kernel launches."""
+
+    def __init__(self, rt):
+        self.rt, self.launches = rt, []
+        self.name, self.xp, self.pointer = rt.name, rt.xp, rt.pointer
+
+    def module(self, file):
+        counting = self
+
+        class Module:
+            def get_function(self, kernel):
+                fn = counting.rt.module(file).get_function(kernel)
+
+                def launch(*args, **kwargs):
+                    counting.launches.append(kernel)
+                    return fn(*args, **kwargs)
+                return launch
+        return Module()
+
+
+def test_sgd_updates_all_tensors_in_one_launch(rt):
+    counting = _CountingRuntime(rt)
+    shapes = [(5, 3), (7,), (2, 2, 3)]
+    entries = [(rt.xp.ones(s, np.float32), rt.xp.ones(s, np.float32), rt.xp.zeros(s, np.float32), 1.0, 1.0)
+               for s in shapes]
+    dispatch.sgd_update(entries, 0.1, 0.9, 0.0, runtime=counting)
+    dispatch.sgd_update(entries, 0.1, 0.9, 0.0, runtime=counting)  # the cached pointer table
+    assert counting.launches == ["sgd_update", "sgd_update"]
+    for w, _, v, _, _ in entries:  # v = -0.1, then 0.9 * -0.1 - 0.1
+        np.testing.assert_allclose(checks.host(v), -0.19, rtol=1e-6)
+        np.testing.assert_allclose(checks.host(w), 1 - 0.1 - 0.19, rtol=1e-6)
+
+
+def test_softmax_xent_out_of_range_label_gives_nan_loss(rt):
+    logits = rt.xp.zeros((2, 5), np.float32)
+    loss, _ = dispatch.softmax_xent_forward(logits, rt.xp.asarray(np.array([1, 5])), runtime=rt)
+    assert np.isnan(float(loss))
+
+
+def test_bad_arrays_get_errors_naming_the_layer(rt):
+    layer = ReLU()
+    x64 = rt.xp.ones((2, 3), np.float64)
+    with pytest.raises(TypeError, match=r"relu: x must be float32 .* got float64"):
+        dispatch.layer_forward(layer, x64, True, runtime=rt)
+    strided = rt.xp.ones((4, 6), np.float32)[:, ::2]
+    with pytest.raises(ValueError, match=r"relu: x must be C-contiguous"):
+        dispatch.layer_forward(layer, strided, True, runtime=rt)
+    foreign = np.ones((2, 3), np.float32) if rt.name == "cupy" else [[1.0, 2.0]]
+    with pytest.raises(TypeError, match=rf"relu: x is a .* but the {rt.name} kernels need a {rt.xp.__name__}\.ndarray"):
+        dispatch.layer_forward(layer, foreign, True, runtime=rt)
+
+
+def test_default_runtime_without_a_gpu_says_why():
+    try:
+        loader.cupy_runtime()
+    except loader.CudaUnavailable:
+        with pytest.raises(loader.CudaUnavailable, match=r"^relu: the CUDA kernels need CuPy and a GPU: \S"):
+            dispatch.layer_forward(ReLU(), np.ones((2, 3), np.float32), True)
+    else:
+        with pytest.raises(TypeError, match=r"relu: x is a numpy\.ndarray .* cupy\.ndarray"):
+            dispatch.layer_forward(ReLU(), np.ones((2, 3), np.float32), True)
+
+
+# ---- the CPU harness itself --------------------------------------------------------------------------
+PROBE = textwrap.dedent("""
+    extern "C" __global__ void unwritten_shared(float* out) {
+        extern __shared__ float smem[];
+        if (threadIdx.x == 0) smem[0] = 1.0f;
+        __syncthreads();
+        out[threadIdx.x] = smem[threadIdx.x];
+    }
+    extern "C" __global__ void rotate_through_shared(int* out) {
+        extern __shared__ int ring[];
+        ring[threadIdx.x] = threadIdx.x;
+        __syncthreads();
+        out[threadIdx.x] = ring[(threadIdx.x + 1) % blockDim.x];
+    }
+    extern "C" __global__ void warp_sums(int* out) {
+        int v = threadIdx.x, down = threadIdx.x;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        for (int o = 16; o > 0; o >>= 1) down += __shfl_down_sync(0xffffffffu, down, o);
+        out[2 * threadIdx.x] = v;
+        out[2 * threadIdx.x + 1] = __shfl_sync(0xffffffffu, down, 0);
+    }
+    extern "C" __global__ void count(float* total) {
+        atomicAdd(total, 1.0f);
+    }
+    extern "C" __global__ void denormal(const float* x, float* out) {
+        out[0] = x[0] * 1e-30f;
+    }
+    extern "C" __global__ void index_grid(int* out) {
+        const int i = blockIdx.x * blockDim.x + threadIdx.x;
+        out[i] = blockIdx.x * 1000 + threadIdx.x + 100 * (gridDim.x + blockDim.x);
+    }
+""")
+
+
+@pytest.fixture(scope="module")
+def probe():
+    try:
+        harness.compiler()
+    except harness.HarnessUnavailable as e:
+        pytest.skip(str(e))
+    return harness.Module(PROBE, "probe.cu")
+
+
+def test_harness_classifies_kernels(probe):
+    assert probe.kernels == {"unwritten_shared": True, "rotate_through_shared": True, "warp_sums": True,
+                             "count": False, "denormal": False, "index_grid": False}
+
+
+def test_harness_poisons_dynamic_shared_memory(probe):
+    out = np.zeros(64, np.float32)
+    probe.get_function("unwritten_shared")((2,), (32,), (out,), shared_mem=32 * 4)
+    assert out[0] == 1.0 and np.isnan(out[1:32]).all()
+
+
+def test_harness_barrier_orders_shared_memory(probe):
+    out = np.zeros(96, np.int32)
+    probe.get_function("rotate_through_shared")((1,), (96,), (out,), shared_mem=96 * 4)
+    np.testing.assert_array_equal(out, (np.arange(96) + 1) % 96)
+
+
+def test_harness_warp_shuffles(probe):
+    out = np.zeros((64, 2), np.int32)
+    probe.get_function("warp_sums")((1,), (64,), (out,))
+    np.testing.assert_array_equal(out[:32, 0], sum(range(32)))
+    np.testing.assert_array_equal(out[32:, 0], sum(range(32, 64)))
+    np.testing.assert_array_equal(out[:, 1], np.repeat([sum(range(32)), sum(range(32, 64))], 32))
+
+
+def test_harness_atomic_add_and_indices(probe):
+    total = np.zeros((), np.float32)
+    probe.get_function("count")((3,), (37,), (total,))
+    assert total == 3 * 37
+    out = np.zeros(3 * 5, np.int32)
+    probe.get_function("index_grid")(3, 5, (out,))
+    np.testing.assert_array_equal(out, [b * 1000 + t + 800 for b in range(3) for t in range(5)])
+
+
+def test_harness_flushes_denormals_and_restores_the_caller(probe):
+    out = np.ones(1, np.float32)
+    probe.get_function("denormal")((1,), (1,), (np.array([1e-10], np.float32), out))
+    assert out[0] == 0.0
+    assert np.float32(1e-10) * np.float32(1e-30) != 0.0  # the Python thread keeps gradual underflow
+
+
+def test_harness_checks_arguments_against_the_signature(probe):
+    x, out = np.ones(8, np.float32), np.zeros(8, np.float32)
+    relu = harness.load("relu").get_function("relu_forward")
+    with pytest.raises(harness.LaunchError, match=r"argument 2 is 4 bytes in the kernel's signature, got 8"):
+        relu((1,), (32,), (x, out, 8))                  # a Python int is 8 bytes, as CuPy sends it
+    with pytest.raises(harness.LaunchError, match=r"takes 3 arguments, got 2"):
+        relu((1,), (32,), (x, out))
+    with pytest.raises(harness.LaunchError, match=r"C-contiguous"):
+        relu((1,), (32,), (np.ones(16, np.float32)[::2], out, np.int32(8)))
+    relu((1,), (32,), (x, out, np.int32(8)))
+    np.testing.assert_array_equal(out, x)
+
+
+def test_harness_aborts_a_sequential_kernel_that_needs_threads(tmp_path):
+    try:
+        harness.compiler()
+    except harness.HarnessUnavailable as e:
+        pytest.skip(str(e))
+    # the barrier hides in a helper, so the kernel's own text gives no hint that it needs threads
+    source = textwrap.dedent("""
+        __device__ void wait_for_block() { __syncthreads(); }
+        extern "C" __global__ void hidden_barrier(float* out) { wait_for_block(); out[threadIdx.x] = 1.0f; }
+    """)
+    script = ("import numpy as np; from kernels import harness; "
+              f"m = harness.Module({source!r}, 'hidden.cu'); "
+              "m.get_function('hidden_barrier')((1,), (4,), (np.zeros(4, np.float32),))")
+    env = dict(os.environ, ALEXNET_KERNEL_CACHE=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert re.search(r"kernel hidden_barrier calls __syncthreads but the harness runs it sequentially",
+                     result.stderr)
