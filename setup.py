@@ -7,7 +7,7 @@ setup(
     python_requires=">=3.10",
     packages=["engine", "layers", "kernels", "models"],
     package_data={"kernels": ["*.cu", "harness/*.h"]},
-    install_requires=["numpy>=1.24", "pillow>=9", "tqdm>=4.60"],
+    install_requires=["numpy>=1.24", "pillow>=9", "tqdm>=4.60", "threadpoolctl>=3"],
     extras_require={
         "cuda": ["cupy-cuda12x>=13"],
         "test": ["pytest>=7"],

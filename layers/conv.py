@@ -130,11 +130,15 @@ class Conv2d(Layer):
         Wg = self.params["W"].reshape(G, O // G, -1)
         dcol = np.matmul(Wg.transpose(0, 2, 1), dout_g)                 # (G, Cg*K*K, n*OH*OW)
         dcol = dcol.reshape(C, K, K, n, OH, OW)
-        # col2im: one strided add per kernel offset (K*K of them), never a loop over pixels
+        # col2im: one strided add per kernel offset (K*K of them), never a loop over pixels;
+        # done a few channels at a time so the block of dxc being added to stays in cache (~1 MB)
         dxc = np.zeros((C, n, H + 2 * P, W + 2 * P), dout.dtype)        # (C, n, Hp, Wp)
-        for p in range(K):
-            for q in range(K):
-                dxc[:, :, p:p + S * (OH - 1) + 1:S, q:q + S * (OW - 1) + 1:S] += dcol[:, p, q]
+        block = max(1, (1 << 20) // (dxc[0].nbytes or 1))
+        for c0 in range(0, C, block):
+            dxc_b, dcol_b = dxc[c0:c0 + block], dcol[c0:c0 + block]
+            for p in range(K):
+                for q in range(K):
+                    dxc_b[:, :, p:p + S * (OH - 1) + 1:S, q:q + S * (OW - 1) + 1:S] += dcol_b[:, p, q]
         dx[lo:hi] = dxc[:, :, P:P + H, P:P + W].transpose(1, 0, 2, 3)
         return dW, db
 
