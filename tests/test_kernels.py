@@ -248,3 +248,26 @@ def test_harness_aborts_a_sequential_kernel_that_needs_threads(tmp_path):
     assert result.returncode != 0
     assert re.search(r"kernel hidden_barrier calls __syncthreads but the harness runs it sequentially",
                      result.stderr)
+
+
+# ---- alexnet kernels --------------------------------------------------------------------------------
+def test_cli_check_runs_every_kernel_on_the_harness(probe, capsys):
+    from engine.cli import main
+    assert main(["kernels", "--check", "--backend", "cpu-harness"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^conv_col2im\s+\S+\s+\S+\s+pass$", out, re.M)
+    assert "15 of 15 kernels pass" in out
+
+
+def test_cli_without_gpp_prints_one_line(monkeypatch, capsys):
+    from engine.cli import main
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    harness.compiler.cache_clear()
+    loader.harness_runtime.cache_clear()
+    try:
+        assert main(["kernels", "--check", "--backend", "cpu-harness"]) == 1
+    finally:
+        harness.compiler.cache_clear()
+        loader.harness_runtime.cache_clear()
+    out = capsys.readouterr().out
+    assert out == "alexnet kernels: the CPU kernel harness needs g++ >= 12, and /nonexistent/g++ is not on PATH\n"
