@@ -10,7 +10,7 @@ setup(
     install_requires=["numpy>=1.24", "pillow>=9", "tqdm>=4.60", "threadpoolctl>=3"],
     extras_require={
         "cuda": ["cupy-cuda12x>=13"],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "nvidia-cuda-nvrtc-cu12"],
         "ref": ["torch"],
     },
     entry_points={"console_scripts": ["alexnet=engine.cli:main"]},
