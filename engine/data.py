@@ -153,6 +153,22 @@ def is_prepared(path):
     return os.path.isfile(os.path.join(path, "meta.json"))
 
 
+def peek_classes(root):
+    """The class names of DIR without scanning files: enough to size the model's last layer."""
+    if not os.path.isdir(root):
+        raise UserError(f"data folder {root} not found")
+    if is_prepared(root):
+        try:
+            with open(os.path.join(root, "classes.json")) as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise UserError(f"prepared dataset {root} is damaged: {e}") from None
+    train_dir = os.path.join(root, "train")
+    if not os.path.isdir(train_dir):
+        raise UserError(f"{root} has no train/ folder (expected {train_dir}/<class>/*.jpg)")
+    return list_classes(train_dir)
+
+
 class FolderSource:
     """A split of an image folder; ``load`` decodes a batch of samples."""
 
@@ -476,9 +492,11 @@ class Prefetcher:
 
 
 class TrainBatches:
-    """The training batches of one epoch: order, indices and augmentation fixed by (seed, epoch)."""
+    """The training batches of one epoch: order, indices and augmentation fixed by (seed, epoch).
+    ``scale`` multiplies the mean-subtracted pixels (1: the paper's 0..255 range)."""
 
-    def __init__(self, source, batch_size, crop, mean, seed, epoch):
+    def __init__(self, source, batch_size, crop, mean, seed, epoch, scale=1.0):
+        self.scale = scale
         self.source = source
         self.batch_size = batch_size
         self.crop = crop
@@ -492,6 +510,8 @@ class TrainBatches:
         idx = self.order[b * self.batch_size : (b + 1) * self.batch_size]
         imgs, labels = self.source.load(idx)
         x = augment_batch(imgs, batch_rng(self.seed, self.epoch, b), self.crop, self.mean)
+        if self.scale != 1.0:
+            x *= np.float32(self.scale)
         return x, labels
 
 
@@ -502,7 +522,8 @@ def num_batches(n, batch_size):
 class EvalBatches:
     """Validation batches in file order: centre crop, or the 10 views with ten_crop."""
 
-    def __init__(self, source, batch_size, crop, mean, ten_crop=False):
+    def __init__(self, source, batch_size, crop, mean, ten_crop=False, scale=1.0):
+        self.scale = scale
         self.source = source
         self.batch_size = batch_size
         self.crop = crop
@@ -513,9 +534,12 @@ class EvalBatches:
     def __call__(self, b):
         idx = np.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.source)))
         imgs, labels = self.source.load(idx)
-        if self.ten_crop:
-            return ten_crop_batches(imgs, self.crop, self.mean), labels
-        return [center_crop_batch(imgs, self.crop, self.mean)], labels
+        views = ten_crop_batches(imgs, self.crop, self.mean) if self.ten_crop else \
+            [center_crop_batch(imgs, self.crop, self.mean)]
+        if self.scale != 1.0:
+            for x in views:
+                x *= np.float32(self.scale)
+        return views, labels
 
 
 # ---------------------------------------------------------------------------------------------

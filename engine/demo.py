@@ -29,6 +29,10 @@ IMAGE_SIZE = 80
 TRAIN_PER_CLASS = 500
 VAL_PER_CLASS = 100
 _SUPERSAMPLE = 2  # draw at 2x and downscale: antialiased edges, as in a photo
+CLUTTER = (3, 9)  # clutter items per image, [low, high)
+NOISE = (3.0, 15.0)  # range of the Gaussian noise's standard deviation, in grey levels
+OUTLINE_P = 0.25  # share of shapes drawn as an outline instead of filled
+SCALE = (0.22, 0.4)  # shape radius as a fraction of the image side
 
 
 def cache_root():
@@ -98,7 +102,7 @@ def draw_sample(cls, rng, size=IMAGE_SIZE):
     img = Image.fromarray(bg.astype(np.uint8))
     draw = ImageDraw.Draw(img)
     # Clutter under the shape: lines, dots and arcs in random colours.
-    for _ in range(rng.integers(3, 9)):
+    for _ in range(rng.integers(*CLUTTER)):
         kind = rng.integers(0, 3)
         col = tuple(int(v) for v in rng.uniform(0, 255, 3))
         x0, y0, x1, y1 = (int(v) for v in rng.uniform(0, n, 4))
@@ -112,12 +116,12 @@ def draw_sample(cls, rng, size=IMAGE_SIZE):
             box = (min(x0, x1), min(y0, y1), max(x0, x1) + 1, max(y0, y1) + 1)
             draw.arc(box, float(rng.uniform(0, 360)), float(rng.uniform(0, 360)), fill=col, width=width)
 
-    scale = rng.uniform(0.22, 0.4) * n
+    scale = rng.uniform(*SCALE) * n
     cx, cy = rng.uniform(0.35, 0.65, 2) * n
     angle = rng.uniform(0, 2 * np.pi)
     aspect = rng.uniform(0.8, 1.25)
     colour = _colour(rng, bg[int(cy), int(cx)])
-    outline_only = rng.random() < 0.25 and cls not in ("ring", "crescent")
+    outline_only = rng.random() < OUTLINE_P and cls not in ("ring", "crescent")
     line_w = int(max(2, scale * rng.uniform(0.12, 0.2)))
     rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
 
@@ -155,7 +159,7 @@ def draw_sample(cls, rng, size=IMAGE_SIZE):
 
     img = img.resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32)
-    arr = arr + rng.normal(0, rng.uniform(3, 15), arr.shape)
+    arr = arr + rng.normal(0, rng.uniform(*NOISE), arr.shape)
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 

@@ -1,0 +1,450 @@
+"""The training subcommands of ``alexnet``: train, prepare, eval, predict, plot.
+
+``engine.cli`` builds the parser and calls ``register``. Imports stay inside the command
+functions so that ``alexnet --help`` and the other subcommands start fast.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+
+from engine.errors import UserError
+
+MODELS = ("alexnet", "alexnet-small")
+
+# The demo's own defaults. The paper's recipe (N(0, 0.01) weights on raw 0..255 pixels, batch 128,
+# patience 1) sits at chance level for many epochs on 5,000 small images (measured: still at
+# ln(10) after 4 epochs with the paper and caffe presets); the he preset on pixels scaled to
+# about unit spread (1/64) with smaller batches leaves chance within the first epochs.
+DEMO = {"model": "alexnet-small", "epochs": 30, "batch_size": 64, "lr": 0.01, "init": "he",
+        "input_scale": 1 / 64, "patience": 2}
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "train", help="train AlexNet (no arguments: the small model on the built-in demo dataset)",
+        description="Train on DIR (train/<class>/* and val/<class>/* images, or a dataset written by "
+                    "'alexnet prepare'). Without --data, generates the built-in demo dataset once (a cache "
+                    "folder, $ALEXNET_CACHE) and trains alexnet-small on it in a few minutes on a CPU, "
+                    f"with the demo's own defaults: {DEMO['epochs']} epochs, batch {DEMO['batch_size']}, "
+                    f"lr {DEMO['lr']}, --init {DEMO['init']}, --input-scale 1/64, plateau patience "
+                    f"{DEMO['patience']} (the paper's init stalls at chance on so little data). With --data the "
+                    "defaults are the paper's: batch 128, lr 0.01, momentum 0.9, weight decay 5e-4, LR divided "
+                    "by 10 when the validation error stops improving (at most 3 times), 90 epochs, paper init. "
+                    "Ctrl-C saves a checkpoint and prints the command that resumes exactly where it stopped.")
+    p.add_argument("--data", metavar="DIR", help="dataset folder (default: the built-in demo dataset)")
+    p.add_argument("--model", choices=MODELS, help="network (default alexnet; alexnet-small for the demo)")
+    p.add_argument("--epochs", type=int, metavar="N", help="epochs to train in total (default 90)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="images per step (default 128)")
+    p.add_argument("--lr", type=float, metavar="LR", help="initial learning rate (default 0.01)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="where to train (default cpu)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<date>-<time>-<model>)")
+    p.add_argument("--resume", nargs="?", const="", metavar="CKPT",
+                   help="continue a run from a checkpoint file, a run directory (its latest checkpoint), "
+                        "or with no value the latest checkpoint of --out")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of the init, data order, augmentation and dropout (default 0)")
+    p.add_argument("--init", choices=("paper", "caffe", "he"), help="weight init preset (default paper)")
+    p.add_argument("--input-scale", type=float, metavar="X",
+                   help="multiply mean-subtracted pixels by X (default 1: the paper's 0..255 range; "
+                        "the demo uses 1/64 for the he init)")
+    p.add_argument("--workers", type=int, metavar="W", help="background loader threads (default 2; 0 loads inline)")
+    p.add_argument("--strict-data", action="store_true", default=None,
+                   help="stop at the first unreadable image instead of skipping and counting it")
+    p.add_argument("--keep", type=int, metavar="K", help="how many recent checkpoints to keep (default 3)")
+    p.add_argument("--stop-after-steps", type=int, metavar="N",
+                   help="save a checkpoint and stop after N steps (to test or split up a run; resume continues exactly)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (per-epoch lines only)")
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser(
+        "prepare", help="decode an image folder once into uint8 shards for fast training",
+        description="Decode SRC (train/<class>/* and val/<class>/*) into DST: uint8 shards of SIZE x SIZE "
+                    "images (shorter side scaled to SIZE, centre crop), labels, class names and the per-pixel "
+                    "training mean. Training reads the shards through memory maps. DST appears only when complete.")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    p.add_argument("--model", choices=MODELS, default="alexnet",
+                   help="size the images for this model: 256 for alexnet, 73 for alexnet-small (default alexnet)")
+    p.add_argument("--size", type=int, metavar="S", help="image side, overriding --model")
+    p.add_argument("--workers", type=int, default=2, metavar="W", help="decoding threads (default 2)")
+    p.add_argument("--shard-size", type=int, metavar="N", help="images per shard (default: about 1 GiB)")
+    p.add_argument("--strict-data", action="store_true", help="stop at the first unreadable image")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_prepare)
+
+    p = subparsers.add_parser("eval", help="top-1 and top-5 of a checkpoint on a validation set",
+                              description="Evaluate CKPT on DIR's val/ images (or a prepared dataset's val split): "
+                                          "centre crop, or with --ten-crop the paper's 10 views averaged.")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--ten-crop", action="store_true", help="average the softmax of 4 corner + centre crops and their mirrors")
+    p.add_argument("--batch-size", type=int, default=128, metavar="B")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--workers", type=int, default=2, metavar="W")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("predict", help="top-5 classes of images under a checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
+    p.add_argument("--ten-crop", action="store_true")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.set_defaults(func=cmd_predict)
+
+    p = subparsers.add_parser("plot", help="PNG curves of a run and a grid of its conv1 filters",
+                              description="Write RUN_DIR/plots/curves.png (loss, top-1/top-5, learning rate per "
+                                          "epoch) and RUN_DIR/plots/conv1_filters.png (the paper's Figure 3).")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint for the filters (default: best, else latest)")
+    p.set_defaults(func=cmd_plot)
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def _check_device(device):
+    if device == "cuda":
+        from engine import backend
+
+        if not backend.cuda_available():
+            raise UserError(f"--device cuda is not usable: {backend.cuda_unavailable_reason()}")
+
+
+def _resume_target(resume, out):
+    """(checkpoint path, run dir) for --resume [CKPT] and --out."""
+    from engine.checkpoint import CheckpointDir
+
+    target = resume or out
+    if not target:
+        raise UserError("--resume without a checkpoint needs --out RUN_DIR")
+    if os.path.isdir(target):
+        latest = CheckpointDir(os.path.join(target, "checkpoints")).latest()
+        if latest is None:
+            raise UserError(f"{target} has no checkpoints to resume from")
+        return latest, out or target
+    if not os.path.isfile(target):
+        raise UserError(f"checkpoint {target} not found")
+    parent = os.path.dirname(os.path.abspath(target))
+    if out:
+        return target, out
+    if os.path.basename(parent) != "checkpoints":
+        raise UserError(f"{target} is not inside a run's checkpoints/ folder: give --out RUN_DIR to continue into")
+    return target, os.path.dirname(parent)
+
+
+def cmd_train(args):
+    from engine import checkpoint as ckpt
+    from engine.trainer import TrainConfig, Trainer
+
+    given = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "device", "seed", "init",
+                                            "input_scale", "workers", "strict_data", "keep")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.stop_after_steps is not None and args.stop_after_steps < 1:
+        raise UserError(f"--stop-after-steps must be at least 1, got {args.stop_after_steps}")
+    resume_state = None
+    if args.resume is not None:
+        path, run_dir = _resume_target(args.resume, args.out)
+        arrays, meta = ckpt.load(path)
+        config = TrainConfig.from_json(meta["config"])
+        # What fixes the computation cannot change mid-run; the rest can.
+        for key in ("model", "batch_size", "seed", "init", "input_scale"):
+            if key in given and given[key] != getattr(config, key):
+                raise UserError(f"--{key.replace('_', '-')} cannot change when resuming "
+                                f"(the run uses {getattr(config, key)})")
+        for key in ("epochs", "lr", "device", "workers", "strict_data", "keep"):
+            if key in given:
+                setattr(config, key, given[key])
+        if args.data:
+            config.data = os.path.abspath(args.data)
+        resume_state = (path, arrays, meta)
+        lr_override = given.get("lr")
+    else:
+        base = dict(DEMO) if args.data is None else {}
+        base.update(given)
+        config = TrainConfig(data=os.path.abspath(args.data) if args.data else "", **base)
+        config.demo = args.data is None
+        lr_override = None
+        run_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{config.model}")
+    # Arguments are checked before the demo is generated and before anything is written.
+    config.validate()
+    if config.demo and not config.data:
+        from engine.demo import ensure_demo
+
+        config.data = ensure_demo()
+        print(f"no --data given: training {config.model} on the built-in demo dataset {config.data}", flush=True)
+    trainer = Trainer(config, run_dir, resume=resume_state, stop_after_steps=args.stop_after_steps,
+                      progress=not args.no_progress, lr_override=lr_override)
+    return trainer.run()
+
+
+# ---------------------------------------------------------------------------------------------
+# prepare
+
+
+def cmd_prepare(args):
+    from engine.data import prepare_dataset
+
+    size = args.size if args.size is not None else {"alexnet": 256, "alexnet-small": 73}[args.model]
+    if size < 8:
+        raise UserError(f"--size must be at least 8, got {size}")
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    if args.shard_size is not None and args.shard_size < 1:
+        raise UserError(f"--shard-size must be at least 1, got {args.shard_size}")
+    t0 = time.perf_counter()
+    summary = prepare_dataset(args.src, args.dst, size, strict=args.strict_data, shard_size=args.shard_size,
+                              workers=args.workers, progress=not args.no_progress)
+    c = summary["counts"]
+    print(f"prepared {args.dst}: {summary['classes']} classes, {c['train']} train / {c['val']} val images "
+          f"at {size}x{size} in {time.perf_counter() - t0:.1f} s")
+    skipped = len(summary["skipped"]) + len(summary["bad"])
+    if skipped:
+        first = (summary["skipped"] + list(summary["bad"].items()))[0]
+        print(f"skipped {skipped} files that are not readable images, e.g. {first[0]}: {first[1]}")
+    print(f"train on it with: alexnet train --data {args.dst}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# eval, predict
+
+
+def _fit_mean(mean, size):
+    """The checkpoint's training mean for images of side ``size``: a per-pixel mean of another
+    size falls back to its channel means."""
+    if mean.shape[0] in (1, size):
+        return mean
+    return mean.mean(axis=(0, 1), keepdims=True)
+
+
+def cmd_eval(args):
+    from engine.checkpoint import load_model
+    from engine.data import open_dataset
+    from engine.trainer import evaluate
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    _check_device(args.device)
+    model, meta, mean = load_model(args.checkpoint, args.device)
+    ds = open_dataset(args.data, model.resize_size, need_train=False)
+    if ds.classes != meta["classes"]:
+        raise UserError(f"{args.data} has other classes than the checkpoint was trained on "
+                        f"({len(ds.classes)} vs {len(meta['classes'])})")
+    if ds.size < model.input_size:
+        raise UserError(f"{args.data} holds {ds.size}x{ds.size} images, smaller than the {model.input_size} crops")
+    t0 = time.perf_counter()
+    r = evaluate(model, ds.val, model.input_size, _fit_mean(mean, ds.size), batch_size=args.batch_size,
+                 ten_crop=args.ten_crop, workers=args.workers, device=args.device, progress=not args.no_progress,
+                 scale=meta.get("input_scale", 1.0))
+    views = "10-crop" if args.ten_crop else "centre crop"
+    print(f"{args.checkpoint} on {args.data} ({r['count']} val images, {views}): top-1 {100 * r['top1']:.2f}% "
+          f"(error {100 * (1 - r['top1']):.2f}%), top-5 {100 * r['top5']:.2f}% "
+          f"(error {100 * (1 - r['top5']):.2f}%), loss {r['loss']:.4f}, {time.perf_counter() - t0:.1f} s")
+    bad = ds.val.bad
+    if bad:
+        print(f"skipped {len(bad)} unreadable images, e.g. {next(iter(bad))}")
+    return 0
+
+
+def cmd_predict(args):
+    import numpy as np
+
+    from engine import backend
+    from engine.checkpoint import load_model
+    from engine.data import center_crop_batch, decode_image, ten_crop_batches
+    from engine.trainer import softmax
+
+    if args.top < 1:
+        raise UserError(f"--top must be at least 1, got {args.top}")
+    _check_device(args.device)
+    model, meta, mean = load_model(args.checkpoint, args.device)
+    size = model.resize_size
+    imgs = []
+    for path in args.images:
+        try:
+            imgs.append(decode_image(path, size))
+        except (OSError, ValueError, SyntaxError) as e:
+            raise UserError(f"cannot read image {path}: {e}") from None
+    batch = np.stack(imgs)  # (N, S, S, 3)
+    mean = _fit_mean(mean, size)
+    views = ten_crop_batches(batch, model.input_size, mean) if args.ten_crop else \
+        [center_crop_batch(batch, model.input_size, mean)]
+    probs = 0.0
+    for x in views:
+        x *= np.float32(meta.get("input_scale", 1.0))
+        logits = backend.to_numpy(model.forward(backend.to_device(x, args.device), train=False))
+        probs = probs + softmax(logits.astype(np.float64))
+    probs = probs / len(views)
+    classes = meta["classes"]
+    k = min(args.top, len(classes))
+    for path, p in zip(args.images, probs):
+        print(path)
+        for c in np.argsort(-p, kind="stable")[:k]:
+            print(f"  {100 * p[c]:6.2f}%  {classes[c]}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# plot
+
+
+def cmd_plot(args):
+    from engine.checkpoint import CheckpointDir, load_model
+
+    log_path = os.path.join(args.run_dir, "log.jsonl")
+    if not os.path.isfile(log_path):
+        raise UserError(f"{args.run_dir} is not a run directory (no log.jsonl)")
+    epochs = read_epoch_log(log_path)
+    if not epochs:
+        raise UserError(f"{log_path} has no finished epoch yet: nothing to plot")
+    ckpts = CheckpointDir(os.path.join(args.run_dir, "checkpoints"))
+    ckpt_path = args.checkpoint or (ckpts.best_path if os.path.isfile(ckpts.best_path) else ckpts.latest())
+    if ckpt_path is None:
+        raise UserError(f"{args.run_dir} has no checkpoint to take conv1's filters from")
+    model, meta, _ = load_model(ckpt_path)
+    out_dir = os.path.join(args.run_dir, "plots")
+    os.makedirs(out_dir, exist_ok=True)
+    curves = os.path.join(out_dir, "curves.png")
+    draw_curves(epochs, title=f"{meta['arch']}, {meta['num_classes']} classes").save(curves)
+    filters = os.path.join(out_dir, "conv1_filters.png")
+    draw_filters(model.state_dict()["conv1.W"]).save(filters)
+    print(f"wrote {curves}")
+    print(f"wrote {filters} (conv1 of {ckpt_path})")
+    return 0
+
+
+def read_epoch_log(path):
+    """The epoch records of a log.jsonl, one per epoch: a resumed run may have logged an epoch
+    twice (once before a crash), and the later record is the one its checkpoints continue from."""
+    by_epoch = {}
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash mid-write
+            if rec.get("type") == "epoch":
+                by_epoch[rec["epoch"]] = rec
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+
+
+def _nice_ticks(lo, hi, n=5):
+    if hi <= lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.floor(lo / step) * step
+    ticks, t = [], first
+    while t <= hi + step * 1e-9:
+        ticks.append(round(t, 10))
+        t += step
+    return ticks
+
+
+def _panel(title, xs, series, log_y=False, size=(420, 300)):
+    """One line chart: series is [(label, ys)], drawn on axes with ticks and a legend."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    left, right, top, bottom = 56, size[0] - 12, 26, size[1] - 34
+    vals = [v for _, ys in series for v in ys if v is not None and math.isfinite(v) and (v > 0 or not log_y)]
+    if not vals:
+        vals = [1.0]
+    tf = (lambda v: math.log10(v)) if log_y else (lambda v: v)
+    lo, hi = tf(min(vals)), tf(max(vals))
+    if log_y:
+        lo, hi = math.floor(lo), math.ceil(hi) if math.ceil(hi) > math.floor(lo) else math.floor(lo) + 1
+        yticks = list(range(int(lo), int(hi) + 1))
+    else:
+        yticks = _nice_ticks(lo, hi)
+        lo, hi = yticks[0], yticks[-1]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+
+    def px(x):
+        return left + (x - x0) / (x1 - x0) * (right - left)
+
+    def py(v):
+        return bottom - (tf(v) - lo) / ((hi - lo) or 1) * (bottom - top)
+
+    d.text((left, 6), title, fill="black", font=font)
+    d.rectangle((left, top, right, bottom), outline=(120, 120, 120))
+    for t in yticks:
+        y = bottom - (t - lo) / ((hi - lo) or 1) * (bottom - top)
+        d.line((left, y, right, y), fill=(225, 225, 225))
+        label = f"1e{t}" if log_y else f"{t:g}"
+        d.text((4, y - 6), label, fill="black", font=font)
+    for t in _nice_ticks(x0, x1, n=min(6, max(1, int(x1 - x0)))):
+        if x0 <= t <= x1 and float(t).is_integer():
+            x = px(t)
+            d.line((x, bottom, x, bottom + 4), fill="black")
+            d.text((x - 4, bottom + 6), f"{int(t)}", fill="black", font=font)
+    d.text(((left + right) // 2 - 14, size[1] - 14), "epoch", fill="black", font=font)
+    for i, (label, ys) in enumerate(series):
+        colour = _COLOURS[i % len(_COLOURS)]
+        pts = [(px(x), py(v)) for x, v in zip(xs, ys) if v is not None and math.isfinite(v) and (v > 0 or not log_y)]
+        if len(pts) > 1:
+            d.line(pts, fill=colour, width=2)
+        for x, y in pts:
+            d.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+        ly = top + 6 + 14 * i
+        d.line((right - 110, ly + 6, right - 92, ly + 6), fill=colour, width=2)
+        d.text((right - 88, ly), label, fill="black", font=font)
+    return img
+
+
+def draw_curves(epochs, title=""):
+    """Loss, accuracy and learning rate per epoch, three panels side by side, as a PIL image."""
+    from PIL import Image, ImageDraw
+
+    xs = [r["epoch"] for r in epochs]
+    panels = [
+        _panel("loss", xs, [("train", [r["train_loss"] for r in epochs]), ("val", [r["val_loss"] for r in epochs])]),
+        _panel("accuracy (%)", xs, [("train top-1", [100 * r["train_top1"] for r in epochs]),
+                                    ("val top-1", [100 * r["val_top1"] for r in epochs]),
+                                    ("val top-5", [100 * r["val_top5"] for r in epochs])]),
+        _panel("learning rate", xs, [("lr", [r["lr"] for r in epochs])], log_y=True),
+    ]
+    w, h = panels[0].size
+    out = Image.new("RGB", (w * len(panels), h + 20), "white")
+    ImageDraw.Draw(out).text((8, 4), title, fill="black")
+    for i, p in enumerate(panels):
+        out.paste(p, (i * w, 20))
+    return out
+
+
+def draw_filters(W, cell=48, gap=3):
+    """conv1's filters (out, in, kh, kw) as a grid of RGB tiles (the paper's Figure 3), each
+    filter stretched to the full 0..255 range on its own so weak ones stay visible."""
+    import numpy as np
+    from PIL import Image
+
+    W = np.asarray(W, dtype=np.float64)
+    n, c, kh, kw = W.shape
+    tiles = W[:, :3] if c >= 3 else np.repeat(W[:, :1], 3, axis=1)  # (n, 3, kh, kw)
+    lo = tiles.min(axis=(1, 2, 3), keepdims=True)
+    hi = tiles.max(axis=(1, 2, 3), keepdims=True)
+    tiles = ((tiles - lo) / np.maximum(hi - lo, 1e-12) * 255).round().astype(np.uint8)
+    tiles = tiles.transpose(0, 2, 3, 1)  # (n, kh, kw, 3)
+    scale = max(1, cell // max(kh, kw))
+    tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)  # nearest-neighbour upscale
+    cols = 12 if n > 48 else 8
+    rows = -(-n // cols)
+    th, tw = tiles.shape[1], tiles.shape[2]
+    grid = np.full((rows * (th + gap) + gap, cols * (tw + gap) + gap, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        y, x = gap + r * (th + gap), gap + q * (tw + gap)
+        grid[y : y + th, x : x + tw] = tiles[i]
+    return Image.fromarray(grid)

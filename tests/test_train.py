@@ -1,0 +1,142 @@
+"""The trainer: exact resume (stopped, Ctrl-C, different worker counts), divergence, the stall
+warning, run-directory safety."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from engine import checkpoint as ckpt
+from engine.errors import UserError
+from engine.trainer import TrainConfig, Trainer, topk_correct
+from tests.test_data import make_folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    # 3 classes x 7 train images: batch 6 gives 4 steps per epoch, the last one short (3 images).
+    return make_folder(tmp_path_factory.mktemp("tiny"), n_train=7, n_val=2, size=28)
+
+
+def _config(data, **kw):
+    base = dict(data=data, model="alexnet-small", epochs=2, batch_size=6, lr=0.01, init="he",
+                input_scale=1 / 64, workers=1, log_every=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _final_state(run_dir):
+    arrays, meta = ckpt.load(ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints")).latest())
+    return arrays, meta
+
+
+def test_resume_is_bit_identical(tiny, tmp_path, monkeypatch):
+    straight = str(tmp_path / "straight")
+    assert Trainer(_config(tiny), straight, progress=False).run() == 0
+    want, want_meta = _final_state(straight)
+    assert want_meta["epoch"] == 2 and want_meta["step"] == 8
+
+    # The same run taken apart: stopped after 3 steps (mid-epoch 1), resumed with another worker
+    # count and interrupted by Ctrl-C in the middle of epoch 2, then resumed to the end.
+    parts = str(tmp_path / "parts")
+    assert Trainer(_config(tiny), parts, stop_after_steps=3, progress=False).run() == 0
+    first = ckpt.CheckpointDir(os.path.join(parts, "checkpoints")).latest()
+    assert ckpt.load(first)[1]["batch"] == 3
+
+    t = Trainer(_config(tiny, workers=0), parts, resume=first, progress=False)
+    real_step = t.optimizer.step
+
+    def step_then_ctrl_c():
+        real_step()
+        if t.step == 5:  # this step's update is done; the signal arrives before the next
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(t.optimizer, "step", step_then_ctrl_c)
+    messages = []
+    t.log = messages.append
+    assert t.run() == 130
+    assert any(m.startswith("resume with: alexnet train --resume ") for m in messages)
+    second = ckpt.CheckpointDir(os.path.join(parts, "checkpoints")).latest()
+    assert ckpt.load(second)[1]["step"] == 6 and ckpt.load(second)[1]["epoch"] == 1
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    assert Trainer(_config(tiny, workers=2), parts, resume=second, progress=False).run() == 0
+    got, got_meta = _final_state(parts)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert np.array_equal(got[k], want[k]), k  # weights and momentum buffers, bit for bit
+    assert got_meta["rng"] == want_meta["rng"] and got_meta["lr"] == want_meta["lr"]
+    assert got_meta["schedule"] == want_meta["schedule"]
+
+    # The logs agree on every epoch's numbers (the resumed epoch's running sums were restored).
+    def epochs(run):
+        with open(os.path.join(run, "log.jsonl")) as f:
+            recs = [json.loads(line) for line in f]
+        return [(r["epoch"], r["train_loss"], r["val_top1"]) for r in recs if r["type"] == "epoch"]
+
+    assert epochs(parts) == epochs(straight)
+    with open(os.path.join(straight, "config.json")) as f:
+        assert json.load(f)["batch_size"] == 6
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+    run = str(tmp_path / "run")
+    t = Trainer(_config(tiny), run, progress=False)
+    real = t.criterion.forward
+
+    def poisoned(logits, labels):
+        loss = real(logits, labels)
+        return float("nan") if t.step == 5 else loss
+
+    t.criterion.forward = poisoned
+    with pytest.raises(UserError, match=r"diverged: the loss became nan at epoch 2, step 6.*ckpt-00000004.npz"):
+        t.run()
+    d = ckpt.CheckpointDir(os.path.join(run, "checkpoints"))
+    assert [os.path.basename(p) for p in d.list()] == ["ckpt-00000004.npz"]
+    arrays, meta = ckpt.load(d.latest())
+    assert meta["epoch"] == 1 and meta["step"] == 4
+
+
+def test_stall_warning_names_the_init_preset(tiny, tmp_path):
+    t = Trainer(_config(tiny, init="paper"), str(tmp_path / "run"), progress=False)
+    messages = []
+    t.log = messages.append
+    ln3 = float(np.log(3))
+    for _ in range(299):
+        t._watch_stuck(ln3 + 0.001, ln3)
+    assert messages == []
+    t._watch_stuck(ln3, ln3)
+    assert len(messages) == 1 and "ln(3) = 1.099" in messages[0] and "--init caffe" in messages[0]
+    for _ in range(500):
+        t._watch_stuck(ln3, ln3)
+    assert len(messages) == 1  # once per run
+
+
+def test_refuses_to_overwrite_a_run_and_validates_first(tiny, tmp_path):
+    run = str(tmp_path / "run")
+    assert Trainer(_config(tiny, epochs=1), run, stop_after_steps=1, progress=False).run() == 0
+    with pytest.raises(UserError, match="already has checkpoints"):
+        Trainer(_config(tiny), run, progress=False)
+    latest = ckpt.CheckpointDir(os.path.join(run, "checkpoints")).latest()
+    assert Trainer(_config(tiny, epochs=1), run, resume=latest, progress=False).run() == 0
+    finished = ckpt.CheckpointDir(os.path.join(run, "checkpoints")).latest()
+    with pytest.raises(UserError, match="already at epoch 1 of 1; pass a larger --epochs"):
+        Trainer(_config(tiny, epochs=1), run, resume=finished, progress=False)
+    for data, bad, msg in ((tiny, dict(batch_size=0), "--batch-size must be at least 1"),
+                           (tiny, dict(lr=-0.1), "--lr must be a finite number >= 0"),
+                           (str(tmp_path / "nope"), {}, "not found")):
+        fresh = str(tmp_path / f"fresh{len(msg)}")
+        with pytest.raises(UserError, match=msg):
+            Trainer(_config(data, **bad), fresh, progress=False)
+        assert not os.path.exists(fresh)
+
+
+def test_topk_counts():
+    probs = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5]])
+    labels = np.array([1, 2, 1])
+    assert topk_correct(probs, labels, 1) == 1
+    assert topk_correct(probs, labels, 2) == 3
+    assert topk_correct(probs, labels, 5) == 3
