@@ -258,7 +258,7 @@ class Dataset:
 
     @property
     def size(self):
-        return self.train.size
+        return self.val.size
 
 
 def open_dataset(root, size, strict=False, need_train=True, mean_samples=1000):

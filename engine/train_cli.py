@@ -55,6 +55,7 @@ def register(subparsers):
     p.add_argument("--keep", type=int, metavar="K", help="how many recent checkpoints to keep (default 3)")
     p.add_argument("--stop-after-steps", type=int, metavar="N",
                    help="save a checkpoint and stop after N steps (to test or split up a run; resume continues exactly)")
+    p.add_argument("--log-every", type=int, metavar="N", help="write a step line to log.jsonl every N steps (default 50)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (per-epoch lines only)")
     p.set_defaults(func=cmd_train)
 
@@ -141,7 +142,7 @@ def cmd_train(args):
     from engine.trainer import TrainConfig, Trainer
 
     given = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "device", "seed", "init",
-                                            "input_scale", "workers", "strict_data", "keep")}
+                                            "input_scale", "workers", "strict_data", "keep", "log_every")}
     given = {k: v for k, v in given.items() if v is not None}
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise UserError(f"--stop-after-steps must be at least 1, got {args.stop_after_steps}")
@@ -155,7 +156,7 @@ def cmd_train(args):
             if key in given and given[key] != getattr(config, key):
                 raise UserError(f"--{key.replace('_', '-')} cannot change when resuming "
                                 f"(the run uses {getattr(config, key)})")
-        for key in ("epochs", "lr", "device", "workers", "strict_data", "keep"):
+        for key in ("epochs", "lr", "device", "workers", "strict_data", "keep", "log_every"):
             if key in given:
                 setattr(config, key, given[key])
         if args.data:

@@ -76,6 +76,8 @@ class TrainConfig:
             raise UserError(f"--input-scale must be a finite number > 0, got {self.input_scale}")
         if self.workers < 0:
             raise UserError(f"--workers must be >= 0, got {self.workers}")
+        if self.log_every < 1:
+            raise UserError(f"--log-every must be at least 1, got {self.log_every}")
         if self.keep < 1:
             raise UserError(f"--keep must be at least 1, got {self.keep}")
         if self.device not in ("cpu", "cuda"):

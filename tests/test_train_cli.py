@@ -1,0 +1,174 @@
+"""The train/prepare/eval/predict/plot commands end to end, and their errors: one line, non-zero
+exit, no traceback, no run directory left behind."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import checkpoint as ckpt
+from engine.cli import main
+from tests.test_data import make_folder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--model", "alexnet-small", "--batch-size", "6", "--init", "he", "--input-scale", "0.015625",
+         "--workers", "1", "--log-every", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-epoch run on a tiny folder: (data dir, run dir)."""
+    base = tmp_path_factory.mktemp("cli")
+    data = make_folder(base / "data", n_train=6, n_val=2, size=30)
+    run = str(base / "run")
+    assert main(["train", "--data", data, "--epochs", "2", "--out", run, *SMALL]) == 0
+    return data, run
+
+
+def _one_error_line(capsys, rc):
+    out = capsys.readouterr()
+    assert rc != 0
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("alexnet: error: "), out.err
+    assert "Traceback" not in out.err + out.out
+    return lines[0]
+
+
+def test_train_writes_log_checkpoints_and_summary(trained, capsys):
+    data, run = trained
+    with open(os.path.join(run, "log.jsonl")) as f:
+        recs = [json.loads(line) for line in f]
+    epochs = [r for r in recs if r["type"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    for r in epochs:
+        assert np.isfinite(r["train_loss"]) and 0 < r["train_loss"] < 5
+        assert 0 <= r["val_top1"] <= r["val_top5"] <= 1
+    assert any(r["type"] == "step" for r in recs)
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == ["best.npz", "ckpt-00000003.npz", "ckpt-00000006.npz"]
+    assert json.load(open(os.path.join(run, "config.json")))["data"] == os.path.abspath(data)
+
+
+def test_eval_predict_and_plot(trained, capsys, tmp_path):
+    data, run = trained
+    best = os.path.join(run, "checkpoints", "best.npz")
+    assert main(["eval", "--checkpoint", best, "--data", data, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "6 val images, centre crop" in out and "top-1" in out and "top-5 100.00%" in out
+    assert main(["eval", "--checkpoint", best, "--data", data, "--ten-crop", "--no-progress"]) == 0
+    assert "10-crop" in capsys.readouterr().out
+
+    img = os.path.join(data, "val", "b", "0.jpg")
+    assert main(["predict", "--checkpoint", best, img, img]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == img and len(lines) == 8  # two images, each a name and 3 classes (only 3 exist)
+    probs = [float(line.split("%")[0]) for line in lines[1:4]]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 100) < 0.05
+
+    assert main(["plot", run]) == 0
+    curves = Image.open(os.path.join(run, "plots", "curves.png"))
+    assert curves.size[0] > 1000 and curves.size[1] > 250
+    # Not a blank canvas: the lines and text put thousands of non-white pixels on it.
+    assert (np.asarray(curves.convert("L")) < 200).sum() > 2000
+    filters = np.asarray(Image.open(os.path.join(run, "plots", "conv1_filters.png")))
+    assert filters.shape[2] == 3 and filters.shape[0] > 4 * 40  # 32 filters in 8 columns -> 4 rows
+
+
+def test_prepare_then_train_on_shards(tmp_path, capsys):
+    src = make_folder(tmp_path / "src", n_train=4, n_val=2, size=30)
+    dst = str(tmp_path / "prep")
+    assert main(["prepare", src, dst, "--model", "alexnet-small", "--no-progress"]) == 0
+    assert "3 classes, 12 train / 6 val images at 73x73" in capsys.readouterr().out
+    run = str(tmp_path / "run")
+    assert main(["train", "--data", dst, "--epochs", "1", "--out", run, *SMALL]) == 0
+    arrays, meta = ckpt.load(os.path.join(run, "checkpoints", "best.npz"))
+    assert arrays["data/mean"].shape == (73, 73, 3)  # per-pixel mean from the prepared set
+    assert main(["eval", "--checkpoint", os.path.join(run, "checkpoints", "best.npz"), "--data", dst,
+                 "--no-progress"]) == 0
+
+
+def test_resume_from_the_cli_continues_the_run(tmp_path, capsys):
+    data = make_folder(tmp_path / "data", n_train=4, n_val=1, size=30)
+    run = str(tmp_path / "run")
+    assert main(["train", "--data", data, "--epochs", "2", "--out", run, "--stop-after-steps", "3", *SMALL]) == 0
+    out = capsys.readouterr().out
+    hint = [line for line in out.splitlines() if line.startswith("resume with: ")][0]
+    cmd = hint[len("resume with: "):].split()
+    assert cmd[:3] == ["alexnet", "train", "--resume"]
+    assert main(cmd[1:] + ["--no-progress"]) == 0
+    assert ckpt.load(ckpt.CheckpointDir(os.path.join(run, "checkpoints")).latest())[1]["epoch"] == 2
+    # --resume with a run directory picks its latest checkpoint; a finished run says so.
+    rc = main(["train", "--resume", run, "--no-progress"])
+    assert "already at epoch 2 of 2" in _one_error_line(capsys, rc)
+    rc = main(["train", "--resume", run, "--batch-size", "4"])
+    assert "--batch-size cannot change when resuming" in _one_error_line(capsys, rc)
+
+
+@pytest.mark.parametrize("case", ["missing", "batch0", "neglr", "cuda", "classes", "emptyclass", "othermodel",
+                                  "truncated"])
+def test_bad_input_is_one_line_and_leaves_no_run_dir(trained, tmp_path, capsys, case):
+    data, run = trained
+    out = str(tmp_path / "new_run")
+    best = os.path.join(run, "checkpoints", "best.npz")
+    argv = ["train", "--data", data, "--out", out, *SMALL]
+    expect = {
+        "missing": "not found", "batch0": "--batch-size must be at least 1", "neglr": "--lr must be",
+        "cuda": "--device cuda is not usable", "classes": "train and val class folders differ",
+        "emptyclass": "has no images", "othermodel": "is for alexnet-small with 3 classes",
+        "truncated": "truncated or corrupt",
+    }[case]
+    if case == "missing":
+        argv[2] = str(tmp_path / "nowhere")
+    elif case == "batch0":
+        argv += ["--batch-size", "0"]
+    elif case == "neglr":
+        argv += ["--lr", "-0.01"]
+    elif case == "cuda":
+        from engine import backend
+
+        if backend.cuda_available():
+            pytest.skip("a GPU is usable here")
+        argv += ["--device", "cuda"]
+    elif case in ("classes", "emptyclass"):
+        bad = make_folder(tmp_path / "bad", n_train=2, n_val=1, size=20)
+        os.makedirs(os.path.join(bad, "val" if case == "classes" else "train", "extra"))
+        if case == "emptyclass":
+            os.makedirs(os.path.join(bad, "val", "extra"))
+        argv[2] = bad
+    elif case == "othermodel":
+        four = make_folder(tmp_path / "four", classes=("a", "b", "c", "d"), n_train=1, n_val=1, size=20)
+        argv = ["eval", "--checkpoint", best, "--data", four]
+        # the same through --resume: the checkpoint's model is the run's model
+        expect = "other classes than the checkpoint"
+    elif case == "truncated":
+        cut = str(tmp_path / "cut.npz")
+        blob = open(best, "rb").read()
+        with open(cut, "wb") as f:
+            f.write(blob[: len(blob) // 3])
+        argv = ["eval", "--checkpoint", cut, "--data", data]
+    rc = main(argv)
+    assert expect in _one_error_line(capsys, rc)
+    assert not os.path.exists(out)
+
+
+def test_resume_with_a_checkpoint_of_another_model_is_refused(trained, tmp_path, capsys):
+    data, run = trained
+    four = make_folder(tmp_path / "four", classes=("a", "b", "c", "d"), n_train=2, n_val=1, size=20)
+    best = os.path.join(run, "checkpoints", "best.npz")
+    rc = main(["train", "--resume", best, "--data", four, "--out", str(tmp_path / "r"), "--no-progress"])
+    assert "is for alexnet-small with 3 classes, but the model here is alexnet-small with 4" in _one_error_line(capsys, rc)
+    assert not os.path.exists(tmp_path / "r")
+
+
+def test_subprocess_errors_have_no_traceback(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for argv in (["train", "--data", str(tmp_path / "nope")], ["train", "--batch-size", "0"],
+                 ["eval", "--checkpoint", str(tmp_path / "x.npz"), "--data", str(tmp_path)]):
+        p = subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True,
+                           cwd=str(tmp_path), env=env, timeout=60)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.count("\n") == 1 and p.stderr.startswith("alexnet: error: "), p.stderr
+        assert not os.path.exists(tmp_path / "runs")
