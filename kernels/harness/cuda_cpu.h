@@ -5,8 +5,9 @@
 // (HARNESS_KERNELS at the bottom). Execution model:
 //   - a grid runs block after block; a block runs its CUDA threads either one after another on the
 //     calling thread ("sequential": kernels with no barrier, shared memory or warp intrinsic), or
-//     as one std::thread each ("cooperative"), with std::barrier for __syncthreads and per-warp
-//     exchange slots plus a per-warp barrier for the shuffles;
+//     as one std::thread each ("cooperative", the threads kept from block to block), with
+//     std::barrier for __syncthreads and per-warp exchange slots plus a per-warp barrier for the
+//     shuffles;
 //   - threadIdx/blockIdx/blockDim/gridDim are thread_local;
 //   - denormals are flushed (FTZ/DAZ) to match CuPy's -ftz=true;
 //   - dynamic shared memory is filled with 0xFF bytes (a float NaN) before each block, so a read
@@ -59,7 +60,7 @@ struct Warp {
     explicit Warp(int lanes) : size(lanes), barrier(lanes) {}
     int size;
     std::barrier<> barrier;
-    std::uint64_t slots[32];
+    std::uint64_t slots[2][32];  // two sets, used in turn: see shuffle()
 };
 
 struct Block {
@@ -70,6 +71,7 @@ struct Block {
 
 inline thread_local Block* block = nullptr;
 inline thread_local const char* kernel_name = "";
+inline thread_local unsigned shuffle_count = 0;  // this CUDA thread's shuffles so far in the launch
 
 [[noreturn]] inline void die(const char* what) {
     std::fprintf(stderr, "cuda_cpu harness: kernel %s %s\n", kernel_name, what);
@@ -80,18 +82,20 @@ inline unsigned thread_rank() { return (threadIdx.z * blockDim.y + threadIdx.y) 
 
 inline unsigned char* dynamic_shared() { return block->shared; }
 
-// Every lane publishes v, reads lane `src` (its own value when src is -1 or outside the warp),
-// and waits again so that no lane overwrites its slot before the others have read it.
+// Every lane publishes v, waits for the warp, then reads lane `src` (its own value when src is -1
+// or outside the warp). Shuffles alternate between two slot sets, so one barrier per shuffle is
+// enough: a lane can only write a set again two shuffles later, after the next shuffle's barrier,
+// which every lane reaches only once it has read this one.
 template <class T>
 T shuffle(T v, int src) {
     static_assert(sizeof(T) <= sizeof(std::uint64_t), "shuffle of a type wider than 8 bytes");
     if (block->barrier == nullptr) die("uses a warp shuffle but the harness runs it sequentially");
     Warp& warp = *block->warps[thread_rank() / 32];
-    std::memcpy(&warp.slots[thread_rank() % 32], &v, sizeof(T));
+    std::uint64_t* slots = warp.slots[shuffle_count++ % 2];
+    std::memcpy(&slots[thread_rank() % 32], &v, sizeof(T));
     warp.barrier.arrive_and_wait();
     T r = v;
-    if (src >= 0 && src < warp.size) std::memcpy(&r, &warp.slots[src], sizeof(T));
-    warp.barrier.arrive_and_wait();
+    if (src >= 0 && src < warp.size) std::memcpy(&r, &slots[src], sizeof(T));
     return r;
 }
 
@@ -183,32 +187,58 @@ inline void set_indices(const Kernel& k, Block* b, dim3 grid, dim3 blk, dim3 bid
     threadIdx = tid;
 }
 
-inline void run_block(const Kernel& k, void* const* args, dim3 grid, dim3 blk, dim3 bid,
-                      std::vector<unsigned char>& shared) {
-    std::fill(shared.begin(), shared.end(), 0xFF);
-    const unsigned nthreads = blk.x * blk.y * blk.z;
+// Dynamic shared memory starts every block as 0xFF bytes (a float NaN): on a GPU it holds whatever
+// the previous block left, and a read before any write must show.
+struct Poison {
+    std::vector<unsigned char>* shared;
+    void operator()() noexcept { std::fill(shared->begin(), shared->end(), 0xFF); }
+};
+
+inline dim3 unflatten(unsigned i, dim3 d) { return dim3{i % d.x, i / d.x % d.y, i / (d.x * d.y)}; }
+
+// Sequential: the CUDA threads of each block run one after another on the calling thread.
+inline void run_sequential(const Kernel& k, void* const* args, dim3 grid, dim3 blk, std::vector<unsigned char>& shared) {
     Block b;
     b.shared = shared.data();
-    auto tid_of = [&](unsigned t) { return dim3{t % blk.x, t / blk.x % blk.y, t / (blk.x * blk.y)}; };
-    if (!k.cooperative) {
-        for (unsigned t = 0; t < nthreads; ++t) {
-            set_indices(k, &b, grid, blk, bid, tid_of(t));
+    for (unsigned i = 0; i < grid.x * grid.y * grid.z; ++i) {
+        Poison{&shared}();
+        for (unsigned t = 0; t < blk.x * blk.y * blk.z; ++t) {
+            set_indices(k, &b, grid, blk, unflatten(i, grid), unflatten(t, blk));
             k.call(args);
         }
-        return;
     }
+}
+
+// Cooperative: one OS thread per CUDA thread, kept for every block of the launch (creating a
+// thread costs ~20x a barrier). A boundary barrier between blocks, whose completion step poisons
+// the shared memory, keeps the blocks apart as the GPU's scheduler would.
+inline void run_cooperative(const Kernel& k, void* const* args, dim3 grid, dim3 blk, std::vector<unsigned char>& shared) {
+    const unsigned nthreads = blk.x * blk.y * blk.z;
     std::barrier<> barrier(nthreads);
+    std::barrier<Poison> boundary(nthreads, Poison{&shared});
+    Block b;
+    b.shared = shared.data();
     b.barrier = &barrier;
     for (unsigned w = 0; w * 32 < nthreads; ++w) b.warps.push_back(std::make_unique<Warp>(std::min(32u, nthreads - w * 32)));
     std::vector<std::thread> threads;
     threads.reserve(nthreads);
-    for (unsigned t = 0; t < nthreads; ++t) {
-        threads.emplace_back([&, t] {
-            const unsigned csr = enter_ftz();
-            set_indices(k, &b, grid, blk, bid, tid_of(t));
-            k.call(args);
-            leave_ftz(csr);
-        });
+    try {
+        for (unsigned t = 0; t < nthreads; ++t) {
+            threads.emplace_back([&, t] {
+                const unsigned csr = enter_ftz();
+                shuffle_count = 0;
+                for (unsigned i = 0; i < grid.x * grid.y * grid.z; ++i) {
+                    boundary.arrive_and_wait();
+                    set_indices(k, &b, grid, blk, unflatten(i, grid), unflatten(t, blk));
+                    k.call(args);
+                }
+                leave_ftz(csr);
+            });
+        }
+    } catch (const std::system_error&) {
+        // the threads already started wait at a barrier that can never fill: they cannot be
+        // stopped, so this launch cannot return
+        die("could not start one OS thread per CUDA thread");
     }
     for (auto& th : threads) th.join();
 }
@@ -231,16 +261,10 @@ inline int launch(const Kernel* table, int count, const char* name, const unsign
     const unsigned long long nthreads = 1ull * blk.x * blk.y * blk.z;
     if (grid.x * grid.y * grid.z == 0 || nthreads == 0 || nthreads > 1024)
         return std::snprintf(err, errlen, "%s: empty grid or block, or more than 1024 threads per block", name), 1;
+    kernel_name = k->name;
     std::vector<unsigned char> shared(shared_bytes);
     const unsigned csr = enter_ftz();
-    try {
-        for (unsigned z = 0; z < grid.z; ++z)
-            for (unsigned y = 0; y < grid.y; ++y)
-                for (unsigned x = 0; x < grid.x; ++x) run_block(*k, args, grid, blk, dim3{x, y, z}, shared);
-    } catch (const std::system_error& e) {  // thread creation failed
-        leave_ftz(csr);
-        return std::snprintf(err, errlen, "%s: %s", name, e.what()), 1;
-    }
+    (k->cooperative ? run_cooperative : run_sequential)(*k, args, grid, blk, shared);
     leave_ftz(csr);
     return 0;
 }
