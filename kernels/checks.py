@@ -192,6 +192,48 @@ def check_sgd(rt, rng):
     return [Row("SGD w and v after 2 steps, 3 tensors", ("sgd_update",), err, 1e-6)]
 
 
+def network_step(rt, net, x, labels, lr, momentum, weight_decay):
+    """One training step of a Sequential entirely through the kernels (the calls Layer.forward and
+    Layer.backward make for CuPy arrays), SGD from zero momentum; returns the loss."""
+    h = x
+    for layer in net.layers:
+        h = dispatch.layer_forward(layer, h, True, runtime=rt)
+    loss, cache = dispatch.softmax_xent_forward(h, labels, runtime=rt)
+    dout = dispatch.softmax_xent_backward(cache, runtime=rt)
+    for layer in reversed(net.layers):
+        dout = dispatch.layer_backward(layer, dout, runtime=rt)
+    entries = [(layer.params[k], layer.grads[k], rt.xp.zeros_like(layer.params[k]), 1.0, 1.0)
+               for layer in net.layers for k in layer.params]
+    dispatch.sgd_update(entries, lr, momentum, weight_decay, runtime=rt)
+    return loss
+
+
+def check_network(rt, make_net, x, labels, tol=1e-4):
+    """A whole training step of `make_net()` (no dropout) through the kernels against the NumPy engine
+    in float64 from the same weights: the loss, every parameter gradient, the weights after SGD.
+    The tolerance is looser than the single layers': errors compound through eight layers and
+    cuBLAS sums fc6's 9216 products in its own order."""
+    from engine.loss import SoftmaxCrossEntropy
+    from engine.optim import SGD
+    lr, momentum, weight_decay = 0.01, 0.9, 5e-4
+    ref, ker = make_net().astype(np.float64), make_net()
+    for layer in ker.layers:
+        for key, value in layer.params.items():
+            layer.params[key] = rt.xp.asarray(value)
+    crit = SoftmaxCrossEntropy()
+    loss_ref = crit.forward(ref.forward(x.astype(np.float64), train=True), labels)
+    ref.backward(crit.backward())
+    SGD(ref, lr=lr, momentum=momentum, weight_decay=weight_decay).step()
+    loss = network_step(rt, ker, rt.xp.asarray(x.astype(np.float32)), rt.xp.asarray(labels), lr, momentum,
+                        weight_decay)
+    rows = [Row("network loss", (), rel_err(loss, loss_ref), tol)]
+    pairs = [(a, b, key) for a, b in zip(ref.layers, ker.layers) for key in a.params]
+    rows += [Row(f"network {a.name} d{key}", (), rel_err(b.grads[key], a.grads[key]), tol) for a, b, key in pairs]
+    rows.append(Row("network weights after SGD", (),
+                    max(rel_err(b.params[key], a.params[key]) for a, b, key in pairs), tol))
+    return rows
+
+
 CHECKS = {"conv": check_conv, "dense": check_dense, "relu": check_relu, "lrn": check_lrn, "pool": check_pool,
           "flatten": check_flatten, "dropout": check_dropout, "softmax_xent": check_softmax_xent, "sgd": check_sgd}
 

@@ -41,6 +41,16 @@ def test_kernels_match_numpy_layers(rt, name):
     assert not bad, "\n".join(f"{r.check} [{', '.join(r.kernels)}]: error {r.err:.3g} > {r.tol:.3g}" for r in bad)
 
 
+def test_network_step_matches_numpy(rt):
+    from models.alexnet import AlexNetSmall
+    rng = np.random.default_rng(0)
+    x, labels = rng.standard_normal((2, 3, 64, 64)), rng.integers(0, 10, 2)
+    rows = checks.check_network(rt, lambda: AlexNetSmall(10, dropout=0.0), x, labels)
+    assert len(rows) == 18
+    bad = [r for r in rows if not r.ok]
+    assert not bad, "\n".join(f"{r.check}: error {r.err:.3g} > {r.tol:.3g}" for r in bad)
+
+
 def test_every_kernel_is_checked(rt):
     defined = {name for f in loader.kernel_files() for name, _ in harness.kernels_in(loader.source(f))}
     checked = {k for name in checks.CHECKS for row in _rows(rt, name) for k in row.kernels}
