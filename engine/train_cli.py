@@ -18,8 +18,8 @@ MODELS = ("alexnet", "alexnet-small")
 # patience 1) sits at chance level for many epochs on 5,000 small images (measured: still at
 # ln(10) after 4 epochs with the paper and caffe presets); the he preset on pixels scaled to
 # about unit spread (1/64) with smaller batches leaves chance within the first epochs.
-DEMO = {"model": "alexnet-small", "epochs": 30, "batch_size": 64, "lr": 0.01, "init": "he",
-        "input_scale": 1 / 64, "patience": 2}
+DEMO = {"model": "alexnet-small", "epochs": 25, "batch_size": 64, "lr": 0.01, "init": "he",
+        "input_scale": 1 / 64, "dropout": 0.0, "patience": 2}
 
 
 def register(subparsers):
@@ -49,6 +49,7 @@ def register(subparsers):
     p.add_argument("--input-scale", type=float, metavar="X",
                    help="multiply mean-subtracted pixels by X (default 1: the paper's 0..255 range; "
                         "the demo uses 1/64 for the he init)")
+    p.add_argument("--dropout", type=float, metavar="P", help="dropout probability in fc6/fc7 (default 0.5, the paper's)")
     p.add_argument("--workers", type=int, metavar="W", help="background loader threads (default 2; 0 loads inline)")
     p.add_argument("--strict-data", action="store_true", default=None,
                    help="stop at the first unreadable image instead of skipping and counting it")
@@ -142,7 +143,7 @@ def cmd_train(args):
     from engine.trainer import TrainConfig, Trainer
 
     given = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "device", "seed", "init",
-                                            "input_scale", "workers", "strict_data", "keep", "log_every")}
+                                            "input_scale", "dropout", "workers", "strict_data", "keep", "log_every")}
     given = {k: v for k, v in given.items() if v is not None}
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise UserError(f"--stop-after-steps must be at least 1, got {args.stop_after_steps}")
@@ -152,7 +153,7 @@ def cmd_train(args):
         arrays, meta = ckpt.load(path)
         config = TrainConfig.from_json(meta["config"])
         # What fixes the computation cannot change mid-run; the rest can.
-        for key in ("model", "batch_size", "seed", "init", "input_scale"):
+        for key in ("model", "batch_size", "seed", "init", "input_scale", "dropout"):
             if key in given and given[key] != getattr(config, key):
                 raise UserError(f"--{key.replace('_', '-')} cannot change when resuming "
                                 f"(the run uses {getattr(config, key)})")

@@ -53,6 +53,7 @@ class TrainConfig:
     max_drops: int = 3
     log_every: int = 50
     input_scale: float = 1.0
+    dropout: float = 0.5
     demo: bool = False
 
     def validate(self):
@@ -76,6 +77,8 @@ class TrainConfig:
             raise UserError(f"--input-scale must be a finite number > 0, got {self.input_scale}")
         if self.workers < 0:
             raise UserError(f"--workers must be >= 0, got {self.workers}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.log_every < 1:
             raise UserError(f"--log-every must be at least 1, got {self.log_every}")
         if self.keep < 1:
@@ -195,7 +198,7 @@ class Trainer:
         from engine.data import open_dataset, peek_classes
         from engine.loss import SoftmaxCrossEntropy
         from engine.optim import SGD, PlateauSchedule
-        from models.alexnet import build_model
+        from models.alexnet import AlexNet, AlexNetSmall
 
         config.validate()
         self.config = config
@@ -215,7 +218,8 @@ class Trainer:
                             f"--resume {run_dir}, or choose another --out")
 
         classes = peek_classes(config.data)
-        self.model = build_model(config.model, len(classes), init=config.init, seed=config.seed)
+        build = AlexNet if config.model == "alexnet" else AlexNetSmall
+        self.model = build(len(classes), init=config.init, seed=config.seed, dropout=config.dropout)
         self.dataset = open_dataset(config.data, self.model.resize_size, strict=config.strict_data)
         self.classes = self.dataset.classes
         if self.dataset.size < self.model.input_size:
@@ -323,7 +327,12 @@ class Trainer:
                 stopped = self._train_epoch(interrupt, start_step)
                 if stopped is not None:
                     return stopped
-                self._end_epoch()
+                path = self._end_epoch()
+                if interrupt.requested and self.epoch < cfg.epochs:
+                    # Ctrl-C during validation: the epoch's checkpoint is the place to stop.
+                    self.log(f"interrupted after epoch {self.epoch}; saved {path}")
+                    self.log(f"resume with: {self._resume_hint(path)}")
+                    return 130
         self._summary(time.perf_counter() - t_start)
         return 0
 

@@ -172,3 +172,30 @@ def test_subprocess_errors_have_no_traceback(tmp_path):
         assert p.returncode == 2, p.stderr
         assert p.stderr.count("\n") == 1 and p.stderr.startswith("alexnet: error: "), p.stderr
         assert not os.path.exists(tmp_path / "runs")
+
+
+def test_ctrl_c_in_a_real_process_saves_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    data = make_folder(tmp_path / "data", n_train=6, n_val=1, size=30)
+    run = str(tmp_path / "run")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    p = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", "--data", data, "--out", run, "--epochs", "500",
+                          *SMALL], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in p.stdout:  # wait until training is under way
+            if line.startswith("epoch 1/500"):
+                break
+        time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+    hint = [line for line in out.splitlines() if line.startswith("resume with: alexnet train --resume ")]
+    assert len(hint) == 1
+    saved = hint[0].split()[-1]
+    meta = ckpt.load(saved)[1]
+    assert meta["step"] >= 3 and meta["epoch"] < 500
