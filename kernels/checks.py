@@ -200,8 +200,8 @@ def network_step(rt, net, x, labels, lr, momentum, weight_decay):
         h = dispatch.layer_forward(layer, h, True, runtime=rt)
     loss, cache = dispatch.softmax_xent_forward(h, labels, runtime=rt)
     dout = dispatch.softmax_xent_backward(cache, runtime=rt)
-    for layer in reversed(net.layers):
-        dout = dispatch.layer_backward(layer, dout, runtime=rt)
+    for i in reversed(range(len(net.layers))):  # as Sequential.backward: no input gradient for layer 0
+        dout = dispatch.layer_backward(net.layers[i], dout, need_dx=i > 0, runtime=rt)
     entries = [(layer.params[k], layer.grads[k], rt.xp.zeros_like(layer.params[k]), 1.0, 1.0)
                for layer in net.layers for k in layer.params]
     dispatch.sgd_update(entries, lr, momentum, weight_decay, runtime=rt)

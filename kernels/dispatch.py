@@ -1,7 +1,8 @@
 """The CUDA path of every layer, the loss and the optimizer: what engine/ calls for CuPy arrays.
 
     layer_forward(layer, x, train) -> out        sets layer.cache when train
-    layer_backward(layer, dout) -> dx            writes layer.grads[k] (new arrays) for every param
+    layer_backward(layer, dout, need_dx=True) -> dx   writes layer.grads[k] (new arrays) for every
+                                                 param; need_dx=False skips a Conv2d's input gradient
     softmax_xent_forward(logits, labels) -> (loss as a 0-d float32 array, cache)
     softmax_xent_backward(cache) -> dlogits      (softmax - onehot) / N
     sgd_update(entries, lr, momentum, weight_decay)   one launch for all (w, g, v, lr_mult, decay_mult)
@@ -42,9 +43,10 @@ def layer_forward(layer, x, train, runtime=None):
     return _kind(layer, _FORWARD)(rt, layer, x, train)
 
 
-def layer_backward(layer, dout, runtime=None):
+def layer_backward(layer, dout, need_dx=True, runtime=None):
     rt = _runtime(runtime, layer.name)
-    return _kind(layer, _BACKWARD)(rt, layer, dout)
+    dx = _kind(layer, _BACKWARD)(rt, layer, dout, need_dx)
+    return dx if need_dx else None
 
 
 # ---- Conv2d: im2col -> one batched matmul over the groups -> bias + transpose to NCHW -------------
@@ -62,7 +64,7 @@ def _conv_forward(rt, layer, x, train):
     return out.reshape(N, O, OH, OW)
 
 
-def _conv_backward(rt, layer, dout):
+def _conv_backward(rt, layer, dout, need_dx):
     (N, C, H, W_), col = layer.cache
     W = layer.params["W"]
     K, S, P, G, O = layer.kernel_size, layer.stride, layer.padding, layer.groups, layer.out_channels
@@ -70,9 +72,11 @@ def _conv_backward(rt, layer, dout):
     dy = dy.reshape(G, O // G, -1)                                   # (G, O/G, N*OH*OW)
     col_g = col.reshape(G, -1, col.shape[1])                         # (G, Cg*K*K, N*OH*OW)
     dW = rt.xp.matmul(dy, col_g.transpose(0, 2, 1))                  # (G, O/G, Cg*K*K)
-    dcol = rt.xp.matmul(W.reshape(G, O // G, -1).transpose(0, 2, 1), dy)  # (G, Cg*K*K, N*OH*OW)
     layer.grads["W"] = dW.reshape(W.shape)
     layer.grads["b"] = db
+    if not need_dx:  # conv1's input gradient: a large product and col2im that training never uses
+        return None
+    dcol = rt.xp.matmul(W.reshape(G, O // G, -1).transpose(0, 2, 1), dy)  # (G, Cg*K*K, N*OH*OW)
     return ops.conv_col2im(rt, dcol.reshape(col.shape), (N, C, H, W_), K, S, P, who=layer.name)
 
 
@@ -88,12 +92,12 @@ def _dense_forward(rt, layer, x, train):
     return out.reshape(x.shape[0], -1)
 
 
-def _dense_backward(rt, layer, dout):
+def _dense_backward(rt, layer, dout, need_dx):
     x = layer.cache
     dy, db = ops.conv_bias_backward(rt, dout.reshape(dout.shape[0], -1, 1), who=layer.name)  # dy: (out, N)
     layer.grads["W"] = rt.xp.matmul(dy, x)                           # (out, in)
     layer.grads["b"] = db
-    return rt.xp.matmul(dout, layer.params["W"])                     # (N, in)
+    return rt.xp.matmul(dout, layer.params["W"]) if need_dx else None  # (N, in)
 
 
 # ---- elementwise and window layers ------------------------------------------------------------------
@@ -104,7 +108,7 @@ def _relu_forward(rt, layer, x, train):
     return out
 
 
-def _relu_backward(rt, layer, dout):
+def _relu_backward(rt, layer, dout, need_dx):
     return ops.relu_backward(rt, layer.cache, dout, who=layer.name)
 
 
@@ -115,7 +119,7 @@ def _lrn_forward(rt, layer, x, train):
     return out
 
 
-def _lrn_backward(rt, layer, dout):
+def _lrn_backward(rt, layer, dout, need_dx):
     x, out, scale = layer.cache
     return ops.lrn_backward(rt, x, out, scale, dout, layer.size, layer.alpha, layer.beta, who=layer.name)
 
@@ -127,7 +131,7 @@ def _pool_forward(rt, layer, x, train):
     return out
 
 
-def _pool_backward(rt, layer, dout):
+def _pool_backward(rt, layer, dout, need_dx):
     argmax, x_shape = layer.cache
     return ops.maxpool_backward(rt, dout, argmax, x_shape, layer.kernel_size, layer.stride, who=layer.name)
 
@@ -138,7 +142,7 @@ def _flatten_forward(rt, layer, x, train):
     return x.reshape(x.shape[0], -1)
 
 
-def _flatten_backward(rt, layer, dout):
+def _flatten_backward(rt, layer, dout, need_dx):
     return dout.reshape(layer.cache).copy()
 
 
@@ -153,7 +157,7 @@ def _dropout_forward(rt, layer, x, train):
     return ops.dropout_forward(rt, x, layer.p, layer.seed, step, who=layer.name)
 
 
-def _dropout_backward(rt, layer, dout):
+def _dropout_backward(rt, layer, dout, need_dx):
     return ops.dropout_backward(rt, dout, layer.p, layer.seed, layer.cache, who=layer.name)
 
 
