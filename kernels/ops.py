@@ -14,7 +14,9 @@ import numpy as np
 BLOCK = 256
 MAX_BLOCKS = 4096
 WARP = 32
-INT_LIMIT = 2 ** 31  # the elementwise kernels index with int
+# The kernels index with int, and a grid-stride loop steps up to MAX_BLOCKS * BLOCK past the end
+# before it stops: that step must not overflow either.
+INT_LIMIT = 2 ** 31 - MAX_BLOCKS * BLOCK
 
 
 def check_array(rt, who, what, a, dtype=np.float32):

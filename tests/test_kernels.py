@@ -2,7 +2,7 @@
 
 One test module, a backend fixture: "cpu-harness" runs the .cu files compiled by g++ >= 12 on the
 CPU (every machine, CI included), "cupy" runs them on a GPU when one is usable; each skips with
-the reason otherwise. The numeric checks live in kernels/checks.py, shared with
+the reason otherwise (the CuPy one fails instead when ALEXNET_REQUIRE_CUDA is set). The numeric checks live in kernels/checks.py, shared with
 `alexnet kernels --check`; the tests below them pin behaviour the numbers cannot show (mask
 reproducibility, one SGD launch, clear errors) and the CPU harness itself.
 """
@@ -27,6 +27,8 @@ def rt(request):
     try:
         return loader.runtime(request.param)
     except (harness.HarnessUnavailable, loader.CudaUnavailable) as e:
+        if request.param == "cupy" and os.environ.get("ALEXNET_REQUIRE_CUDA"):  # bench/gpu_check.sh
+            pytest.fail(f"ALEXNET_REQUIRE_CUDA is set: {e}")
         pytest.skip(str(e))
 
 
