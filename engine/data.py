@@ -23,6 +23,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -264,9 +265,9 @@ class Dataset:
 def open_dataset(root, size, strict=False, need_train=True, mean_samples=1000):
     """Open DIR as a prepared dataset (if it has meta.json) or as an image folder.
 
-    ``size`` is the side S that images are brought to; a prepared dataset has its own S, which
-    must be at least ``size``'s crop the caller checks. With need_train=False only val is required
-    (evaluation).
+    ``size`` is the side S that folder images are brought to; a prepared dataset keeps the S it
+    was prepared at (callers check that it is at least their crop). With need_train=False only
+    val is required (evaluation).
     """
     if not os.path.isdir(root):
         raise UserError(f"data folder {root} not found")
@@ -446,8 +447,6 @@ class Prefetcher:
     """
 
     def __init__(self, fn, indices, workers=2, depth=None):
-        import time
-
         self._time = time.perf_counter
         self.fn = fn
         self.indices = list(indices)
@@ -623,7 +622,6 @@ def _write_split(tmp, split, source, size, shard_size, workers, progress, tqdm, 
     def load(b):
         return source.load(np.arange(b * chunk, min((b + 1) * chunk, n)))
 
-    shards = []
     bar = tqdm(total=n, desc=f"prepare {split}", unit="img", disable=not progress)
     try:
         for _, (imgs, labels), _ in Prefetcher(load, range(num_batches(n, chunk)), workers):
@@ -638,7 +636,6 @@ def _write_split(tmp, split, source, size, shard_size, workers, progress, tqdm, 
                     # Capacity for the rest of the split: the last shard is sized to fit exactly
                     # once skipped files are known, by truncating below.
                     shard = new_shard(shard_index, min(shard_size, n - written))
-                    shards.append(shard)
                     shard_fill = 0
                 take = min(len(imgs) - pos, shard.shape[0] - shard_fill)
                 shard[shard_fill : shard_fill + take] = imgs[pos : pos + take]
@@ -654,7 +651,7 @@ def _write_split(tmp, split, source, size, shard_size, workers, progress, tqdm, 
         if shard_fill < shard.shape[0]:
             # Unreadable images left the last shard short: rewrite it at its true length.
             data = np.array(shard[:shard_fill])
-            del shards[-1], shard
+            del shard  # closes the memory map before the file is replaced
             np.save(os.path.join(tmp, f"{split}-{shard_index:05d}.npy"), data)
     if written == 0:
         # Keep the file layout uniform (one shard even when empty) for ShardSource.

@@ -340,27 +340,28 @@ _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
 
 
 def _nice_ticks(lo, hi, n=5):
+    """Round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]."""
     if hi <= lo:
         hi = lo + 1.0
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.floor(lo / step) * step
-    ticks, t = [], first
-    while t <= hi + step * 1e-9:
-        ticks.append(round(t, 10))
+    t = math.floor(lo / step + 1e-9) * step
+    ticks = [round(t, 10)]
+    while ticks[-1] < hi - step * 1e-9:
         t += step
+        ticks.append(round(t, 10))
     return ticks
 
 
-def _panel(title, xs, series, log_y=False, size=(420, 300)):
+def _panel(title, xs, series, log_y=False, size=(420, 310)):
     """One line chart: series is [(label, ys)], drawn on axes with ticks and a legend."""
     from PIL import Image, ImageDraw, ImageFont
 
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    left, right, top, bottom = 56, size[0] - 12, 26, size[1] - 34
+    left, right, top, bottom = 56, size[0] - 12, 42, size[1] - 34
     vals = [v for _, ys in series for v in ys if v is not None and math.isfinite(v) and (v > 0 or not log_y)]
     if not vals:
         vals = [1.0]
@@ -400,9 +401,13 @@ def _panel(title, xs, series, log_y=False, size=(420, 300)):
             d.line(pts, fill=colour, width=2)
         for x, y in pts:
             d.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
-        ly = top + 6 + 14 * i
-        d.line((right - 110, ly + 6, right - 92, ly + 6), fill=colour, width=2)
-        d.text((right - 88, ly), label, fill="black", font=font)
+    # The legend sits in a row of its own above the axes, where no curve can hide it.
+    lx = left
+    for i, (label, _) in enumerate(series):
+        colour = _COLOURS[i % len(_COLOURS)]
+        d.line((lx, 28, lx + 18, 28), fill=colour, width=2)
+        d.text((lx + 22, 22), label, fill="black", font=font)
+        lx += 34 + int(d.textlength(label, font=font))
     return img
 
 
