@@ -418,13 +418,13 @@ class Trainer:
                      + (" (the paper's bias 1 in fc6/fc7); try --init caffe" if self.config.init == "paper"
                         else "; try a lower --lr"))
 
-    def _diverged(self, loss):
+    def _diverged(self, loss, where="the loss"):
         latest = self.ckpts.latest()
         keep = (f"the last good checkpoint is {latest} (resume from it with a lower --lr: "
                 f"{self._resume_hint(latest)} --lr {self.optimizer.lr / 10:g})") if latest else \
             "no checkpoint was written yet; try a lower --lr"
-        raise UserError(f"training diverged: the loss became {loss} at epoch {self.epoch + 1}, step {self.step + 1}; "
-                        f"stopped without applying that step. {keep}")
+        raise UserError(f"training diverged: {where} became {loss} at epoch {self.epoch + 1}, step {self.step + 1}; "
+                        f"stopped without saving. {keep}")
 
     def _end_epoch(self):
         cfg = self.config
@@ -432,6 +432,9 @@ class Trainer:
         val = evaluate(self.model, self.dataset.val, self.model.input_size, self.mean,
                        batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device, progress=self.progress,
                        scale=cfg.input_scale)
+        if not math.isfinite(val["loss"]):
+            # Weights gone to inf/NaN in the epoch's last steps must not become a checkpoint.
+            self._diverged(val["loss"], where="the validation loss")
         lr_used = self.optimizer.lr
         dropped = self.schedule.step(1.0 - val["top1"])
         self.epoch += 1

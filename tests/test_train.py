@@ -140,3 +140,22 @@ def test_topk_counts():
     assert topk_correct(probs, labels, 1) == 1
     assert topk_correct(probs, labels, 2) == 3
     assert topk_correct(probs, labels, 5) == 3
+
+
+def test_nan_validation_loss_is_not_checkpointed(tiny, tmp_path, monkeypatch):
+    import engine.trainer as trainer_mod
+
+    run = str(tmp_path / "run")
+    real = trainer_mod.evaluate
+    calls = []
+
+    def second_epoch_nan(*args, **kw):
+        calls.append(1)
+        r = real(*args, **kw)
+        return dict(r, loss=float("nan")) if len(calls) == 2 else r
+
+    monkeypatch.setattr(trainer_mod, "evaluate", second_epoch_nan)
+    with pytest.raises(UserError, match="the validation loss became nan.*ckpt-00000004.npz"):
+        Trainer(_config(tiny), run, progress=False).run()
+    d = ckpt.CheckpointDir(os.path.join(run, "checkpoints"))
+    assert [os.path.basename(p) for p in d.list()] == ["ckpt-00000004.npz"]
