@@ -198,9 +198,11 @@ class FolderSource:
             path = self.paths[i]
             try:
                 out[j] = decode_image(path, self.size)
-            except (OSError, ValueError, SyntaxError) as e:
-                # Pillow raises SyntaxError for some malformed headers, OSError for truncation.
-                reason = str(e) or type(e).__name__
+            except Exception as e:
+                # Malformed files surface from Pillow's plugins as OSError (truncation),
+                # SyntaxError (headers), DecompressionBombError, struct.error, IndexError...:
+                # all of them mean "this file is not a usable image".
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
                 if self.strict:
                     raise UserError(f"cannot read image {path}: {reason} (--strict-data)") from None
                 keep[j] = False

@@ -227,9 +227,25 @@ def ensure_demo(root=None, log=print):
         raise UserError(f"{root} exists but is not a complete demo dataset; remove it and try again")
     import time
 
+    _remove_stale_temps(root)
     t0 = time.perf_counter()
     n = len(CLASSES) * (TRAIN_PER_CLASS + VAL_PER_CLASS)
     log(f"generating the demo dataset ({len(CLASSES)} classes, {n} images) in {root} ...")
     generate(root)
     log(f"demo dataset ready in {time.perf_counter() - t0:.1f} s")
     return root
+
+
+def _remove_stale_temps(root, max_age_s=3600):
+    """Delete temporary folders that a killed generation left next to ``root``. Only old ones:
+    a young one may belong to another process generating right now."""
+    import glob
+    import time
+
+    pattern = os.path.join(os.path.dirname(os.path.abspath(root)), f".{os.path.basename(root)}.tmp-*")
+    for path in glob.glob(pattern):
+        try:
+            if time.time() - os.path.getmtime(path) > max_age_s:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass

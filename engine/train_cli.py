@@ -271,8 +271,9 @@ def cmd_predict(args):
     for path in args.images:
         try:
             imgs.append(decode_image(path, size))
-        except (OSError, ValueError, SyntaxError) as e:
-            raise UserError(f"cannot read image {path}: {e}") from None
+        except Exception as e:  # Pillow's many error types for bad files, as in engine.data
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"cannot read image {path}: {reason}") from None
     batch = np.stack(imgs)  # (N, S, S, 3)
     mean = _fit_mean(mean, size)
     views = ten_crop_batches(batch, model.input_size, mean) if args.ten_crop else \
