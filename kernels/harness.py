@@ -147,8 +147,8 @@ class Function:
         ptrs = (ctypes.c_void_p * max(1, n))(*[v.ctypes.data for v in values])
         sizes = (ctypes.c_size_t * max(1, n))(*[v.itemsize for v in values])
         err = ctypes.create_string_buffer(512)
-        if self.module.lib.harness_launch(self.name.encode(), grid3, block3, ctypes.c_size_t(shared_mem),
-                                          ptrs, sizes, n, err, len(err)):
+        if self.module.lib.harness_launch(self.name.encode(), grid3, block3, shared_mem, ptrs, sizes, n,
+                                          err, len(err)):
             raise LaunchError(err.value.decode())
 
 
@@ -178,6 +178,9 @@ class Module:
     def __init__(self, source, filename):
         self.kernels = dict(kernels_in(source))
         self.lib = ctypes.CDLL(str(build(source, filename)))
+        u3, size = ctypes.POINTER(ctypes.c_uint), ctypes.c_size_t
+        self.lib.harness_launch.argtypes = (ctypes.c_char_p, u3, u3, size, ctypes.POINTER(ctypes.c_void_p),
+                                            ctypes.POINTER(size), ctypes.c_int, ctypes.c_char_p, size)
         self.lib.harness_launch.restype = ctypes.c_int
 
     def get_function(self, name):
