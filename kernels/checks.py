@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels import dispatch
+from kernels import dispatch, ops
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,17 @@ def check_sgd(rt, rng):
     return [Row("SGD w and v after 2 steps, 3 tensors", ("sgd_update",), err, 1e-6)]
 
 
+def check_sgemm(rt, rng):
+    rows = []
+    # more than one tile along every axis with ragged edges; then K longer than N and M
+    for M, K, N in ((37, 29, 23), (5, 100, 3)):
+        a, b = rng.standard_normal((M, K)).astype(np.float32), rng.standard_normal((K, N)).astype(np.float32)
+        c = ops.sgemm(rt, rt.xp.asarray(a), rt.xp.asarray(b))
+        rows.append(Row(f"SGEMM ({M}, {K}) @ ({K}, {N})", ("sgemm_tiled",),
+                        rel_err(c, a.astype(np.float64) @ b.astype(np.float64)), 1e-5))
+    return rows
+
+
 def network_step(rt, net, x, labels, lr, momentum, weight_decay):
     """One training step of a Sequential entirely through the kernels (the calls Layer.forward and
     Layer.backward make for CuPy arrays), SGD from zero momentum; returns the loss."""
@@ -235,7 +246,8 @@ def check_network(rt, make_net, x, labels, tol=1e-4):
 
 
 CHECKS = {"conv": check_conv, "dense": check_dense, "relu": check_relu, "lrn": check_lrn, "pool": check_pool,
-          "flatten": check_flatten, "dropout": check_dropout, "softmax_xent": check_softmax_xent, "sgd": check_sgd}
+          "flatten": check_flatten, "dropout": check_dropout, "softmax_xent": check_softmax_xent, "sgd": check_sgd,
+          "sgemm": check_sgemm}
 
 
 def run(rt, name, seed=0):

@@ -204,6 +204,23 @@ def softmax_xent_backward(rt, probs, labels, who="softmax_xent"):
     return dlogits
 
 
+# ---- tiled SGEMM (for study; the layers use cuBLAS) -----------------------------------------------
+SGEMM_TILE = 16  # as in sgemm.cu
+
+
+def sgemm(rt, a, b, who="sgemm"):
+    """a (M, K) @ b (K, N) -> (M, N) with sgemm.cu's shared-memory tiles."""
+    check_array(rt, who, "a", a)
+    check_array(rt, who, "b", b)
+    (M, K), (K2, N) = a.shape, b.shape
+    if K != K2:
+        raise ValueError(f"{who}: cannot multiply {tuple(a.shape)} by {tuple(b.shape)}")
+    c = rt.xp.empty((M, N), np.float32)
+    grid = (min(-(-N // SGEMM_TILE), MAX_BLOCKS), min(-(-M // SGEMM_TILE), MAX_BLOCKS))
+    rt.module("sgemm").get_function("sgemm_tiled")(grid, (SGEMM_TILE, SGEMM_TILE), (a, b, c, *_ints(M, N, K)))
+    return c
+
+
 # ---- SGD -----------------------------------------------------------------------------------------
 def check_sgd_entries(rt, entries, who="sgd"):
     """Entries [(w, g, v, lr_mult, decay_mult)]: w, g, v float32, contiguous, of one shape each."""
