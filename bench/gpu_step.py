@@ -136,7 +136,7 @@ def bench_torch(torch, batch, steps, warmup, tf32):
 
 
 def bench_lrn(cp, torch, steps, warmup):
-    from kernels import loader, ops
+    from kernels import checks, loader, ops
     rt = loader.runtime("cupy")
     F = torch.nn.functional
     size, alpha, beta, k = LRN["size"], LRN["alpha"], LRN["beta"], LRN["k"]
@@ -166,13 +166,9 @@ def bench_lrn(cp, torch, steps, warmup):
         results[label] = {
             "ours_ms": median(ours_ms), "torch_ms": median(theirs_ms),
             "speedup": median(theirs_ms) / median(ours_ms),
-            "out_error_vs_torch": rel_err(cp.asnumpy(out), out_t.detach().cpu().numpy()),
-            "dx_error_vs_torch": rel_err(cp.asnumpy(dx), xt.grad.cpu().numpy())}
+            "out_error_vs_torch": checks.rel_err(out, out_t.detach().cpu().numpy()),
+            "dx_error_vs_torch": checks.rel_err(dx, xt.grad.cpu().numpy())}
     return results
-
-
-def rel_err(a, b):
-    return float(np.abs(a.astype(np.float64) - b).max() / max(np.abs(b).max(), 1e-30))
 
 
 def main():

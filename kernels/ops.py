@@ -14,6 +14,7 @@ import numpy as np
 BLOCK = 256
 MAX_BLOCKS = 4096
 WARP = 32
+REDUCE_SHARED = BLOCK // WARP * 4  # bytes: one float partial per warp for the block reductions
 # The kernels index with int, and a grid-stride loop steps up to MAX_BLOCKS * BLOCK past the end
 # before it stops: that step must not overflow either.
 INT_LIMIT = 2 ** 31 - MAX_BLOCKS * BLOCK
@@ -177,7 +178,7 @@ def conv_bias_backward(rt, dout, who="conv"):
     db = rt.xp.empty((C,), np.float32)
     # one block per channel: the grid covers C blocks, not C * BLOCK elements
     rt.module("conv").get_function("conv_bias_backward")(
-        _grid(C, 1), (BLOCK,), (dout, dy, db, *_ints(N, C, P)), shared_mem=BLOCK // WARP * 4)
+        _grid(C, 1), (BLOCK,), (dout, dy, db, *_ints(N, C, P)), shared_mem=REDUCE_SHARED)
     return dy, db
 
 
@@ -190,7 +191,7 @@ def softmax_xent_forward(rt, logits, labels, who="softmax_xent"):
     probs = rt.xp.empty_like(logits)
     loss = rt.xp.zeros((), np.float32)  # the kernel accumulates into it
     rt.module("softmax_xent").get_function("softmax_xent_forward")(
-        _grid(N, 1), (BLOCK,), (logits, labels, probs, loss, *_ints(N, K)), shared_mem=BLOCK // WARP * 4)
+        _grid(N, 1), (BLOCK,), (logits, labels, probs, loss, *_ints(N, K)), shared_mem=REDUCE_SHARED)
     return loss, probs
 
 
