@@ -185,7 +185,7 @@ def softmax_xent_backward(cache, runtime=None):
 
 
 # ---- optimizer -----------------------------------------------------------------------------------------
-_TABLES = OrderedDict()  # LRU of pointer tables; CuPy's pool hands the gradients the same addresses every step
+_TABLES = OrderedDict()  # LRU of pointer tables: CuPy's pool recycles a few blocks for the gradients
 _TABLES_KEPT = 8
 
 
