@@ -156,6 +156,11 @@ class CheckpointDir:
     def path_for(self, step):
         return os.path.join(self.directory, f"{self.PREFIX}{step:08d}{self.SUFFIX}")
 
+    @classmethod
+    def step_of(cls, path):
+        """The global step in a ckpt-<step>.npz name."""
+        return int(os.path.basename(path)[len(cls.PREFIX) : -len(cls.SUFFIX)])
+
     @property
     def best_path(self):
         return os.path.join(self.directory, "best.npz")

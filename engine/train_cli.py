@@ -16,8 +16,9 @@ MODELS = ("alexnet", "alexnet-small")
 
 # The demo's own defaults. The paper's recipe (N(0, 0.01) weights on raw 0..255 pixels, batch 128,
 # patience 1) sits at chance level for many epochs on 5,000 small images (measured: still at
-# ln(10) after 4 epochs with the paper and caffe presets); the he preset on pixels scaled to
-# about unit spread (1/64) with smaller batches leaves chance within the first epochs.
+# ln(10) after 4 epochs with the paper and caffe presets). The he preset on pixels scaled to
+# about unit spread (1/64) leaves chance in epoch 2 without dropout, around epoch 7 with the
+# paper's 0.5; 25 epochs then reach ~86% top-1 in about 5 minutes on two cores.
 DEMO = {"model": "alexnet-small", "epochs": 25, "batch_size": 64, "lr": 0.01, "init": "he",
         "input_scale": 1 / 64, "dropout": 0.0, "patience": 2}
 
@@ -151,6 +152,14 @@ def cmd_train(args):
     if args.resume is not None:
         path, run_dir = _resume_target(args.resume, args.out)
         arrays, meta = ckpt.load(path)
+        if not isinstance(meta.get("config"), dict) or "step" not in meta:
+            raise UserError(f"checkpoint {path} holds no training state to resume from")
+        newer = [p for p in ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints")).list()
+                 if ckpt.CheckpointDir.step_of(p) > meta["step"]]
+        if newer:
+            raise UserError(f"{run_dir} already has a later checkpoint ({os.path.basename(newer[-1])}) than "
+                            f"{os.path.basename(path)}: continue from the latest, or give --out NEW_RUN_DIR "
+                            f"to branch off from this one")
         config = TrainConfig.from_json(meta["config"])
         # What fixes the computation cannot change mid-run; the rest can.
         for key in ("model", "batch_size", "seed", "init", "input_scale", "dropout"):

@@ -308,7 +308,7 @@ class Trainer:
     def run(self):
         cfg = self.config
         os.makedirs(self.run_dir, exist_ok=True)
-        if self.resumed_from is None:
+        if self.resumed_from is None or not os.path.exists(os.path.join(self.run_dir, "config.json")):
             with open(os.path.join(self.run_dir, "config.json"), "w") as f:
                 json.dump(cfg.to_json(), f, indent=1)
         ds = self.dataset

@@ -199,3 +199,17 @@ def test_ctrl_c_in_a_real_process_saves_and_exits_130(tmp_path):
     saved = hint[0].split()[-1]
     meta = ckpt.load(saved)[1]
     assert meta["step"] >= 3 and meta["epoch"] < 500
+
+
+def test_resuming_an_older_checkpoint_must_branch_into_a_new_run(trained, tmp_path, capsys):
+    data, run = trained
+    older = os.path.join(run, "checkpoints", "ckpt-00000003.npz")
+    rc = main(["train", "--resume", older, "--no-progress"])
+    assert "already has a later checkpoint (ckpt-00000006.npz)" in _one_error_line(capsys, rc)
+    branch = str(tmp_path / "branch")
+    assert main(["train", "--resume", older, "--out", branch, "--no-progress"]) == 0
+    assert os.path.isfile(os.path.join(branch, "config.json"))
+    got, meta = ckpt.load(os.path.join(branch, "checkpoints", "ckpt-00000006.npz"))
+    want, _ = ckpt.load(os.path.join(run, "checkpoints", "ckpt-00000006.npz"))
+    assert meta["epoch"] == 2
+    assert all(np.array_equal(got[k], want[k]) for k in want)  # the branch replays the same steps
