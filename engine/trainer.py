@@ -412,11 +412,13 @@ class Trainer:
         self._stuck_run = self._stuck_run + 1 if near else 0
         if self._stuck_run >= 300:
             self._stuck_warned = True
+            if self.config.init == "paper":
+                hint = ("with the 'paper' init preset this is a known stall (bias 1 in fc6/fc7 on "
+                        "N(0, 0.01) weights): try --init caffe")
+            else:
+                hint = f"the '{self.config.init}' init preset may not suit this data: try another --init or a lower --lr"
             self.log(f"warning: the loss has stayed at ln({self.model.num_classes}) = {ln_classes:.3f} "
-                     f"(chance) for {self._stuck_run} steps: the network is not learning. With the "
-                     f"'{self.config.init}' init preset this is a known stall"
-                     + (" (the paper's bias 1 in fc6/fc7); try --init caffe" if self.config.init == "paper"
-                        else "; try a lower --lr"))
+                     f"(chance) for {self._stuck_run} steps: the network is not learning; {hint}")
 
     def _diverged(self, loss, where="the loss"):
         latest = self.ckpts.latest()
