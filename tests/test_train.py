@@ -159,3 +159,17 @@ def test_nan_validation_loss_is_not_checkpointed(tiny, tmp_path, monkeypatch):
         Trainer(_config(tiny), run, progress=False).run()
     d = ckpt.CheckpointDir(os.path.join(run, "checkpoints"))
     assert [os.path.basename(p) for p in d.list()] == ["ckpt-00000004.npz"]
+
+
+def test_loss_falls_on_the_demo_data(tmp_path):
+    from engine import demo
+
+    root = demo.generate(str(tmp_path / "demo"), train_per_class=12, val_per_class=2, workers=1)
+    cfg = TrainConfig(data=root, model="alexnet-small", epochs=10, batch_size=24, lr=0.01, init="he",
+                      input_scale=1 / 64, dropout=0.0, patience=10, workers=1)
+    assert Trainer(cfg, str(tmp_path / "run"), progress=False, log=lambda m: None).run() == 0
+    with open(tmp_path / "run" / "log.jsonl") as f:
+        losses = [r["train_loss"] for r in map(json.loads, f) if r["type"] == "epoch"]
+    assert len(losses) == 10
+    assert losses[0] > 2.3  # ln(10) = 2.303: chance at the start
+    assert losses[-1] < 2.15 and losses[-1] < losses[0] - 0.3, losses
