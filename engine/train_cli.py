@@ -30,8 +30,9 @@ def register(subparsers):
                     "'alexnet prepare'). Without --data, generates the built-in demo dataset once (a cache "
                     "folder, $ALEXNET_CACHE) and trains alexnet-small on it in a few minutes on a CPU, "
                     f"with the demo's own defaults: {DEMO['epochs']} epochs, batch {DEMO['batch_size']}, "
-                    f"lr {DEMO['lr']}, --init {DEMO['init']}, --input-scale 1/64, plateau patience "
-                    f"{DEMO['patience']} (the paper's init stalls at chance on so little data). With --data the "
+                    f"lr {DEMO['lr']}, --init {DEMO['init']}, --input-scale {DEMO['input_scale']:g} (1/64), "
+                    f"--dropout {DEMO['dropout']:g}, plateau patience {DEMO['patience']} (the paper's init and "
+                    "dropout stay at chance for many epochs on so little data). With --data the "
                     "defaults are the paper's: batch 128, lr 0.01, momentum 0.9, weight decay 5e-4, LR divided "
                     "by 10 when the validation error stops improving (at most 3 times), 90 epochs, paper init. "
                     "Ctrl-C saves a checkpoint and prints the command that resumes exactly where it stopped.")
@@ -49,7 +50,7 @@ def register(subparsers):
     p.add_argument("--init", choices=("paper", "caffe", "he"), help="weight init preset (default paper)")
     p.add_argument("--input-scale", type=float, metavar="X",
                    help="multiply mean-subtracted pixels by X (default 1: the paper's 0..255 range; "
-                        "the demo uses 1/64 for the he init)")
+                        "the demo uses 0.015625 = 1/64 for the he init)")
     p.add_argument("--dropout", type=float, metavar="P", help="dropout probability in fc6/fc7 (default 0.5, the paper's)")
     p.add_argument("--workers", type=int, metavar="W", help="background loader threads (default 2; 0 loads inline)")
     p.add_argument("--strict-data", action="store_true", default=None,
