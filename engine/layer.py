@@ -45,7 +45,7 @@ class Layer:
         self._check_array(dout, "dout")
         if backend.is_gpu_array(dout):
             from kernels import dispatch
-            return dispatch.layer_backward(self, dout)
+            return dispatch.layer_backward(self, dout, need_dx)
         return self._backward(dout, need_dx)
 
     # ---- shapes, for validation and `alexnet summary` ---------------------------------------
