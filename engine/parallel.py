@@ -7,8 +7,14 @@ so im2col, LRN, pooling and the products all run on every core at once. BLAS is 
 one thread (threadpoolctl), since each chunk already owns a core and nested BLAS threads would
 only fight over it.
 
+Layers that split the batch also cap the chunk size (`grain`, BATCH_GRAIN samples): at batch 128
+one chunk per core would be 64 images, whose im2col matrices and LRN temporaries (hundreds of MB)
+fall out of every cache, and a step then costs more per image than at batch 32. Chunks of at most
+BATCH_GRAIN samples go to the threads through a shared queue, so the time per image stays flat as
+the batch grows.
+
 ALEXNET_THREADS sets the number of threads (default: the CPU count; 1 turns this off and leaves
-BLAS as it was).
+BLAS as it was); ALEXNET_BATCH_GRAIN overrides BATCH_GRAIN.
 """
 import os
 import threading
@@ -18,6 +24,8 @@ _lock = threading.Lock()
 _pool = None
 _blas_limit = None
 _local = threading.local()
+
+BATCH_GRAIN = 8           # samples per chunk at most, for the layers that split the batch
 
 
 def num_threads():
@@ -55,22 +63,56 @@ def chunk_bounds(n, parts=None):
     return bounds
 
 
-def run_chunks(fn, n):
-    """Call fn(lo, hi) for each chunk of range(n), in parallel; returns the results in order.
-    Nested calls (a chunk calling run_chunks) run inline, so the pool can't deadlock."""
-    threads = num_threads()
-    if threads == 1 or n < 2 or getattr(_local, "inside", False):
-        return [fn(0, n)]
-    bounds = chunk_bounds(n, threads)
-    pool = _get_pool(threads)
+def batch_grain():
+    value = os.environ.get("ALEXNET_BATCH_GRAIN", "")
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise ValueError(f"ALEXNET_BATCH_GRAIN must be a positive integer, got {value!r}") from None
+    return BATCH_GRAIN
 
-    def call(lo, hi):
+
+def run_chunks(fn, n, grain=None):
+    """Call fn(lo, hi) for each chunk of range(n), in parallel; returns the results in order.
+    Chunks are one per thread, or smaller where `grain` caps their size (more chunks than threads
+    are then handed out through a shared counter). Nested calls (a chunk calling run_chunks) run
+    inline, so the pool can't deadlock."""
+    threads = num_threads()
+    if getattr(_local, "inside", False) or n < 1:
+        return [fn(0, n)]
+    parts = threads if grain is None else max(threads, -(-n // grain))
+    if parts == 1 or n < 2:
+        return [fn(0, n)]
+    bounds = chunk_bounds(n, parts)
+    results = [None] * len(bounds)
+    next_index = iter(range(len(bounds)))
+    take = threading.Lock()
+
+    def worker():
         _local.inside = True
         try:
-            return fn(lo, hi)
+            while True:
+                with take:
+                    i = next(next_index, None)
+                if i is None:
+                    return
+                results[i] = fn(*bounds[i])
         finally:
             _local.inside = False
 
-    futures = [pool.submit(call, lo, hi) for lo, hi in bounds[1:]]
-    first = call(*bounds[0])           # the calling thread does the first chunk itself
-    return [first] + [f.result() for f in futures]
+    helpers = min(threads, len(bounds)) - 1       # ALEXNET_THREADS=1: the chunks run in turn here
+    futures = [_get_pool(threads).submit(worker) for _ in range(helpers)] if helpers else []
+    error = None
+    try:
+        worker()                       # the calling thread takes chunks too
+    except BaseException as e:         # let the helpers finish before raising, so none outlives us
+        error = e
+    for f in futures:
+        try:
+            f.result()
+        except BaseException as e:
+            error = error or e
+    if error is not None:
+        raise error
+    return results

@@ -30,7 +30,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from engine.layer import Layer
-from engine.parallel import chunk_bounds, run_chunks
+from engine.parallel import batch_grain, chunk_bounds, run_chunks
 
 
 class Conv2d(Layer):
@@ -82,7 +82,8 @@ class Conv2d(Layer):
         O, OH, OW = self.output_shape((C, H, W))
         out = np.empty((N, O, OH, OW), x.dtype)
         # one batch chunk per core (engine/parallel.py); each keeps its own patch matrix
-        cols = run_chunks(lambda lo, hi: self._forward_chunk(x, out, lo, hi), N)
+        cols = run_chunks(lambda lo, hi: self._forward_chunk(x, out, lo, hi), N,
+                          grain=batch_grain())
         if train:
             self.cache = (cols, x.shape)
         return out
@@ -112,7 +113,7 @@ class Conv2d(Layer):
 
         def chunks(first, last):
             return [self._backward_chunk(dout, dx, x_shape, *bounds[c], cols[c]) for c in range(first, last)]
-        parts = [part for group in run_chunks(chunks, len(cols)) for part in group]
+        parts = [part for group in run_chunks(chunks, len(cols), grain=1) for part in group]
         # each chunk's dW, db cover only its samples: the batch sum adds them up
         self.grads["W"] = sum(dW for dW, _ in parts).reshape(self.params["W"].shape)
         self.grads["b"] = sum(db for _, db in parts)

@@ -45,7 +45,10 @@ class Dense(Layer):
     def _forward(self, x, train):
         out = np.empty((len(x), self.out_features), x.dtype)
         W, b = self.params["W"], self.params["b"]
-        run_chunks(lambda lo, hi: np.add(x[lo:hi] @ W.T, b, out=out[lo:hi]), len(x))   # (N, out)
+        # split by output features, not by batch: each thread then reads only its rows of W (fc6's
+        # W is 150 MB and the product is bound by reading it)
+        run_chunks(lambda lo, hi: np.add(x @ W[lo:hi].T, b[lo:hi], out=out[:, lo:hi]),
+                   self.out_features)                                           # (N, out)
         if train:
             self.cache = x
         return out
@@ -60,5 +63,7 @@ class Dense(Layer):
         if not need_dx:
             return None
         dx = np.empty_like(x)
-        run_chunks(lambda lo, hi: np.matmul(dout[lo:hi], W, out=dx[lo:hi]), len(dout))   # (N, in)
+        # split by input features, for the same reason: each thread reads its columns of W once
+        run_chunks(lambda lo, hi: np.matmul(dout, W[:, lo:hi], out=dx[:, lo:hi]),
+                   self.in_features)                                            # (N, in)
         return dx

@@ -27,7 +27,7 @@ sum and the fractional power would cost as much as the forward.
 import numpy as np
 
 from engine.layer import Layer
-from engine.parallel import run_chunks
+from engine.parallel import batch_grain, run_chunks
 
 
 def window_sum(a, size, out):
@@ -71,7 +71,7 @@ class LRN(Layer):
     def _forward(self, x, train):
         scale, scale_pow, out = np.empty_like(x), np.empty_like(x), np.empty_like(x)
         run_chunks(lambda lo, hi: self._forward_chunk(x[lo:hi], scale[lo:hi], scale_pow[lo:hi],
-                                                      out[lo:hi]), len(x))
+                                                      out[lo:hi]), len(x), grain=batch_grain())
         if train:
             self.cache = (x, scale, scale_pow, out)
         return out
@@ -88,7 +88,8 @@ class LRN(Layer):
     def _backward(self, dout, need_dx=True):
         dx = np.empty_like(dout)
         run_chunks(lambda lo, hi: self._backward_chunk(dout[lo:hi], dx[lo:hi],
-                                                       *(c[lo:hi] for c in self.cache)), len(dout))
+                                                       *(c[lo:hi] for c in self.cache)), len(dout),
+                   grain=batch_grain())
         return dx
 
     def _backward_chunk(self, dout, dx, x, scale, scale_pow, out):

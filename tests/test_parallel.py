@@ -1,10 +1,10 @@
-"""The batch-chunk thread pool must not change results: 1, 2 and 3 threads agree."""
+"""The batch-chunk thread pool must not change results: 1, 2 and 3 threads and any chunk size agree."""
 import numpy as np
 import pytest
 
 from engine.loss import SoftmaxCrossEntropy
 from engine.optim import SGD
-from engine.parallel import chunk_bounds, run_chunks
+from engine.parallel import batch_grain, chunk_bounds, run_chunks
 from models.alexnet import AlexNetSmall
 
 
@@ -27,8 +27,34 @@ def test_run_chunks_returns_in_order_and_propagates_errors(monkeypatch):
         run_chunks(boom, 4)
 
 
-def one_step(threads, monkeypatch):
+def test_a_grain_gives_more_chunks_than_threads_in_order(monkeypatch):
+    import threading
+    for threads in ("1", "2"):
+        monkeypatch.setenv("ALEXNET_THREADS", threads)
+        seen = set()
+
+        def record(lo, hi):
+            seen.add(threading.get_ident())
+            return (lo, hi)
+        assert run_chunks(record, 10, grain=3) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+        assert len(seen) <= int(threads)
+        assert run_chunks(lambda lo, hi: (lo, hi), 4, grain=8) == chunk_bounds(4, int(threads))
+
+    def boom(lo, hi):
+        if lo == 6:
+            raise RuntimeError("chunk 6 failed")
+        return lo
+    with pytest.raises(RuntimeError, match="chunk 6 failed"):
+        run_chunks(boom, 10, grain=2)
+    assert run_chunks(lambda lo, hi: lo, 10, grain=2) == [0, 2, 4, 6, 8]   # the pool still works
+    monkeypatch.setenv("ALEXNET_BATCH_GRAIN", "0.5")
+    with pytest.raises(ValueError, match="ALEXNET_BATCH_GRAIN"):
+        batch_grain()
+
+
+def one_step(threads, monkeypatch, grain="8"):
     monkeypatch.setenv("ALEXNET_THREADS", str(threads))
+    monkeypatch.setenv("ALEXNET_BATCH_GRAIN", grain)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((7, 3, 64, 64)).astype(np.float32)
     y = rng.integers(0, 4, 7)
@@ -42,8 +68,8 @@ def one_step(threads, monkeypatch):
 
 def test_threads_do_not_change_the_step(monkeypatch):
     loss1, dx1, w1 = one_step(1, monkeypatch)
-    for threads in (2, 3):
-        loss, dx, w = one_step(threads, monkeypatch)
+    for threads, grain in ((2, "8"), (3, "8"), (2, "2"), (1, "3")):
+        loss, dx, w = one_step(threads, monkeypatch, grain)
         assert loss == pytest.approx(loss1, rel=1e-6)
         np.testing.assert_allclose(dx, dx1, rtol=1e-4, atol=1e-7)
         for k in w1:
