@@ -30,6 +30,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from engine.layer import Layer
+from engine import workspace
 from engine.parallel import batch_grain, chunk_bounds, run_chunks
 
 
@@ -80,7 +81,7 @@ class Conv2d(Layer):
     def _forward(self, x, train):
         N, C, H, W = x.shape
         O, OH, OW = self.output_shape((C, H, W))
-        out = np.empty((N, O, OH, OW), x.dtype)
+        out = workspace.empty((N, O, OH, OW), x.dtype)
         # one batch chunk per core (engine/parallel.py); each keeps its own patch matrix
         cols = run_chunks(lambda lo, hi: self._forward_chunk(x, out, lo, hi), N,
                           grain=batch_grain())
@@ -94,21 +95,24 @@ class Conv2d(Layer):
         O, OH, OW = out.shape[1:]
         # channel-major padded copy: rows of the patch matrix then come out in (c, p, q) order
         if P:
-            xc = np.zeros((C, n, H + 2 * P, W + 2 * P), x.dtype)      # (C, n, Hp, Wp)
+            xc = workspace.zeros((C, n, H + 2 * P, W + 2 * P), x.dtype)  # (C, n, Hp, Wp)
             xc[:, :, P:P + H, P:P + W] = x[lo:hi].transpose(1, 0, 2, 3)
         else:
-            xc = np.ascontiguousarray(x[lo:hi].transpose(1, 0, 2, 3))  # (C, n, H, W)
+            xc = workspace.empty((C, n, H, W), x.dtype)                # (C, n, H, W)
+            xc[...] = x[lo:hi].transpose(1, 0, 2, 3)
         sC, sN, sH, sW = xc.strides
         patches = as_strided(xc, (C, K, K, n, OH, OW), (sC, sH, sW, sN, sH * S, sW * S))
-        col = patches.reshape(G, (C // G) * K * K, n * OH * OW)      # (G, Cg*K*K, n*OH*OW): im2col copy
+        col = workspace.empty((G, (C // G) * K * K, n * OH * OW), x.dtype)  # (G, Cg*K*K, n*OH*OW)
+        col.reshape(patches.shape)[...] = patches                    # im2col: one copy
         Wg = self.params["W"].reshape(G, O // G, -1)                 # (G, Og, Cg*K*K)
-        prod = np.matmul(Wg, col).reshape(O, n, OH, OW)              # (O, n, OH, OW)
+        prod = np.matmul(Wg, col, out=workspace.empty((G, O // G, n * OH * OW), x.dtype))
+        prod = prod.reshape(O, n, OH, OW)                            # (O, n, OH, OW)
         np.add(prod.transpose(1, 0, 2, 3), self.params["b"][:, None, None], out=out[lo:hi])
         return col
 
     def _backward(self, dout, need_dx=True):
         cols, x_shape = self.cache
-        dx = np.empty(x_shape, dout.dtype) if need_dx else None
+        dx = workspace.empty(x_shape, dout.dtype) if need_dx else None
         bounds = chunk_bounds(x_shape[0], len(cols))          # the forward's chunks, one per col
 
         def chunks(first, last):
@@ -123,17 +127,19 @@ class Conv2d(Layer):
         n, (_, C, H, W) = hi - lo, x_shape
         K, S, P, G = self.kernel_size, self.stride, self.padding, self.groups
         O, OH, OW = dout.shape[1:]
-        dout_g = np.ascontiguousarray(dout[lo:hi].transpose(1, 0, 2, 3)).reshape(G, O // G, -1)  # (G, Og, n*OH*OW)
+        dout_g = workspace.empty((O, n, OH, OW), dout.dtype)
+        dout_g[...] = dout[lo:hi].transpose(1, 0, 2, 3)
+        dout_g = dout_g.reshape(G, O // G, -1)                          # (G, Og, n*OH*OW)
         db = dout_g.sum(axis=2).reshape(O)
         dW = np.matmul(dout_g, col.transpose(0, 2, 1))                  # (G, Og, Cg*K*K)
         if dx is None:
             return dW, db
         Wg = self.params["W"].reshape(G, O // G, -1)
-        dcol = np.matmul(Wg.transpose(0, 2, 1), dout_g)                 # (G, Cg*K*K, n*OH*OW)
+        dcol = np.matmul(Wg.transpose(0, 2, 1), dout_g, out=workspace.empty(col.shape, dout.dtype))  # (G, Cg*K*K, n*OH*OW)
         dcol = dcol.reshape(C, K, K, n, OH, OW)
         # col2im: one strided add per kernel offset (K*K of them), never a loop over pixels;
         # done a few channels at a time so the block of dxc being added to stays in cache (~1 MB)
-        dxc = np.zeros((C, n, H + 2 * P, W + 2 * P), dout.dtype)        # (C, n, Hp, Wp)
+        dxc = workspace.zeros((C, n, H + 2 * P, W + 2 * P), dout.dtype)  # (C, n, Hp, Wp)
         block = max(1, (1 << 20) // (dxc[0].nbytes or 1))
         for c0 in range(0, C, block):
             dxc_b, dcol_b = dxc[c0:c0 + block], dcol[c0:c0 + block]

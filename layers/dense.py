@@ -13,6 +13,7 @@ Cached: x, needed for dW.
 import numpy as np
 
 from engine.layer import Layer
+from engine import workspace
 from engine.parallel import run_chunks
 
 
@@ -55,14 +56,14 @@ class Dense(Layer):
 
     def _backward(self, dout, need_dx=True):
         x, W = self.cache, self.params["W"]
-        dW = np.empty_like(W)
+        dW = workspace.empty_like(W)
         # dW is split by output rows (not by batch): no partial sums of a 150 MB matrix to add up
         run_chunks(lambda lo, hi: np.matmul(dout[:, lo:hi].T, x, out=dW[lo:hi]), self.out_features)
         self.grads["W"] = dW                                        # (out, in)
         self.grads["b"] = dout.sum(axis=0)                          # (out,)
         if not need_dx:
             return None
-        dx = np.empty_like(x)
+        dx = workspace.empty_like(x)
         # split by input features, for the same reason: each thread reads its columns of W once
         run_chunks(lambda lo, hi: np.matmul(dout, W[:, lo:hi], out=dx[:, lo:hi]),
                    self.in_features)                                            # (N, in)

@@ -27,6 +27,7 @@ sum and the fractional power would cost as much as the forward.
 import numpy as np
 
 from engine.layer import Layer
+from engine import workspace
 from engine.parallel import batch_grain, run_chunks
 
 
@@ -69,7 +70,7 @@ class LRN(Layer):
             self._fail("expected input of rank 4 (N, C, H, W)", in_shape)
 
     def _forward(self, x, train):
-        scale, scale_pow, out = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+        scale, scale_pow, out = (workspace.empty_like(x) for _ in range(3))
         run_chunks(lambda lo, hi: self._forward_chunk(x[lo:hi], scale[lo:hi], scale_pow[lo:hi],
                                                       out[lo:hi]), len(x), grain=batch_grain())
         if train:
@@ -86,7 +87,7 @@ class LRN(Layer):
         np.multiply(x, scale_pow, out=out)                       # b_c
 
     def _backward(self, dout, need_dx=True):
-        dx = np.empty_like(dout)
+        dx = workspace.empty_like(dout)
         run_chunks(lambda lo, hi: self._backward_chunk(dout[lo:hi], dx[lo:hi],
                                                        *(c[lo:hi] for c in self.cache)), len(dout),
                    grain=batch_grain())
@@ -94,7 +95,7 @@ class LRN(Layer):
 
     def _backward_chunk(self, dout, dx, x, scale, scale_pow, out):
         dt = x.dtype.type
-        t = dout * out
+        t = np.multiply(dout, out, out=workspace.empty_like(dout))
         t /= scale                                               # dout_j b_j / s_j
         window_sum(t, self.size, dx)                             # sum over j in win(c), dx as scratch
         dx *= x

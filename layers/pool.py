@@ -16,6 +16,7 @@ never over pixels. Backward adds `dout * (argmax == offset)` through the same st
 import numpy as np
 
 from engine.layer import Layer
+from engine import workspace
 from engine.parallel import batch_grain, run_chunks
 
 
@@ -49,8 +50,8 @@ class MaxPool2d(Layer):
 
     def _forward(self, x, train):
         _, OH, OW = self.output_shape(x.shape[1:])
-        out = np.empty(x.shape[:2] + (OH, OW), x.dtype)             # (N, C, OH, OW)
-        argmax = np.empty(out.shape, np.uint8)
+        out = workspace.empty(x.shape[:2] + (OH, OW), x.dtype)      # (N, C, OH, OW)
+        argmax = workspace.empty(out.shape, np.uint8)
         run_chunks(lambda lo, hi: self._forward_chunk(x[lo:hi], out[lo:hi], argmax[lo:hi]), len(x),
                    grain=batch_grain())
         if train:
@@ -69,7 +70,7 @@ class MaxPool2d(Layer):
 
     def _backward(self, dout, need_dx=True):
         argmax, x_shape = self.cache
-        dx = np.empty(x_shape, dout.dtype)
+        dx = workspace.empty(x_shape, dout.dtype)
         run_chunks(lambda lo, hi: self._backward_chunk(dout[lo:hi], argmax[lo:hi], dx[lo:hi]), len(dout),
                    grain=batch_grain())
         return dx

@@ -12,12 +12,13 @@ costs no extra memory.
 import numpy as np
 
 from engine.layer import Layer
+from engine import workspace
 from engine.parallel import batch_grain, run_chunks
 
 
 class ReLU(Layer):
     def _forward(self, x, train):
-        out = np.empty_like(x)
+        out = workspace.empty_like(x)
         run_chunks(lambda lo, hi: np.maximum(x[lo:hi], 0, out=out[lo:hi]), len(x), grain=batch_grain())
         if train:
             self.cache = out
@@ -25,7 +26,7 @@ class ReLU(Layer):
 
     def _backward(self, dout, need_dx=True):
         out = self.cache
-        dx = np.empty_like(dout)
+        dx = workspace.empty_like(dout)
         run_chunks(lambda lo, hi: np.multiply(dout[lo:hi], out[lo:hi] > 0, out=dx[lo:hi]), len(dout),
                    grain=batch_grain())
         return dx
