@@ -8,7 +8,8 @@ Backward:  the max is a selector, so its gradient goes to the one input it selec
            windows overlap, so one input can receive from several outputs (hence +=).
 
 Shapes: x (N, C, H, W), out (N, C, OH, OW).
-Cached: the argmax as the window offset p*K + q (one byte per output), and the input shape.
+Cached: the argmax as the window offset p*K + q (one byte per output up to 16x16 windows), and
+the input shape.
 Ties pick the first maximum in row-major window order (as PyTorch does).
 The CPU path loops over the K*K window offsets (9), each a strided view of the whole batch:
 never over pixels. Backward adds `dout * (argmax == offset)` through the same strided views.
@@ -51,7 +52,7 @@ class MaxPool2d(Layer):
     def _forward(self, x, train):
         _, OH, OW = self.output_shape(x.shape[1:])
         out = workspace.empty(x.shape[:2] + (OH, OW), x.dtype)      # (N, C, OH, OW)
-        argmax = workspace.empty(out.shape, np.uint8)
+        argmax = workspace.empty(out.shape, np.uint8 if self.kernel_size ** 2 <= 256 else np.int32)
         run_chunks(lambda lo, hi: self._forward_chunk(x[lo:hi], out[lo:hi], argmax[lo:hi]), len(x),
                    grain=batch_grain())
         if train:
@@ -60,13 +61,17 @@ class MaxPool2d(Layer):
 
     def _forward_chunk(self, x, out, argmax):
         K, (OH, OW) = self.kernel_size, out.shape[2:]
+        better, step = np.empty(out.shape, bool), np.empty(out.shape, argmax.dtype)
         out[...] = self._window(x, 0, 0, OH, OW)
         argmax[...] = 0
         for offset in range(1, K * K):
             win = self._window(x, offset // K, offset % K, OH, OW)
-            better = win > out                                       # strict: first max wins ties
+            np.greater(win, out, out=better)                         # strict: first max wins ties
             np.maximum(out, win, out=out)
-            np.putmask(argmax, better, offset)
+            # argmax = where(better, offset, argmax) as arithmetic; np.putmask was 3x slower here
+            np.subtract(argmax.dtype.type(offset), argmax, out=step)
+            np.multiply(step, better, out=step)
+            np.add(argmax, step, out=argmax)
 
     def _backward(self, dout, need_dx=True):
         argmax, x_shape = self.cache
