@@ -63,13 +63,18 @@ def chunk_bounds(n, parts=None):
     return bounds
 
 
-def batch_grain():
+def batch_grain(sample_bytes=0, chunk_bytes=0):
+    """Samples per chunk: BATCH_GRAIN, or fewer where a layer makes many passes over its chunk
+    (LRN, max-pool) and asks for chunks of about `chunk_bytes` so that the passes run from cache
+    (measured: LRN forward + backward of conv1's output 27 -> 17 ms with one-sample chunks)."""
     value = os.environ.get("ALEXNET_BATCH_GRAIN", "")
     if value:
         try:
             return max(1, int(value))
         except ValueError:
             raise ValueError(f"ALEXNET_BATCH_GRAIN must be a positive integer, got {value!r}") from None
+    if sample_bytes and chunk_bytes:
+        return max(1, min(BATCH_GRAIN, chunk_bytes // sample_bytes))
     return BATCH_GRAIN
 
 
@@ -81,7 +86,9 @@ def run_chunks(fn, n, grain=None):
     threads = num_threads()
     if getattr(_local, "inside", False) or n < 1:
         return [fn(0, n)]
-    parts = threads if grain is None else max(threads, -(-n // grain))
+    parts = threads
+    if grain is not None:         # enough chunks for the grain, a multiple of the threads (balance)
+        parts = threads * -(-n // (grain * threads))
     if parts == 1 or n < 2:
         return [fn(0, n)]
     bounds = chunk_bounds(n, parts)

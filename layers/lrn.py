@@ -30,6 +30,9 @@ from engine.layer import Layer
 from engine import workspace
 from engine.parallel import batch_grain, run_chunks
 
+# a dozen passes over each chunk and its four arrays: chunks of ~2 MB keep them all in cache
+CHUNK_BYTES = 2 << 20
+
 
 def window_sum(a, size, out):
     """out[:, c] = sum of a[:, j] for j in [c - size//2, c + size//2] clipped to [0, C-1]."""
@@ -72,7 +75,8 @@ class LRN(Layer):
     def _forward(self, x, train):
         scale, scale_pow, out = (workspace.empty_like(x) for _ in range(3))
         run_chunks(lambda lo, hi: self._forward_chunk(x[lo:hi], scale[lo:hi], scale_pow[lo:hi],
-                                                      out[lo:hi]), len(x), grain=batch_grain())
+                                                      out[lo:hi]), len(x),
+                   grain=batch_grain(x[0].nbytes, CHUNK_BYTES))
         if train:
             self.cache = (x, scale, scale_pow, out)
         return out
@@ -90,7 +94,7 @@ class LRN(Layer):
         dx = workspace.empty_like(dout)
         run_chunks(lambda lo, hi: self._backward_chunk(dout[lo:hi], dx[lo:hi],
                                                        *(c[lo:hi] for c in self.cache)), len(dout),
-                   grain=batch_grain())
+                   grain=batch_grain(dout[0].nbytes, CHUNK_BYTES))
         return dx
 
     def _backward_chunk(self, dout, dx, x, scale, scale_pow, out):

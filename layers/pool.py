@@ -20,6 +20,9 @@ from engine.layer import Layer
 from engine import workspace
 from engine.parallel import batch_grain, run_chunks
 
+# nine strided passes over each chunk's input: chunks of ~6 MB of input run from cache
+CHUNK_BYTES = 6 << 20
+
 
 class MaxPool2d(Layer):
     def __init__(self, kernel_size=3, stride=2):
@@ -54,7 +57,7 @@ class MaxPool2d(Layer):
         out = workspace.empty(x.shape[:2] + (OH, OW), x.dtype)      # (N, C, OH, OW)
         argmax = workspace.empty(out.shape, np.uint8 if self.kernel_size ** 2 <= 256 else np.int32)
         run_chunks(lambda lo, hi: self._forward_chunk(x[lo:hi], out[lo:hi], argmax[lo:hi]), len(x),
-                   grain=batch_grain())
+                   grain=batch_grain(x[0].nbytes, CHUNK_BYTES))
         if train:
             self.cache = (argmax, x.shape)
         return out
@@ -77,7 +80,7 @@ class MaxPool2d(Layer):
         argmax, x_shape = self.cache
         dx = workspace.empty(x_shape, dout.dtype)
         run_chunks(lambda lo, hi: self._backward_chunk(dout[lo:hi], argmax[lo:hi], dx[lo:hi]), len(dout),
-                   grain=batch_grain())
+                   grain=batch_grain(dx[0].nbytes, CHUNK_BYTES))
         return dx
 
     def _backward_chunk(self, dout, argmax, dx):
