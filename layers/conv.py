@@ -25,18 +25,25 @@ Shapes: x (N, C, H, W), W (O, C // groups, K, K), b (O,), out (N, O, OH, OW).
 Cached: the patch matrix `col` (so backward needs no second im2col) and the input shape.
 The CPU path works channel-major internally, x -> (C, N, H, W), so that one as_strided view
 copied once gives every group's patch matrix, and one stacked matmul covers all groups.
+For 3x3 stride-1 kernels (conv3-5) the CPU path computes the same convolution with Winograd's
+F(2x2, 3x3) instead: about half the multiplications (layers/conv_winograd.py, with its own
+derivation); `algorithm="im2col"` keeps im2col for them too.
 """
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from engine.layer import Layer
 from engine import workspace
+from layers import conv_winograd
 from engine.parallel import batch_grain, chunk_bounds, run_chunks
+
+
+ALGORITHMS = ("auto", "im2col", "winograd")
 
 
 class Conv2d(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
-                 dtype=np.float32):
+                 dtype=np.float32, algorithm="auto"):
         super().__init__()
         for label, v, lo in (("in_channels", in_channels, 1), ("out_channels", out_channels, 1),
                              ("kernel_size", kernel_size, 1), ("stride", stride, 1),
@@ -49,6 +56,12 @@ class Conv2d(Layer):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride = int(kernel_size), int(stride)
         self.padding, self.groups = int(padding), int(groups)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"Conv2d: algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+        if algorithm == "winograd" and not conv_winograd.applies(self.kernel_size, self.stride):
+            raise ValueError(f"Conv2d: algorithm='winograd' needs a 3x3 kernel with stride 1, got "
+                             f"{kernel_size}x{kernel_size} with stride {stride}")
+        self.algorithm = algorithm
         K = self.kernel_size
         self.params = {"W": np.zeros((out_channels, in_channels // groups, K, K), dtype),
                        "b": np.zeros((out_channels,), dtype)}
@@ -78,15 +91,28 @@ class Conv2d(Layer):
         O, OH, OW = self.output_shape(in_shape)
         return O * OH * OW * (self.in_channels // self.groups) * self.kernel_size ** 2
 
+    def uses_winograd(self):
+        """The CPU path's algorithm: Winograd F(2x2, 3x3) for 3x3 stride-1 kernels unless
+        `algorithm="im2col"` (see layers/conv_winograd.py), im2col otherwise."""
+        return self.algorithm == "winograd" or (
+            self.algorithm == "auto" and conv_winograd.applies(self.kernel_size, self.stride))
+
     def _forward(self, x, train):
         N, C, H, W = x.shape
         O, OH, OW = self.output_shape((C, H, W))
         out = workspace.empty((N, O, OH, OW), x.dtype)
-        # one batch chunk per core (engine/parallel.py); each keeps its own patch matrix
-        cols = run_chunks(lambda lo, hi: self._forward_chunk(x, out, lo, hi), N,
-                          grain=batch_grain())
+        # one batch chunk per core (engine/parallel.py); each keeps what its backward needs: the
+        # patch matrix (im2col) or the transformed input tiles (Winograd)
+        if self.uses_winograd():
+            W_, b, P, G = self.params["W"], self.params["b"], self.padding, self.groups
+            algorithm = "winograd"
+            saved = run_chunks(lambda lo, hi: conv_winograd.forward_chunk(x[lo:hi], W_, b, P, G, out[lo:hi]),
+                               N, grain=batch_grain())
+        else:
+            algorithm = "im2col"
+            saved = run_chunks(lambda lo, hi: self._forward_chunk(x, out, lo, hi), N, grain=batch_grain())
         if train:
-            self.cache = (cols, x.shape)
+            self.cache = (algorithm, saved, x.shape)
         return out
 
     def _forward_chunk(self, x, out, lo, hi):
@@ -111,13 +137,18 @@ class Conv2d(Layer):
         return col
 
     def _backward(self, dout, need_dx=True):
-        cols, x_shape = self.cache
+        algorithm, saved, x_shape = self.cache
         dx = workspace.empty(x_shape, dout.dtype) if need_dx else None
-        bounds = chunk_bounds(x_shape[0], len(cols))          # the forward's chunks, one per col
+        bounds = chunk_bounds(x_shape[0], len(saved))         # the forward's chunks, one each
 
-        def chunks(first, last):
-            return [self._backward_chunk(dout, dx, x_shape, *bounds[c], cols[c]) for c in range(first, last)]
-        parts = [part for group in run_chunks(chunks, len(cols), grain=1) for part in group]
+        def chunk(c):
+            lo, hi = bounds[c]
+            if algorithm == "winograd":
+                return conv_winograd.backward_chunk(dout[lo:hi], saved[c], self.params["W"], self.padding,
+                                                    self.groups, x_shape, None if dx is None else dx[lo:hi])
+            return self._backward_chunk(dout, dx, x_shape, lo, hi, saved[c])
+        parts = [part for group in run_chunks(lambda first, last: [chunk(c) for c in range(first, last)],
+                                              len(saved), grain=1) for part in group]
         # each chunk's dW, db cover only its samples: the batch sum adds them up
         self.grads["W"] = sum(dW for dW, _ in parts).reshape(self.params["W"].shape)
         self.grads["b"] = sum(db for _, db in parts)

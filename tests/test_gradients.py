@@ -58,6 +58,9 @@ def test_gradcheck_catches_a_wrong_backward():
 
 @pytest.mark.parametrize("kw,shape", [
     (dict(in_channels=3, out_channels=4, kernel_size=3), (2, 3, 6, 7)),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, algorithm="im2col"), (2, 3, 6, 7)),
+    (dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, groups=2), (3, 4, 9, 8)),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, padding=3), (1, 2, 3, 3)),
     (dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, groups=2), (2, 4, 7, 7)),
     (dict(in_channels=2, out_channels=4, kernel_size=5, stride=4), (1, 2, 13, 14)),
 ])
@@ -91,3 +94,34 @@ def test_maxpool_backward_routes_each_gradient_to_its_argmax():
             expected[0, 0, 2 * i + p, 2 * j + q] += 1
             assert out[0, 0, i, j] == win.max()
     np.testing.assert_array_equal(dx, expected)
+
+
+def test_conv_algorithm_choice_and_bad_values():
+    assert Conv2d(4, 4, 3, padding=1).uses_winograd()
+    assert not Conv2d(4, 4, 3, padding=1, algorithm="im2col").uses_winograd()
+    assert not Conv2d(4, 4, 3, stride=2).uses_winograd()
+    assert not Conv2d(4, 4, 5, padding=2).uses_winograd()
+    with pytest.raises(ValueError, match="algorithm must be one of auto, im2col, winograd"):
+        Conv2d(4, 4, 3, algorithm="fft")
+    with pytest.raises(ValueError, match=r"winograd' needs a 3x3 kernel with stride 1, got 5x5 with stride 1"):
+        Conv2d(4, 4, 5, algorithm="winograd")
+
+
+@pytest.mark.parametrize("shape,padding,groups", [((5, 6, 13, 13), 1, 2), ((2, 4, 8, 11), 1, 1), ((3, 2, 5, 4), 0, 2)])
+def test_winograd_and_im2col_agree_in_float32(shape, padding, groups, rng):
+    """AlexNet's conv3-5 sizes and odd ones: both CPU algorithms, forward and backward."""
+    C = shape[1]
+    layers = [Conv2d(C, 2 * C, 3, padding=padding, groups=groups, algorithm=a) for a in ("winograd", "im2col")]
+    W = rng.standard_normal(layers[0].params["W"].shape).astype(np.float32) * 0.2
+    b = rng.standard_normal(2 * C).astype(np.float32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    results = []
+    for layer in layers:
+        layer.params["W"][...], layer.params["b"][...] = W, b
+        out = layer.forward(x)
+        dout = np.cos(np.arange(out.size, dtype=np.float32)).reshape(out.shape)
+        dx = layer.backward(dout)
+        results.append((out, dx, layer.grads["W"], layer.grads["b"]))
+    for name, wino, ref in zip(("out", "dx", "dW", "db"), *results):
+        assert wino.dtype == np.float32
+        np.testing.assert_allclose(wino, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max(), err_msg=name)

@@ -31,7 +31,12 @@ def run_torch(fn, x, upstream, *params):
     dict(in_channels=3, out_channels=8, kernel_size=11, stride=4, padding=0, groups=1, hw=39),
     dict(in_channels=8, out_channels=12, kernel_size=5, stride=1, padding=2, groups=2, hw=13),
     dict(in_channels=6, out_channels=6, kernel_size=3, stride=2, padding=1, groups=3, hw=10),
-], ids=["conv1-like", "conv2-like-groups2", "stride2-groups3"])
+    dict(in_channels=16, out_channels=24, kernel_size=3, stride=1, padding=1, groups=1, hw=13),
+    dict(in_channels=24, out_channels=16, kernel_size=3, stride=1, padding=1, groups=2, hw=13),
+    dict(in_channels=24, out_channels=16, kernel_size=3, stride=1, padding=1, groups=2, hw=13,
+         algorithm="im2col"),
+], ids=["conv1-like", "conv2-like-groups2", "stride2-groups3", "conv3-like-winograd",
+        "conv5-like-groups2-winograd", "conv5-like-groups2-im2col"])
 def test_conv(cfg, rng):
     hw = cfg.pop("hw")
     layer = Conv2d(**cfg)
