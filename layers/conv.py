@@ -104,10 +104,12 @@ class Conv2d(Layer):
         # one batch chunk per core (engine/parallel.py); each keeps what its backward needs: the
         # patch matrix (im2col) or the transformed input tiles (Winograd)
         if self.uses_winograd():
-            W_, b, P, G = self.params["W"], self.params["b"], self.padding, self.groups
+            b, P, G = self.params["b"], self.padding, self.groups
+            U = conv_winograd.transform_weights(self.params["W"], G)      # once for all chunks
             algorithm = "winograd"
-            saved = run_chunks(lambda lo, hi: conv_winograd.forward_chunk(x[lo:hi], W_, b, P, G, out[lo:hi]),
+            saved = run_chunks(lambda lo, hi: conv_winograd.forward_chunk(x[lo:hi], U, b, P, G, out[lo:hi]),
                                N, grain=batch_grain())
+            saved = (U, saved)
         else:
             algorithm = "im2col"
             saved = run_chunks(lambda lo, hi: self._forward_chunk(x, out, lo, hi), N, grain=batch_grain())
@@ -138,13 +140,15 @@ class Conv2d(Layer):
 
     def _backward(self, dout, need_dx=True):
         algorithm, saved, x_shape = self.cache
+        if algorithm == "winograd":
+            U, saved = saved                   # the forward's transformed weights and input tiles
         dx = workspace.empty(x_shape, dout.dtype) if need_dx else None
         bounds = chunk_bounds(x_shape[0], len(saved))         # the forward's chunks, one each
 
         def chunk(c):
             lo, hi = bounds[c]
             if algorithm == "winograd":
-                return conv_winograd.backward_chunk(dout[lo:hi], saved[c], self.params["W"], self.padding,
+                return conv_winograd.backward_chunk(dout[lo:hi], saved[c], U, self.padding,
                                                     self.groups, x_shape, None if dx is None else dx[lo:hi])
             return self._backward_chunk(dout, dx, x_shape, lo, hi, saved[c])
         parts = [part for group in run_chunks(lambda first, last: [chunk(c) for c in range(first, last)],

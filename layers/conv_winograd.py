@@ -60,12 +60,13 @@ def tiles(out_h, out_w):
     return -(-out_h // 2), -(-out_w // 2)
 
 
-def forward_chunk(x, W, b, padding, groups, out):
-    """x (n, C, H, W) -> out (n, O, OH, OW) written in place; returns V (16, C * T) for backward."""
+def forward_chunk(x, U, b, padding, groups, out):
+    """x (n, C, H, W) -> out (n, O, OH, OW) written in place, with U = transform_weights(W) (one
+    per step, shared by the chunks); returns V (16, C * T) for the backward."""
     n, C, H, Wd = x.shape
     O, OH, OW = out.shape[1:]
     P, G = padding, groups
-    Bk, Gk, Ak = matrices(x.dtype)
+    Bk, _, Ak = matrices(x.dtype)
     TH, TW = tiles(OH, OW)
     T = n * TH * TW
     # zero-padded, channel-major input covering every tile: (C, n, 2 TH + 2, 2 TW + 2)
@@ -77,7 +78,6 @@ def forward_chunk(x, W, b, padding, groups, out):
     D.reshape(4, 4, C, n, TH, TW)[...] = as_strided(xc, (4, 4, C, n, TH, TW),
                                                      (sH, sW, sC, sN, 2 * sH, 2 * sW))
     V = np.matmul(Bk, D, out=workspace.empty((16, C * T), x.dtype))            # B^T d B, flat
-    U = transform_weights(W, Gk, G)                                            # (16, G, Og, Cg)
     M = np.matmul(U, V.reshape(16, G, C // G, T),
                   out=workspace.empty((16, G, O // G, T), x.dtype))           # 16 products
     Y = np.matmul(Ak, M.reshape(16, O * T), out=workspace.empty((4, O * T), x.dtype))
@@ -88,15 +88,16 @@ def forward_chunk(x, W, b, padding, groups, out):
     return V
 
 
-def transform_weights(W, Gk, groups):
+def transform_weights(W, groups):
     """U[xi, g, o, c] = (G w G^T)[xi] for the 3x3 filter w = W[g * Og + o, c]: (16, G, Og, Cg)."""
     O, Cg = W.shape[:2]
+    Gk = matrices(W.dtype)[1]
     U = (W.reshape(O * Cg, 9) @ Gk.T).T                                        # (16, O * Cg)
     return np.ascontiguousarray(U).reshape(16, groups, O // groups, Cg)
 
 
-def backward_chunk(dout, V, W, padding, groups, x_shape, dx):
-    """dout (n, O, OH, OW) and the forward's V -> (dW, db) of this chunk; dx (n, C, H, W) is
+def backward_chunk(dout, V, U, padding, groups, x_shape, dx):
+    """dout (n, O, OH, OW), the forward's V and U -> (dW, db) of this chunk; dx (n, C, H, W) is
     written in place unless it is None."""
     n, O, OH, OW = dout.shape
     _, C, H, Wd = x_shape
@@ -118,18 +119,15 @@ def backward_chunk(dout, V, W, padding, groups, x_shape, dx):
     dW = (dU.reshape(16, O * Cg).T @ Gk).reshape(O, Cg, 3, 3)                  # G^T dU G
     if dx is None:
         return dW, db
-    U = transform_weights(W, Gk, G)
     dV = np.matmul(U.transpose(0, 1, 3, 2), dM, out=workspace.empty((16, G, Cg, T), dout.dtype))
     dD = np.matmul(Bk.T, dV.reshape(16, C * T), out=workspace.empty((16, C * T), dout.dtype))
-    # add every 4x4 tile gradient back where the tile was cut: tile (a, b) covers rows 2a .. 2a+3.
-    # Writing u = 2s + r (s, r in {0, 1}), row 2a + u = 2(a + s) + r: for each of the four (s, t)
-    # the tiles land on a (TH, 2, TW, 2) block of the input shifted by (s, t) tiles, and the
-    # overlaps between tiles become separate adds.
-    dxc = workspace.zeros((C, n, TH + 1, 2, TW + 1, 2), dout.dtype)
-    dD6 = dD.reshape(2, 2, 2, 2, C, n, TH, TW)                                 # (s, r, t, q, ...)
-    for s in (0, 1):
-        for t in (0, 1):
-            dxc[:, :, s:s + TH, :, t:t + TW, :] += dD6[s, :, t].transpose(2, 3, 4, 0, 5, 1)
-    dxc = dxc.reshape(C, n, 2 * TH + 2, 2 * TW + 2)
+    # add every 4x4 tile gradient back where the tile was cut: entry (u, v) of tile (a, b) came
+    # from input pixel (2a + u, 2b + v). One strided add per (u, v), each over all tiles at once;
+    # tiles overlap by 2 pixels, so overlapping entries add up.
+    dxc = workspace.zeros((C, n, 2 * TH + 2, 2 * TW + 2), dout.dtype)
+    dD = dD.reshape(4, 4, C, n, TH, TW)
+    for u in range(4):
+        for v in range(4):
+            dxc[:, :, u:u + 2 * TH:2, v:v + 2 * TW:2] += dD[u, v]
     dx[...] = dxc[:, :, P:P + H, P:P + Wd].transpose(1, 0, 2, 3)
     return dW, db
