@@ -28,13 +28,26 @@ MIN_BYTES = 1 << 20
 
 _lock = threading.Lock()
 _buffers = {}            # nbytes -> list of 1-D uint8 arrays owned by the pool
-# references to a free buffer while `empty` looks at it: the pool's list, the loop variable and
-# getrefcount's own argument
-_FREE_REFCOUNT = 3
+
+
+def _references(buffer):
+    return sys.getrefcount(buffer)
+
+
+def _free_count():
+    """The reference count a free buffer shows in the loops below (the pool's list, the loop
+    variable, the call's arguments): measured with the same code rather than assumed, since the
+    interpreter decides which of those references it actually counts."""
+    pool = [np.empty(1, np.uint8)]
+    for buffer in pool:
+        return _references(buffer)
+
+
+_FREE_REFCOUNT = _free_count() if hasattr(sys, "getrefcount") else None
 
 
 def enabled():
-    return os.environ.get("ALEXNET_WORKSPACE", "1") != "0"
+    return _FREE_REFCOUNT is not None and os.environ.get("ALEXNET_WORKSPACE", "1") != "0"
 
 
 def empty(shape, dtype=np.float32):
@@ -51,7 +64,7 @@ def empty(shape, dtype=np.float32):
         sizes = [nbytes] + sorted(k for k in _buffers if nbytes < k <= 2 * nbytes)
         for size in sizes:
             for buffer in _buffers.get(size, ()):
-                if sys.getrefcount(buffer) == _FREE_REFCOUNT:
+                if _references(buffer) == _FREE_REFCOUNT:
                     # the view's reference to the buffer marks it busy until the view is gone
                     return buffer[:nbytes].view(dtype).reshape(shape)
         buffer = np.empty(nbytes, np.uint8)
@@ -76,7 +89,7 @@ def pooled_bytes():
         for nbytes, pool in _buffers.items():
             for buffer in pool:
                 total += nbytes
-                busy += nbytes * (sys.getrefcount(buffer) > _FREE_REFCOUNT)
+                busy += nbytes * (_references(buffer) > _FREE_REFCOUNT)
         return total, busy
 
 
