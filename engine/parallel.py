@@ -28,14 +28,19 @@ _local = threading.local()
 BATCH_GRAIN = 8           # samples per chunk at most, for the layers that split the batch
 
 
+def _env_count(name):
+    """The positive integer in environment variable `name`, or None where it is unset."""
+    value = os.environ.get(name, "")
+    if not value:
+        return None
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+
+
 def num_threads():
-    value = os.environ.get("ALEXNET_THREADS", "")
-    if value:
-        try:
-            return max(1, int(value))
-        except ValueError:
-            raise ValueError(f"ALEXNET_THREADS must be a positive integer, got {value!r}") from None
-    return max(1, os.cpu_count() or 1)
+    return _env_count("ALEXNET_THREADS") or max(1, os.cpu_count() or 1)
 
 
 def _get_pool(threads):
@@ -67,12 +72,9 @@ def batch_grain(sample_bytes=0, chunk_bytes=0):
     """Samples per chunk: BATCH_GRAIN, or fewer where a layer makes many passes over its chunk
     (LRN, max-pool) and asks for chunks of about `chunk_bytes` so that the passes run from cache
     (measured: LRN forward + backward of conv1's output 27 -> 17 ms with one-sample chunks)."""
-    value = os.environ.get("ALEXNET_BATCH_GRAIN", "")
-    if value:
-        try:
-            return max(1, int(value))
-        except ValueError:
-            raise ValueError(f"ALEXNET_BATCH_GRAIN must be a positive integer, got {value!r}") from None
+    forced = _env_count("ALEXNET_BATCH_GRAIN")
+    if forced:
+        return forced
     if sample_bytes and chunk_bytes:
         return max(1, min(BATCH_GRAIN, chunk_bytes // sample_bytes))
     return BATCH_GRAIN
