@@ -33,10 +33,18 @@ class Layer:
         self._check_array(x, "input")
         self.check_input_shape(tuple(x.shape[1:]))
         backend.check_same_device(self.name, x, self.params)
+        if train:
+            self._drop_cache()
         if backend.is_gpu_array(x):
             from kernels import dispatch
             return dispatch.layer_forward(self, x, train)
         return self._forward(x, train)
+
+    def _drop_cache(self):
+        """Called when a training forward begins: last step's cache is dead by then, and dropping
+        it first lets its memory (engine/workspace.py) serve this forward instead of holding two
+        steps' worth at once."""
+        self.cache = None
 
     def backward(self, dout, need_dx=True):
         """`need_dx=False` lets the first layer of a net skip its input gradient (returns None)."""

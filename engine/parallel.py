@@ -34,9 +34,12 @@ def _env_count(name):
     if not value:
         return None
     try:
-        return max(1, int(value))
+        count = int(value)
     except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+        count = 0
+    if count < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return count
 
 
 def num_threads():
@@ -97,16 +100,21 @@ def run_chunks(fn, n, grain=None):
     results = [None] * len(bounds)
     next_index = iter(range(len(bounds)))
     take = threading.Lock()
+    failed = []                        # set by the first chunk that raises: the others stop taking
 
     def worker():
         _local.inside = True
         try:
-            while True:
+            while not failed:
                 with take:
                     i = next(next_index, None)
                 if i is None:
                     return
-                results[i] = fn(*bounds[i])
+                try:
+                    results[i] = fn(*bounds[i])
+                except BaseException:
+                    failed.append(True)
+                    raise
         finally:
             _local.inside = False
 

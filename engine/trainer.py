@@ -306,6 +306,13 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------------
 
     def run(self):
+        try:
+            return self._run()
+        finally:
+            from engine import workspace
+            workspace.release()        # the pooled arrays of the training steps go back to the system
+
+    def _run(self):
         cfg = self.config
         os.makedirs(self.run_dir, exist_ok=True)
         if self.resumed_from is None or not os.path.exists(os.path.join(self.run_dir, "config.json")):

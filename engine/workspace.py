@@ -14,8 +14,8 @@ Only then is it handed out again, so a live array is never overwritten. A reques
 buffer of its exact size, or else the smallest free one up to twice its size. Arrays under 1 MB come
 from `np.empty` (NumPy and malloc reuse those well already).
 
-The pool keeps its buffers until `release()`: after training, or when the batch shape changes
-for good. ALEXNET_WORKSPACE=0 turns the pool off (every call is `np.empty`).
+The pool keeps its buffers until `release()` (the trainer calls it when a run ends; call it
+yourself in a long-lived process once you are done training). ALEXNET_WORKSPACE=0 turns the pool off (every call is `np.empty`).
 """
 import math
 import os

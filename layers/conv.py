@@ -22,7 +22,9 @@ Backward, from the same product (dout_g reshaped to (Og, N*OH*OW)):
              (overlapping patches add up), then the padding is cut off.
 
 Shapes: x (N, C, H, W), W (O, C // groups, K, K), b (O,), out (N, O, OH, OW).
-Cached: the patch matrix `col` (so backward needs no second im2col) and the input shape.
+Cached: per batch chunk, the patch matrix `col` (so backward needs no second im2col), or on the
+Winograd path the transformed input tiles V and, once, the transformed weights U; and the
+input shape.
 The CPU path works channel-major internally, x -> (C, N, H, W), so that one as_strided view
 copied once gives every group's patch matrix, and one stacked matmul covers all groups.
 For 3x3 stride-1 kernels (conv3-5) the CPU path computes the same convolution with Winograd's
@@ -101,8 +103,8 @@ class Conv2d(Layer):
         N, C, H, W = x.shape
         O, OH, OW = self.output_shape((C, H, W))
         out = workspace.empty((N, O, OH, OW), x.dtype)
-        # one batch chunk per core (engine/parallel.py); each keeps what its backward needs: the
-        # patch matrix (im2col) or the transformed input tiles (Winograd)
+        # batch chunks of up to 8 samples over the cores (engine/parallel.py); each keeps what its
+        # backward needs: the patch matrix (im2col) or the transformed input tiles (Winograd)
         if self.uses_winograd():
             b, P, G = self.params["b"], self.padding, self.groups
             U = conv_winograd.transform_weights(self.params["W"], G)      # once for all chunks

@@ -52,6 +52,10 @@ class Dropout(Layer):
     def _backward(self, dout, need_dx=True):
         return dout * self.cache
 
+    def _drop_cache(self):
+        if not self.reuse_mask:           # a frozen mask (gradient checks) must survive forwards
+            self.cache = None
+
     def get_rng_state(self):
         return {"bit_generator": self.rng.bit_generator.state, "step": self.step}
 

@@ -75,3 +75,21 @@ def test_threads_do_not_change_the_step(monkeypatch):
         np.testing.assert_allclose(dx, dx1, rtol=1e-4, atol=1e-7)
         for k in w1:
             np.testing.assert_allclose(w[k], w1[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_a_failed_chunk_stops_the_others_from_starting(monkeypatch):
+    import time
+    monkeypatch.setenv("ALEXNET_THREADS", "2")
+    started = []
+
+    def slow_then_fail(lo, hi):
+        started.append(lo)
+        if lo == 0:
+            raise RuntimeError("first chunk failed")
+        time.sleep(0.01)
+    with pytest.raises(RuntimeError, match="first chunk failed"):
+        run_chunks(slow_then_fail, 40, grain=1)
+    assert len(started) < 10
+    monkeypatch.setenv("ALEXNET_THREADS", "0")
+    with pytest.raises(ValueError, match="ALEXNET_THREADS must be a positive integer, got '0'"):
+        run_chunks(slow_then_fail, 4)
