@@ -34,10 +34,10 @@ derivation); `algorithm="im2col"` keeps im2col for them too.
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from engine.layer import Layer
 from engine import workspace
-from layers import conv_winograd
+from engine.layer import Layer
 from engine.parallel import batch_grain, chunk_bounds, run_chunks
+from layers import conv_winograd
 
 
 ALGORITHMS = ("auto", "im2col", "winograd")

@@ -12,8 +12,8 @@ Cached: x, needed for dW.
 """
 import numpy as np
 
-from engine.layer import Layer
 from engine import workspace
+from engine.layer import Layer
 from engine.parallel import run_chunks
 
 

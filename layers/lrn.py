@@ -26,8 +26,8 @@ sum and the fractional power would cost as much as the forward.
 """
 import numpy as np
 
-from engine.layer import Layer
 from engine import workspace
+from engine.layer import Layer
 from engine.parallel import batch_grain, run_chunks
 
 # a dozen passes over each chunk and its four arrays: chunks of ~2 MB keep them all in cache

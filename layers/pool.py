@@ -16,8 +16,8 @@ never over pixels. Backward adds `dout * (argmax == offset)` through the same st
 """
 import numpy as np
 
-from engine.layer import Layer
 from engine import workspace
+from engine.layer import Layer
 from engine.parallel import batch_grain, run_chunks
 
 # nine strided passes over each chunk's input: chunks of ~6 MB of input run from cache

@@ -11,8 +11,8 @@ costs no extra memory.
 """
 import numpy as np
 
-from engine.layer import Layer
 from engine import workspace
+from engine.layer import Layer
 from engine.parallel import batch_grain, run_chunks
 
 
