@@ -11,11 +11,12 @@ How: `empty(shape, dtype)` returns a view of a pooled 1-D byte buffer. A buffer 
 nothing but the pool refers to it: every NumPy view of it (and anything built on one) keeps a
 reference to the buffer, so its reference count says whether any user of the memory is left.
 Only then is it handed out again, so a live array is never overwritten. A request takes a free
-buffer of its exact size, or else the smallest free one up to twice its size. Arrays under 1 MB come
-from `np.empty` (NumPy and malloc reuse those well already).
+buffer of its exact size, or else the smallest free one up to twice its size. Arrays under 1 MB
+come from `np.empty` (NumPy and malloc reuse those well already).
 
 The pool keeps its buffers until `release()` (the trainer calls it when a run ends; call it
-yourself in a long-lived process once you are done training). ALEXNET_WORKSPACE=0 turns the pool off (every call is `np.empty`).
+yourself in a long-lived process once you are done training). ALEXNET_WORKSPACE=0 turns the pool
+off (every call is `np.empty`).
 """
 import math
 import os
