@@ -1,17 +1,30 @@
+"""One distribution, one import name: everything installs under `alexnet`.
+
+The repository keeps its floors as top-level folders (kernels/ engine/ layers/ models/ app/) and
+setuptools maps each onto a subpackage of `alexnet` (package_dir). `alexnet` itself is a namespace
+package with no folder of its own, so nothing named engine, layers, kernels, models or app lands
+at the top of site-packages, and editable and regular installs see the same names.
+"""
 from setuptools import setup
+
+FLOORS = ("kernels", "engine", "layers", "models", "app")   # lowest first: imports point down
 
 setup(
     name="alexnet-from-scratch",
-    version="0.1.0",
+    version="0.2.0",
     description="AlexNet (Krizhevsky et al. 2012) from scratch: NumPy layers, raw CUDA kernels via CuPy",
     python_requires=">=3.10",
-    packages=["engine", "layers", "kernels", "models"],
-    package_data={"kernels": ["*.cu", "harness/*.h"]},
+    packages=[f"alexnet.{floor}" for floor in FLOORS],
+    package_dir={f"alexnet.{floor}": floor for floor in FLOORS},
+    package_data={"alexnet.kernels": ["*.cu", "harness/*.h"]},
     install_requires=["numpy>=1.24", "pillow>=9", "tqdm>=4.60", "threadpoolctl>=3"],
     extras_require={
-        "cuda": ["cupy-cuda12x>=13"],
-        "test": ["pytest>=7", "nvidia-cuda-nvrtc-cu12"],
+        # CuPy 14 for CUDA 13 supports NumPy 2; [ctk] brings the CUDA headers and NVRTC that
+        # RawModule needs to compile kernels/*.cu at run time
+        "cuda": ["cupy-cuda13x[ctk]>=14"],
+        # NVRTC compiles every kernel in the tests, no GPU needed
+        "test": ["pytest>=7", "nvidia-cuda-nvrtc>=13"],
         "ref": ["torch"],
     },
-    entry_points={"console_scripts": ["alexnet=engine.cli:main"]},
+    entry_points={"console_scripts": ["alexnet=alexnet.app.cli:main"]},
 )

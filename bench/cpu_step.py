@@ -18,9 +18,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.loss import SoftmaxCrossEntropy  # noqa: E402
-from engine.optim import SGD  # noqa: E402
-from models.alexnet import AlexNet  # noqa: E402
+from alexnet.engine.loss import SoftmaxCrossEntropy  # noqa: E402
+from alexnet.engine.optim import SGD  # noqa: E402
+from alexnet.models.alexnet import AlexNet  # noqa: E402
 
 
 def torch_alexnet(torch, groups=2):

@@ -63,7 +63,7 @@ def per_layer(marks_per_step, elapsed_ms):
 
 def compare(rt, make_net, batch, image_size, classes):
     """check_network on `rt` (the cupy runtime here; the CPU harness runs it too, on a small net)."""
-    from kernels import checks
+    from alexnet.app import kernel_checks as checks
     rng = np.random.default_rng(0)
     x, labels = rng.standard_normal((batch, 3, image_size, image_size)), rng.integers(0, classes, batch)
     t0 = time.perf_counter()
@@ -75,9 +75,9 @@ def compare(rt, make_net, batch, image_size, classes):
 
 
 def bench_ours(cp, batch, steps, warmup):
-    from engine.loss import SoftmaxCrossEntropy
-    from engine.optim import SGD
-    from models.alexnet import AlexNet
+    from alexnet.engine.loss import SoftmaxCrossEntropy
+    from alexnet.engine.optim import SGD
+    from alexnet.models.alexnet import AlexNet
     rng = np.random.default_rng(0)
     x = cp.asarray(rng.standard_normal((batch, 3, 227, 227)).astype(np.float32))
     y = cp.asarray(rng.integers(0, 1000, batch))
@@ -136,7 +136,7 @@ def bench_torch(torch, batch, steps, warmup, tf32):
 
 
 def bench_lrn(cp, torch, steps, warmup):
-    from kernels import checks, loader, ops
+    from alexnet.app import kernel_checks as checks, loader, ops
     rt = loader.runtime("cupy")
     F = torch.nn.functional
     size, alpha, beta, k = LRN["size"], LRN["alpha"], LRN["beta"], LRN["k"]
@@ -182,7 +182,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "gpu_step.json")
 
-    from engine import backend
+    from alexnet.engine import backend
     if not backend.cuda_available():
         print(f"gpu_step: {backend.cuda_unavailable_reason()}")
         with open(path, "w") as f:
@@ -197,8 +197,8 @@ def main():
 
     print(f"GPU {report['gpu']}, CuPy {cp.__version__}, PyTorch {torch.__version__}")
     print(f"1. full AlexNet step, CUDA kernels vs NumPy float64, batch {args.compare_batch}")
-    from kernels import loader
-    from models.alexnet import AlexNet
+    from alexnet.kernels import loader
+    from alexnet.models.alexnet import AlexNet
     report["compare"] = compare(loader.runtime("cupy"), lambda: AlexNet(1000, groups=2, init="paper", seed=0,
                                                                         dropout=0.0), args.compare_batch, 227, 1000)
 

@@ -1,9 +1,12 @@
 """Backend selection: the only module that imports CuPy.
 
-Layers never choose a device; they read the array module from their input (`get_array_module`).
-The device is chosen once, where the parameters live (`Sequential.to`).
+Layers never choose a device; they read it from their input: a NumPy array runs the layer's NumPy
+path, a CuPy array its CUDA path on the kernels of kernels/*.cu (`kernel_runtime_of`). The device
+is chosen once, where the parameters live (`Sequential.to`).
 """
 import numpy as np
+
+from alexnet.kernels import loader
 
 _cupy = None
 _cupy_checked = False
@@ -55,6 +58,32 @@ def get_array_module(x):
     return cupy_or_none() if is_gpu_array(x) else np
 
 
+def gpu_runtime():
+    """The kernel runtime on the GPU (kernels/loader.py); CudaUnavailable, saying why, without one."""
+    if not cuda_available():
+        raise loader.CudaUnavailable(f"the CUDA kernels need CuPy and a GPU: {cuda_unavailable_reason()}")
+    return loader.cupy_runtime(cupy_or_none())
+
+
+def kernel_runtime_of(x):
+    """The runtime whose kernels compute on `x`: the GPU's for a CuPy array, None (the NumPy path)
+    for anything else."""
+    return gpu_runtime() if is_gpu_array(x) else None
+
+
+KERNEL_BACKENDS = ("cpu-harness", "cupy")
+
+
+def kernel_runtime(name):
+    """The kernel runtime called `name`: "cupy" (the GPU) or "cpu-harness" (the same .cu files
+    built with g++ and run on the CPU with NumPy arrays, for tests and `alexnet kernels --check`)."""
+    if name == "cupy":
+        return gpu_runtime()
+    if name == "cpu-harness":
+        return loader.harness_runtime()
+    raise ValueError(f"unknown kernel backend {name!r}: expected one of {', '.join(KERNEL_BACKENDS)}")
+
+
 def device_of(x):
     return "cuda" if is_gpu_array(x) else "cpu"
 
@@ -86,4 +115,4 @@ def check_same_device(layer_name, x, params):
             raise ValueError(
                 f"{layer_name}: input is {kind[want]} ({want}) but parameter {key} is "
                 f"{kind[have]} ({have}); move the model with .to({want!r}) or the input with "
-                f"engine.backend.to_device(x, {have!r})")
+                f"alexnet.engine.backend.to_device(x, {have!r})")

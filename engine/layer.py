@@ -2,21 +2,37 @@
 
     layer.params: dict[str, array]   parameters, e.g. {"W": ..., "b": ...}; empty for ReLU/LRN/pool
     layer.grads:  dict[str, array]   same keys, written by backward()
-    out = layer.forward(x, train=True)   stores what backward needs in layer.cache
+    out = layer.forward(x, train=False)  keeps what backward needs in layer.cache
     dx  = layer.backward(dout)           fills layer.grads, returns dx
 
 The gradient rule: `backward` WRITES `grads` (it never accumulates into them) and returns `dx` as a
 new array (it never aliases `dout`). So one forward followed by one backward always leaves the
 gradients of exactly that pair, and a layer used twice in a row can't mix two batches.
 
-`forward` checks its input (rank, channels, dtype, batch size, device) before doing any work and
-raises a ValueError that names the layer and the shapes. It then runs the NumPy implementation
-(`_forward` / `_backward` in each layer's file) or, for a CuPy input, the CUDA kernels through
-`kernels.dispatch`.
+Modes. `train` is an argument, never a global flag, and it defaults to False: a forward that does
+not say it is training applies no dropout. Every forward keeps its cache, in training or not, so
+`backward` also works after an inference forward (input gradients of a trained net, as PyTorch
+gives them in eval() mode). Inference that needs no gradients passes `keep_cache=False`: the
+layer then drops its cache as soon as the output exists, so a forward pass holds one layer's
+temporaries at a time instead of the whole net's (evaluation and `alexnet predict` do this), and a
+later `backward` is refused.
+
+Two paths, one cache. `forward` checks its input (rank, channels, dtype, batch size, device) and
+raises a ValueError that names the layer and the shapes, then runs one of the layer file's two
+implementations:
+
+    forward_numpy(x, train) -> (out, cache)          the vectorised NumPy path (CPU)
+    forward_cuda(rt, x, train) -> (out, cache)       the CUDA path: kernels/<layer>.cu on runtime rt
+    backward_numpy(dout, need_dx) -> dx              both read self.cache, which has the same
+    backward_cuda(rt, dout, need_dx) -> dx           layout whichever path wrote it
+
+A NumPy input takes the NumPy path and a CuPy input the CUDA path on the GPU. `runtime=` forces the
+CUDA path on a given kernel runtime (kernels/loader.py): the tests pass the CPU harness there, so
+the very code a GPU runs is checked with NumPy arrays on machines without one.
 """
 import numpy as np
 
-from engine import backend
+from alexnet.engine import backend
 
 FLOAT_DTYPES = (np.float32, np.float64)
 
@@ -29,32 +45,49 @@ class Layer:
         self.name = type(self).__name__.lower()
 
     # ---- the contract -------------------------------------------------------------------------
-    def forward(self, x, train=True):
+    def forward(self, x, train=False, keep_cache=True, runtime=None):
         self._check_array(x, "input")
         self.check_input_shape(tuple(x.shape[1:]))
         backend.check_same_device(self.name, x, self.params)
-        if train:
-            self._drop_cache()
-        if backend.is_gpu_array(x):
-            from kernels import dispatch
-            return dispatch.layer_forward(self, x, train)
-        return self._forward(x, train)
-
-    def _drop_cache(self):
-        """Called when a training forward begins: last step's cache is dead by then, and dropping
-        it first lets its memory (engine/workspace.py) serve this forward instead of holding two
-        steps' worth at once."""
+        # the last forward's cache is dead now: dropping it first lets its memory
+        # (engine/workspace.py) serve this forward instead of holding two steps' worth at once
         self.cache = None
+        rt = runtime or backend.kernel_runtime_of(x)
+        out, cache = self.forward_numpy(x, train) if rt is None else self.forward_cuda(rt, x, train)
+        if keep_cache:
+            self.cache = cache
+        return out
 
-    def backward(self, dout, need_dx=True):
+    def backward(self, dout, need_dx=True, runtime=None):
         """`need_dx=False` lets the first layer of a net skip its input gradient (returns None)."""
         if self.cache is None:
-            raise ValueError(f"{self.name}: backward() called before forward(train=True)")
+            raise ValueError(f"{self.name}: backward() needs a forward() that kept its cache first "
+                             f"(forward(x, keep_cache=False) keeps none)")
         self._check_array(dout, "dout")
-        if backend.is_gpu_array(dout):
-            from kernels import dispatch
-            return dispatch.layer_backward(self, dout, need_dx)
-        return self._backward(dout, need_dx)
+        rt = runtime or backend.kernel_runtime_of(dout)
+        dx = self.backward_numpy(dout, need_dx) if rt is None else self.backward_cuda(rt, dout, need_dx)
+        return dx if need_dx else None
+
+    # ---- the two paths (each layer file implements them) -----------------------------------------
+    def forward_numpy(self, x, train):
+        raise NotImplementedError(f"{type(self).__name__} has no NumPy forward")
+
+    def backward_numpy(self, dout, need_dx):
+        raise NotImplementedError(f"{type(self).__name__} has no NumPy backward")
+
+    def forward_cuda(self, rt, x, train):
+        raise TypeError(f"{self.name}: no CUDA kernels for layer type {type(self).__name__}")
+
+    def backward_cuda(self, rt, dout, need_dx):
+        raise TypeError(f"{self.name}: no CUDA kernels for layer type {type(self).__name__}")
+
+    # ---- randomness (dropout overrides these) -----------------------------------------------------
+    def rng_state(self):
+        """JSON-serialisable state of the layer's own random numbers, or None when it draws none."""
+        return None
+
+    def set_rng_state(self, state):
+        pass
 
     # ---- shapes, for validation and `alexnet summary` ---------------------------------------
     def output_shape(self, in_shape):

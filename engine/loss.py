@@ -8,51 +8,62 @@ Forward, logits z (N, K), integer labels y (N,):
 Subtracting the row maximum m_n changes nothing mathematically and keeps exp() from overflowing.
 
 Backward:  dz[n, k] = (p[n, k] - [k = y_n]) / N
-Cached: the probabilities p and the labels.
+Cached: the probabilities p and the labels (both paths).
+Reference loops: layers/reference.py softmax_xent_forward / softmax_xent_backward.
+
+On the GPU (kernels/softmax_xent.cu) the loss stays on the device: `forward` returns a 0-d CuPy
+array, so a training step never waits for the GPU; `float(loss)` reads it when it is wanted (the
+trainer does every --log-every steps). On the CPU it returns a Python float.
 """
 import numpy as np
 
-from engine import backend
+from alexnet.engine import backend
+from alexnet.kernels import ops
 
 
 class SoftmaxCrossEntropy:
     def __init__(self):
-        self.probs = None
         self.cache = None
 
-    def forward(self, logits, labels):
+    def forward(self, logits, labels, runtime=None):
         if logits.ndim != 2 or logits.shape[0] == 0:
             raise ValueError(f"SoftmaxCrossEntropy: expected logits of shape (N, classes) with N >= 1, "
                              f"got {tuple(logits.shape)}")
         if labels.shape != (logits.shape[0],):
             raise ValueError(f"SoftmaxCrossEntropy: expected labels of shape ({logits.shape[0]},), "
                              f"got {tuple(labels.shape)}")
-        if backend.is_gpu_array(logits):
-            from kernels import dispatch
-            loss, self.cache = dispatch.softmax_xent_forward(logits, labels)
-            self.probs = None
-            return float(loss)
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"SoftmaxCrossEntropy: labels must be integers, got {labels.dtype}")
+        rt = runtime or backend.kernel_runtime_of(logits)
+        if rt is not None:
+            return self._forward_cuda(rt, logits, labels)
         labels = np.asarray(labels)
-        if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+        if labels.min() < 0 or labels.max() >= logits.shape[1]:
             raise ValueError(f"SoftmaxCrossEntropy: labels must be in [0, {logits.shape[1] - 1}], "
                              f"got min {labels.min()} max {labels.max()}")
         N = logits.shape[0]
         shifted = logits - logits.max(axis=1, keepdims=True)                 # (N, K)
         log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))        # (N, 1)
         log_probs = shifted - log_norm
-        self.probs = np.exp(log_probs)
-        self.cache = labels
+        self.cache = (np.exp(log_probs), labels)                             # p, y
         return float(-log_probs[np.arange(N), labels].mean())
 
-    def backward(self):
+    def backward(self, runtime=None):
         if self.cache is None:
             raise ValueError("SoftmaxCrossEntropy: backward() called before forward()")
-        if self.probs is None:
-            from kernels import dispatch
-            return dispatch.softmax_xent_backward(self.cache)
-        labels = self.cache
+        probs, labels = self.cache
+        rt = runtime or backend.kernel_runtime_of(probs)
+        if rt is not None:
+            return ops.softmax_xent_backward(rt, probs, labels, who="SoftmaxCrossEntropy")
         N = labels.shape[0]
-        dlogits = self.probs.copy()
+        dlogits = probs.copy()
         dlogits[np.arange(N), labels] -= 1
         dlogits /= N
         return dlogits
+
+    def _forward_cuda(self, rt, logits, labels):
+        """A label outside [0, K) makes the loss NaN rather than a host round trip to check it."""
+        labels = rt.xp.ascontiguousarray(rt.xp.asarray(labels), dtype=np.int32)   # N int32s
+        loss, probs = ops.softmax_xent_forward(rt, logits, labels, who="SoftmaxCrossEntropy")
+        self.cache = (probs, labels)
+        return loss

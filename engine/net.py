@@ -4,10 +4,7 @@ The backward loop is written out (as in llm.c) so the chain rule is visible: eac
 gradient of the loss w.r.t. its output into the gradient w.r.t. its input and writes its own
 parameter gradients on the way.
 """
-import numpy as np
-
-from engine import backend
-from layers.dropout import Dropout
+from alexnet.engine import backend
 
 
 class Sequential:
@@ -26,16 +23,19 @@ class Sequential:
                 return layer
         raise KeyError(name)
 
-    def forward(self, x, train=True):
+    def forward(self, x, train=False, keep_cache=True, runtime=None):
+        """The layers in order. train=False (the default) applies no dropout; keep_cache=False is
+        inference that needs no gradients: each layer drops its cache (engine/layer.py)."""
         for layer in self.layers:
-            x = layer.forward(x, train)
+            x = layer.forward(x, train, keep_cache=keep_cache, runtime=runtime)
         return x
 
-    def backward(self, dout, need_dx=True):
+    def backward(self, dout, need_dx=True, runtime=None):
         """Backpropagate dL/d(output); returns dL/d(input), or None with need_dx=False (saves the
-        first layer's input gradient, which training never uses: for AlexNet, conv1's col2im)."""
+        first layer's input gradient, which training never uses: for AlexNet, conv1's col2im).
+        Works after any forward that kept its caches, training or not."""
         for i in reversed(range(len(self.layers))):
-            dout = self.layers[i].backward(dout, need_dx=need_dx or i > 0)
+            dout = self.layers[i].backward(dout, need_dx=need_dx or i > 0, runtime=runtime)
         return dout
 
     # ---- parameters ------------------------------------------------------------------------------
@@ -87,12 +87,13 @@ class Sequential:
 
     # ---- randomness ------------------------------------------------------------------------------
     def rng_state(self):
-        """JSON-serialisable state of every layer-owned RNG (the dropout layers)."""
-        return {layer.name: layer.get_rng_state() for layer in self.layers if isinstance(layer, Dropout)}
+        """JSON-serialisable state of every layer that draws random numbers (the dropout layers)."""
+        states = {layer.name: layer.rng_state() for layer in self.layers}
+        return {name: state for name, state in states.items() if state is not None}
 
     def set_rng_state(self, state):
         for layer in self.layers:
-            if isinstance(layer, Dropout):
+            if layer.rng_state() is not None:
                 if layer.name not in state:
                     raise ValueError(f"RNG state has no entry for layer {layer.name}")
                 layer.set_rng_state(state[layer.name])

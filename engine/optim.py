@@ -13,13 +13,19 @@ Per-tensor options, as in Caffe: biases may get a learning-rate multiplier (`bia
 uses 2) and a decay multiplier (`bias_decay`, Caffe uses 0). For a tensor with multipliers
 (lr_mult, decay_mult) the rule is v <- m v - decay_mult wd (lr lr_mult) w - (lr lr_mult) g.
 
+Reference loop: layers/reference.py sgd_step. On the CPU the update walks each tensor in cache-
+sized blocks on every core; on the GPU one launch of kernels/sgd.cu updates every tensor.
+
 Schedules: `PlateauSchedule` is the paper's "divide the learning rate by 10 when the validation
 error stops improving", at most 3 times; `StepSchedule` divides by a factor every `step_size` epochs.
 """
+from collections import OrderedDict
+
 import numpy as np
 
-from engine import backend
-from engine.parallel import run_chunks
+from alexnet.engine import backend
+from alexnet.engine.parallel import run_chunks
+from alexnet.kernels import ops
 
 
 def _paper_update(w, g, v, momentum, decay, lr, block=1 << 16):
@@ -59,7 +65,7 @@ class SGD:
         """(lr_mult, decay_mult) of a parameter tensor: biases are named "b"."""
         return (self.bias_lr_mult, self.bias_decay) if key == "b" else (1.0, 1.0)
 
-    def step(self):
+    def step(self, runtime=None):
         entries = []
         for full, layer, key in self.model.named_parameters():
             if key not in layer.grads:
@@ -67,11 +73,11 @@ class SGD:
             w, g, v = layer.params[key], layer.grads[key], self.velocity[full]
             lr_mult, decay_mult = self._multipliers(key)
             entries.append((w, g, v, lr_mult, decay_mult))
-        if entries and backend.is_gpu_array(entries[0][0]):
-            from kernels import dispatch
+        rt = runtime or (backend.kernel_runtime_of(entries[0][0]) if entries else None)
+        if rt is not None:
             # the kernel computes v = m v - decay_mult wd lr w - lr_mult lr g: fold lr_mult into decay
-            dispatch.sgd_update([(w, g, v, lm, dm * lm) for w, g, v, lm, dm in entries],
-                                self.lr, self.momentum, self.weight_decay)
+            sgd_update_cuda(rt, [(w, g, v, lm, dm * lm) for w, g, v, lm, dm in entries],
+                            self.lr, self.momentum, self.weight_decay)
             return
         for w, g, v, lr_mult, decay_mult in entries:
             dt = w.dtype.type
@@ -79,7 +85,6 @@ class SGD:
             w, g, v = w.reshape(-1), g.reshape(-1), v.reshape(-1)
             run_chunks(lambda lo, hi: _paper_update(w[lo:hi], g[lo:hi], v[lo:hi], dt(self.momentum),
                                                     decay, lr), w.size)
-
 
     def state_dict(self):
         return {"lr": self.lr, "velocity": {k: backend.to_numpy(v).copy() for k, v in self.velocity.items()}}
@@ -97,6 +102,32 @@ class SGD:
                                  f"the model needs {tuple(v.shape)}")
             v[...] = backend.get_array_module(v).asarray(vel[k], dtype=v.dtype)
         self.lr = float(state["lr"])
+
+
+# ---- the GPU path: one launch of kernels/sgd.cu for every tensor -----------------------------------
+# The kernel reads a device table of the tensors' addresses. Building it copies to the device, so
+# tables are kept, keyed by the addresses: the parameters and momentum buffers never move, and the
+# gradients come from CuPy's memory pool, which hands the same few blocks back step after step (an
+# LRU of a few tables covers its rotation). A key of addresses and sizes cannot go stale: equal
+# addresses with equal sizes are the same tensors' storage.
+_TABLES = OrderedDict()
+_TABLES_KEPT = 8
+
+
+def sgd_update_cuda(rt, entries, lr, momentum, weight_decay):
+    """v <- m v - decay_mult wd lr w - lr_mult lr g;  w <- w + v, for every entry
+    (w, g, v, lr_mult, decay_mult), in one launch."""
+    ops.check_sgd_entries(rt, entries, who="SGD")
+    key = (rt.name,) + tuple((rt.pointer(w), rt.pointer(g), rt.pointer(v), w.size, float(lm), float(dm))
+                             for w, g, v, lm, dm in entries)
+    table = _TABLES.get(key)
+    if table is None:
+        table = _TABLES[key] = ops.sgd_table(rt, entries)
+        while len(_TABLES) > _TABLES_KEPT:
+            _TABLES.popitem(last=False)
+    else:
+        _TABLES.move_to_end(key)
+    ops.sgd_update(rt, table, lr, momentum, weight_decay)
 
 
 class PlateauSchedule:

@@ -4,7 +4,7 @@
 //   col  = im2col(x)                         (C*KH*KW, N*OH*OW)
 //   y_g  = W_g @ col_g      per group g       (OC/G, N*OH*OW), all groups in one batched matmul
 //   out  = conv_bias_forward(y, b)            (N, OC, OH, OW)
-//   dy, db = conv_bias_backward(dout)         dy: (OC, N*OH*OW)
+//   dy, db = conv_bias_backward(dout) + conv_bias_reduce   dy: (OC, N*OH*OW)
 //   dW_g = dy_g @ col_g^T,  dcol_g = W_g^T @ dy_g
 //   dx   = col2im(dcol)                       (N, C, H, W)
 //
@@ -92,24 +92,41 @@ __device__ float conv_block_sum(float v, float* partials) {
     return v;
 }
 
-// dy[c, n, p] = dout[n, c, p] and db[c] = sum_{n, p} dout[n, c, p], in one pass over dout.
-// One block per channel c (grid-stride over channels), its threads stride over the N*P entries
-// of that channel; the transposed copy is exactly the GEMM operand the weight and input
-// gradients need. Needs blockDim.x a multiple of 32 and blockDim.x / 32 floats of dynamic
-// shared memory.
+// dy[c, n, p] = dout[n, c, p] (the transposed copy is exactly the GEMM operand the weight and input
+// gradients need) and the bias gradient's first pass, in one read of dout. Channel c's N*P entries
+// are cut into `slices` equal runs; block (s, c) of a 2-D grid (grid-stride along both axes) copies
+// run s and writes its sum to partial[c * slices + s]. conv_bias_reduce then adds each channel's
+// partials in a fixed order, so db is bit-reproducible and no atomics are needed. Slicing keeps
+// every SM busy where one block per channel would not (conv1 has 96 channels, an H100 132 SMs);
+// the launcher picks `slices` from the sizes alone, never from the grid. Needs blockDim.x a
+// multiple of 32 and blockDim.x / 32 floats of dynamic shared memory.
 extern "C" __global__ void conv_bias_backward(const float* __restrict__ dout, float* __restrict__ dy,
-                                              float* __restrict__ db, int N, int C, int P) {
+                                              float* __restrict__ partial, int N, int C, int P, int slices) {
     extern __shared__ float partials[];
     const int NP = N * P;
-    for (int c = blockIdx.x; c < C; c += gridDim.x) {
-        float sum = 0.0f;
-        for (int j = threadIdx.x; j < NP; j += blockDim.x) {
-            const int n = j / P;
-            const float v = dout[(n * C + c) * P + (j - n * P)];
-            dy[c * NP + j] = v;
-            sum += v;
+    const int run = (NP + slices - 1) / slices;
+    for (int c = blockIdx.y; c < C; c += gridDim.y) {
+        for (int s = blockIdx.x; s < slices; s += gridDim.x) {
+            const int end = (s + 1) * run < NP ? (s + 1) * run : NP;
+            float sum = 0.0f;
+            for (int j = s * run + threadIdx.x; j < end; j += blockDim.x) {
+                const int n = j / P;
+                const float v = dout[(n * C + c) * P + (j - n * P)];
+                dy[c * NP + j] = v;
+                sum += v;
+            }
+            sum = conv_block_sum(sum, partials);
+            if (threadIdx.x == 0) partial[c * slices + s] = sum;
         }
-        sum = conv_block_sum(sum, partials);
-        if (threadIdx.x == 0) db[c] = sum;
+    }
+}
+
+// db[c] = sum_s partial[c * slices + s], s in order. One thread per channel, grid-stride.
+extern "C" __global__ void conv_bias_reduce(const float* __restrict__ partial, float* __restrict__ db, int C,
+                                            int slices) {
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += blockDim.x * gridDim.x) {
+        float sum = 0.0f;
+        for (int s = 0; s < slices; ++s) sum += partial[c * slices + s];
+        db[c] = sum;
     }
 }

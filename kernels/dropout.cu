@@ -1,5 +1,6 @@
-// Inverted dropout (paper section 4.2): keep a unit with probability 1 - p and scale it by
-// 1 / (1 - p) while training, so inference is the identity.
+// Dropout (paper section 4.2): keep a unit with probability 1 - p while training, and multiply the
+// kept units by `scale`: 1 / (1 - p) for inverted dropout (inference is then the identity), 1 for
+// the paper's own variant (whose inference multiplies every output by 1 - p: dropout_scale).
 //
 // The mask is never stored: it is a pure function of (seed, step, i), a counter-based hash (two
 // rounds of the splitmix64 finalizer), so the backward regenerates exactly the forward's mask,
@@ -38,5 +39,13 @@ extern "C" __global__ void dropout_backward(const float* __restrict__ dout, floa
                                             float scale) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
         dx[i] = dropout_keep(seed, step, i, p) ? dout[i] * scale : 0.0f;
+    }
+}
+
+// out = x * scale: the inference forward of the paper's variant (scale = 1 - p) and the backward of
+// any inference forward (dx = dout * the same scale). One thread per element, grid-stride.
+extern "C" __global__ void dropout_scale(const float* __restrict__ x, float* __restrict__ out, int n, float scale) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        out[i] = x[i] * scale;
     }
 }

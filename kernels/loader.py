@@ -2,14 +2,17 @@
 
 A *runtime* is everything kernels/ops.py needs besides the arrays:
 
-    rt.name          "cupy" or "cpu-harness"
-    rt.xp            the array module the kernels read and write (cupy or numpy)
-    rt.module(name)  the compiled kernels/<name>.cu: a cupy.RawModule, or the CPU harness module
-                     with the same get_function(name)(grid, block, args, shared_mem=...) call
-    rt.pointer(a)    the device address of an array (the fused SGD update takes a pointer table)
+    rt.name                  "cupy" or "cpu-harness"
+    rt.xp                    the array module the kernels read and write (cupy or numpy)
+    rt.function(file, name)  the compiled kernel `name` of kernels/<file>.cu, called as
+                             fn(grid, block, args, shared_mem=0); looked up once per runtime and
+                             kept (a cupy.RawKernel, or the CPU harness's function of that shape)
+    rt.pointer(a)            the device address of an array (the fused SGD update takes a pointer table)
 
 The launchers take a runtime as their first argument, so the same code runs on a GPU and, through
 the harness, on the CPU: that is how the kernel tests and `alexnet kernels --check` run anywhere.
+
+This module never imports CuPy: engine/backend.py does, and hands the module to `cupy_runtime`.
 """
 import functools
 from pathlib import Path
@@ -31,10 +34,25 @@ def kernel_files():
     return sorted(p.stem for p in KERNEL_DIR.glob("*.cu"))
 
 
-class CupyRuntime:
+class _Runtime:
+    def __init__(self):
+        self._functions = {}
+
+    def function(self, file, kernel):
+        """The kernel `kernel` of kernels/<file>.cu, compiled and looked up on first use only:
+        a launch then costs the call itself, not a module lookup and a new function object."""
+        key = (file, kernel)
+        fn = self._functions.get(key)
+        if fn is None:
+            fn = self._functions[key] = self.module(file).get_function(kernel)
+        return fn
+
+
+class CupyRuntime(_Runtime):
     name = "cupy"
 
     def __init__(self, cupy):
+        super().__init__()
         self.xp = cupy
 
     @functools.cache
@@ -46,12 +64,14 @@ class CupyRuntime:
         return a.data.ptr
 
 
-class HarnessRuntime:
+class HarnessRuntime(_Runtime):
     name = "cpu-harness"
 
     def __init__(self):
+        super().__init__()
         import numpy
-        from kernels import harness
+
+        from alexnet.kernels import harness
         harness.compiler()  # fail here, with the reason, rather than at the first launch
         self.xp = numpy
         self._harness = harness
@@ -64,22 +84,20 @@ class HarnessRuntime:
         return a.ctypes.data
 
 
-@functools.cache
-def cupy_runtime():
-    from engine import backend
-    if not backend.cuda_available():
-        raise CudaUnavailable(f"the CUDA kernels need CuPy and a GPU: {backend.cuda_unavailable_reason()}")
-    return CupyRuntime(backend.cupy_or_none())
+_cupy_runtimes = {}
+
+
+def cupy_runtime(cupy):
+    """The runtime of the CuPy module `cupy` (one per process); engine/backend.py passes CuPy in
+    after checking that a GPU answers."""
+    if cupy is None:
+        raise CudaUnavailable("the CUDA kernels need CuPy and a GPU: CuPy is not installed "
+                              "(pip install -e '.[cuda]')")
+    if id(cupy) not in _cupy_runtimes:
+        _cupy_runtimes[id(cupy)] = CupyRuntime(cupy)
+    return _cupy_runtimes[id(cupy)]
 
 
 @functools.cache
 def harness_runtime():
     return HarnessRuntime()
-
-
-def runtime(name):
-    """The runtime called `name` ("cupy" or "cpu-harness")."""
-    factories = {"cupy": cupy_runtime, "cpu-harness": harness_runtime}
-    if name not in factories:
-        raise ValueError(f"unknown kernel backend {name!r}: expected one of {', '.join(factories)}")
-    return factories[name]()

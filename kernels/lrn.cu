@@ -10,15 +10,16 @@
 // i = (n*C + c)*HW + p with p = h*W + w, grid-stride loop. Adjacent threads take adjacent p, so
 // every load of a neighbouring channel j is a coalesced row read at offset (j - c)*HW; the window's
 // neighbours are shared by the threads of nearby channels and come from L1/L2, so DRAM sees each
-// input once. Each pass is a single fused kernel: the forward writes b and keeps s (the backward
-// needs s for b_j / s_j and s_c^-beta), the backward reads x, b, s, dout once and writes dx.
+// input once. Each pass is a single fused kernel: the forward writes b and keeps s and s^-beta
+// (the backward needs s for b_j / s_j and s_c^-beta; the same four arrays the NumPy path caches,
+// layers/lrn.py), the backward reads x, b, s, s^-beta, dout once and writes dx.
 // The window sum is recomputed per element rather than slid along c: a sliding sum subtracts
 // squares that left the window and loses precision when a large value leaves next to small ones.
 // Launched with 256 threads per block (kernels/ops.py); not yet measured on a GPU.
 
 extern "C" __global__ void lrn_forward(const float* __restrict__ x, float* __restrict__ out,
-                                       float* __restrict__ scale, int N, int C, int HW, int size,
-                                       float alpha, float beta, float k) {
+                                       float* __restrict__ scale, float* __restrict__ scale_pow, int N,
+                                       int C, int HW, int size, float alpha, float beta, float k) {
     const int half = size / 2;
     const int total = N * C * HW;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
@@ -32,15 +33,17 @@ extern "C" __global__ void lrn_forward(const float* __restrict__ x, float* __res
             sum += v * v;
         }
         const float s = k + alpha * sum;
+        const float s_pow = powf(s, -beta);
         scale[i] = s;
-        out[i] = x[i] * powf(s, -beta);
+        scale_pow[i] = s_pow;
+        out[i] = x[i] * s_pow;
     }
 }
 
 extern "C" __global__ void lrn_backward(const float* __restrict__ x, const float* __restrict__ out,
-                                        const float* __restrict__ scale, const float* __restrict__ dout,
-                                        float* __restrict__ dx, int N, int C, int HW, int size,
-                                        float alpha, float beta) {
+                                        const float* __restrict__ scale, const float* __restrict__ scale_pow,
+                                        const float* __restrict__ dout, float* __restrict__ dx, int N,
+                                        int C, int HW, int size, float alpha, float beta) {
     const int half = size / 2;
     const int total = N * C * HW;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
@@ -53,6 +56,6 @@ extern "C" __global__ void lrn_backward(const float* __restrict__ x, const float
             const int o = col + j * HW;
             sum += dout[o] * out[o] / scale[o];
         }
-        dx[i] = dout[i] * powf(scale[i], -beta) - 2.0f * alpha * beta * x[i] * sum;
+        dx[i] = dout[i] * scale_pow[i] - 2.0f * alpha * beta * x[i] * sum;
     }
 }

@@ -40,7 +40,7 @@ def _grid(n, block=BLOCK):
 
 
 def _launch(rt, file, kernel, n, args, shared_mem=0):
-    rt.module(file).get_function(kernel)(_grid(n), (BLOCK,), args, shared_mem=shared_mem)
+    rt.function(file, kernel)(_grid(n), (BLOCK,), args, shared_mem=shared_mem)
 
 
 def _ints(*values):
@@ -69,41 +69,47 @@ def relu_backward(rt, out, dout, who="relu"):
 
 # ---- LRN -----------------------------------------------------------------------------------------
 def lrn_forward(rt, x, size, alpha, beta, k, who="lrn"):
-    """-> out, scale (both (N, C, H, W)); scale = k + alpha * window sum, kept for the backward."""
+    """-> out, scale, scale_pow (each (N, C, H, W)); scale = k + alpha * window sum and
+    scale_pow = scale^-beta, both kept for the backward."""
     check_array(rt, who, "x", x)
     N, C, H, W = x.shape
-    out, scale = rt.xp.empty_like(x), rt.xp.empty_like(x)
+    out, scale, scale_pow = rt.xp.empty_like(x), rt.xp.empty_like(x), rt.xp.empty_like(x)
     _launch(rt, "lrn", "lrn_forward", x.size,
-            (x, out, scale, *_ints(N, C, H * W, size), *_floats(alpha, beta, k)))
-    return out, scale
+            (x, out, scale, scale_pow, *_ints(N, C, H * W, size), *_floats(alpha, beta, k)))
+    return out, scale, scale_pow
 
 
-def lrn_backward(rt, x, out, scale, dout, size, alpha, beta, who="lrn"):
-    for what, a in (("x", x), ("out", out), ("scale", scale), ("dout", dout)):
+def lrn_backward(rt, x, out, scale, scale_pow, dout, size, alpha, beta, who="lrn"):
+    for what, a in (("x", x), ("out", out), ("scale", scale), ("scale_pow", scale_pow), ("dout", dout)):
         check_array(rt, who, what, a)
     N, C, H, W = x.shape
     dx = rt.xp.empty_like(x)
     _launch(rt, "lrn", "lrn_backward", x.size,
-            (x, out, scale, dout, dx, *_ints(N, C, H * W, size), *_floats(alpha, beta)))
+            (x, out, scale, scale_pow, dout, dx, *_ints(N, C, H * W, size), *_floats(alpha, beta)))
     return dx
 
 
 # ---- max pooling ---------------------------------------------------------------------------------
+MAX_POOL_WINDOW = 16  # the argmax is one byte: kh * K + kw < 256
+
+
 def maxpool_forward(rt, x, kernel_size, stride, who="maxpool"):
-    """-> out (N, C, OH, OW), argmax (same shape, int32 flat index into the input plane)."""
+    """-> out (N, C, OH, OW), argmax (same shape, uint8 offset kh*K + kw inside the window)."""
     check_array(rt, who, "x", x)
     N, C, H, W = x.shape
     K, S = kernel_size, stride
+    if K > MAX_POOL_WINDOW:
+        raise ValueError(f"{who}: the max-pool kernels take windows up to {MAX_POOL_WINDOW}x{MAX_POOL_WINDOW}, got {K}x{K}")
     OH, OW = (H - K) // S + 1, (W - K) // S + 1
     out = rt.xp.empty((N, C, OH, OW), np.float32)
-    argmax = rt.xp.empty((N, C, OH, OW), np.int32)
+    argmax = rt.xp.empty((N, C, OH, OW), np.uint8)
     _launch(rt, "pool", "maxpool_forward", out.size, (x, out, argmax, *_ints(N * C, H, W, OH, OW, K, S)))
     return out, argmax
 
 
 def maxpool_backward(rt, dout, argmax, x_shape, kernel_size, stride, who="maxpool"):
     check_array(rt, who, "dout", dout)
-    check_array(rt, who, "argmax", argmax, np.int32)
+    check_array(rt, who, "argmax", argmax, np.uint8)
     N, C, H, W = x_shape
     OH, OW = dout.shape[2:]
     dx = rt.xp.empty(x_shape, np.float32)
@@ -113,26 +119,36 @@ def maxpool_backward(rt, dout, argmax, x_shape, kernel_size, stride, who="maxpoo
 
 
 # ---- dropout -------------------------------------------------------------------------------------
-def _dropout_args(p, seed, step):
+def _dropout_args(p, seed, step, scale):
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: p must be in [0, 1), got {p!r}")
-    return np.uint64(seed), np.uint64(step), np.float32(p), np.float32(1.0 / (1.0 - p))
+    return np.uint64(seed), np.uint64(step), np.float32(p), np.float32(scale)
 
 
-def dropout_forward(rt, x, p, seed, step, who="dropout"):
-    """Training forward: the mask is the hash of (seed, step, element index), see dropout.cu."""
+def dropout_forward(rt, x, p, seed, step, scale, who="dropout"):
+    """Training forward: keep where hash(seed, step, element index) clears p (dropout.cu), times
+    `scale` (1/(1-p) inverted, 1 the paper's variant)."""
     check_array(rt, who, "x", x)
     out = rt.xp.empty_like(x)
-    _launch(rt, "dropout", "dropout_forward", x.size, (x, out, *_ints(x.size), *_dropout_args(p, seed, step)))
+    _launch(rt, "dropout", "dropout_forward", x.size,
+            (x, out, *_ints(x.size), *_dropout_args(p, seed, step, scale)))
     return out
 
 
-def dropout_backward(rt, dout, p, seed, step, who="dropout"):
+def dropout_backward(rt, dout, p, seed, step, scale, who="dropout"):
     check_array(rt, who, "dout", dout)
     dx = rt.xp.empty_like(dout)
     _launch(rt, "dropout", "dropout_backward", dout.size,
-            (dout, dx, *_ints(dout.size), *_dropout_args(p, seed, step)))
+            (dout, dx, *_ints(dout.size), *_dropout_args(p, seed, step, scale)))
     return dx
+
+
+def dropout_scale(rt, x, scale, who="dropout"):
+    """x * scale: an inference forward (scale 1 - p for the paper's variant, 1 inverted) and its backward."""
+    check_array(rt, who, "x", x)
+    out = rt.xp.empty_like(x)
+    _launch(rt, "dropout", "dropout_scale", x.size, (x, out, *_ints(x.size), np.float32(scale)))
+    return out
 
 
 # ---- convolution ---------------------------------------------------------------------------------
@@ -170,15 +186,29 @@ def conv_bias_forward(rt, y, b, who="conv"):
     return out
 
 
+BIAS_SLICE = 4 * BLOCK     # entries of one channel per block of conv_bias_backward, at least
+BIAS_SLICES_MAX = 64       # so the second pass adds at most 64 partials per channel
+
+
+def bias_slices(n):
+    """How many runs conv_bias_backward cuts a channel's n entries into: a function of the sizes
+    only (the partial sums, and with them db's last bit, must not depend on the grid)."""
+    return max(1, min(BIAS_SLICES_MAX, -(-n // BIAS_SLICE)))
+
+
 def conv_bias_backward(rt, dout, who="conv"):
     """dout (N, C, P) -> dy (C, N*P) (dout channel-major, the GEMM operand), db (C,)."""
     check_array(rt, who, "dout", dout)
     N, C, P = dout.shape
+    slices = bias_slices(N * P)
     dy = rt.xp.empty((C, N * P), np.float32)
+    partial = rt.xp.empty((C, slices), np.float32)
     db = rt.xp.empty((C,), np.float32)
-    # one block per channel: the grid covers C blocks, not C * BLOCK elements
-    rt.module("conv").get_function("conv_bias_backward")(
-        _grid(C, 1), (BLOCK,), (dout, dy, db, *_ints(N, C, P)), shared_mem=REDUCE_SHARED)
+    # a 2-D grid, slices x channels: block (s, c) copies and sums run s of channel c
+    grid = (min(slices, MAX_BLOCKS), min(C, 65535, max(1, MAX_BLOCKS // slices)))
+    rt.function("conv", "conv_bias_backward")(grid, (BLOCK,), (dout, dy, partial, *_ints(N, C, P, slices)),
+                                              shared_mem=REDUCE_SHARED)
+    _launch(rt, "conv", "conv_bias_reduce", C, (partial, db, *_ints(C, slices)))
     return dy, db
 
 
@@ -189,9 +219,13 @@ def softmax_xent_forward(rt, logits, labels, who="softmax_xent"):
     check_array(rt, who, "labels", labels, np.int32)
     N, K = logits.shape
     probs = rt.xp.empty_like(logits)
-    loss = rt.xp.zeros((), np.float32)  # the kernel accumulates into it
-    rt.module("softmax_xent").get_function("softmax_xent_forward")(
-        _grid(N, 1), (BLOCK,), (logits, labels, probs, loss, *_ints(N, K)), shared_mem=REDUCE_SHARED)
+    row_loss = rt.xp.empty((N,), np.float32)
+    loss = rt.xp.empty((), np.float32)
+    # one block per row: the grid covers N blocks, not N * BLOCK elements
+    rt.function("softmax_xent", "softmax_xent_forward")(
+        _grid(N, 1), (BLOCK,), (logits, labels, probs, row_loss, *_ints(N, K)), shared_mem=REDUCE_SHARED)
+    rt.function("softmax_xent", "softmax_xent_mean")((1,), (BLOCK,), (row_loss, loss, *_ints(N)),
+                                                      shared_mem=REDUCE_SHARED)
     return loss, probs
 
 
@@ -218,7 +252,7 @@ def sgemm(rt, a, b, who="sgemm"):
         raise ValueError(f"{who}: cannot multiply {tuple(a.shape)} by {tuple(b.shape)}")
     c = rt.xp.empty((M, N), np.float32)
     grid = (min(-(-N // SGEMM_TILE), MAX_BLOCKS), min(-(-M // SGEMM_TILE), MAX_BLOCKS))
-    rt.module("sgemm").get_function("sgemm_tiled")(grid, (SGEMM_TILE, SGEMM_TILE), (a, b, c, *_ints(M, N, K)))
+    rt.function("sgemm", "sgemm_tiled")(grid, (SGEMM_TILE, SGEMM_TILE), (a, b, c, *_ints(M, N, K)))
     return c
 
 
@@ -248,5 +282,5 @@ def sgd_table(rt, entries):
 def sgd_update(rt, table, lr, momentum, weight_decay):
     """One launch updates every tensor in `table` (from sgd_table) in place."""
     tensors, offsets, mults, T, total = table
-    rt.module("sgd").get_function("sgd_update")(
+    rt.function("sgd", "sgd_update")(
         _grid(total), (BLOCK,), (tensors, offsets, mults, *_ints(T), *_floats(lr, momentum, weight_decay)))

@@ -2,38 +2,45 @@
 // overlapping). OH = (H - K) / S + 1, so every window lies inside the input.
 //
 // Layout NCHW, contiguous; the N*C planes are independent, so both kernels index planes as nc.
+// The argmax is the offset kh*K + kw of the maximum inside its window, one byte per output
+// (K <= 16), the same cache the NumPy path keeps (layers/pool.py).
 // Launched with 256 threads per block (kernels/ops.py); not yet measured on a GPU.
 
-// One thread per output element (nc, oh, ow), grid-stride. Writes the maximum and its argmax as
-// a flat index h*W + w into the input plane; ties keep the first maximum in row-major window
-// order (strict >), as layers/pool.py and PyTorch do.
+// One thread per output element (nc, oh, ow), grid-stride. Writes the maximum and its window
+// offset; ties keep the first maximum in row-major window order (strict >), as layers/pool.py and
+// PyTorch do.
 extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* __restrict__ out,
-                                           int* __restrict__ argmax, int NC, int H, int W, int OH,
-                                           int OW, int K, int S) {
+                                           unsigned char* __restrict__ argmax, int NC, int H, int W,
+                                           int OH, int OW, int K, int S) {
     const int total = NC * OH * OW;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
         const int nc = i / (OH * OW);
         const int q = i - nc * OH * OW;
         const int oh = q / OW;
         const int ow = q - oh * OW;
-        const float* plane = x + nc * H * W;
-        int best = (oh * S) * W + ow * S;
+        const float* window = x + nc * H * W + (oh * S) * W + ow * S;  // its top-left input element
+        float best = window[0];
+        int best_offset = 0;
         for (int kh = 0; kh < K; ++kh) {
             for (int kw = 0; kw < K; ++kw) {
-                const int idx = (oh * S + kh) * W + ow * S + kw;
-                if (plane[idx] > plane[best]) best = idx;
+                const float v = window[kh * W + kw];
+                if (v > best) {
+                    best = v;
+                    best_offset = kh * K + kw;
+                }
             }
         }
-        out[i] = plane[best];
-        argmax[i] = best;
+        out[i] = best;
+        argmax[i] = (unsigned char)best_offset;
     }
 }
 
 // One thread per INPUT element (nc, h, w), grid-stride: it gathers dout from the (at most
-// ceil(K/S)^2) windows that cover it and whose argmax is this element. Gathering instead of
-// scattering dout through atomicAdd keeps the sum order fixed, so dx is bit-reproducible.
-// Window oh covers h when oh*S <= h <= oh*S + K - 1.
-extern "C" __global__ void maxpool_backward(const float* __restrict__ dout, const int* __restrict__ argmax,
+// ceil(K/S)^2) windows that cover it and whose argmax is this element, i.e. whose stored offset is
+// (h - oh*S)*K + (w - ow*S). Gathering instead of scattering dout through atomicAdd keeps the sum
+// order fixed, so dx is bit-reproducible. Window oh covers h when oh*S <= h <= oh*S + K - 1.
+extern "C" __global__ void maxpool_backward(const float* __restrict__ dout,
+                                            const unsigned char* __restrict__ argmax,
                                             float* __restrict__ dx, int NC, int H, int W, int OH,
                                             int OW, int K, int S) {
     const int total = NC * H * W;
@@ -50,7 +57,7 @@ extern "C" __global__ void maxpool_backward(const float* __restrict__ dout, cons
         for (int oh = oh_lo; oh <= oh_hi; ++oh) {
             for (int ow = ow_lo; ow <= ow_hi; ++ow) {
                 const int j = (nc * OH + oh) * OW + ow;
-                if (argmax[j] == p) sum += dout[j];
+                if (argmax[j] == (h - oh * S) * K + (w - ow * S)) sum += dout[j];
             }
         }
         dx[i] = sum;

@@ -26,12 +26,10 @@ __device__ float softmax_block_reduce(float v, bool is_max, float* partials) {
 }
 
 // One block per row n (grid-stride over rows), threads stride over the K classes: a row max, a
-// row sum of exponentials, then p written in one more sweep. Thread 0 adds the row's loss / N to
-// `loss` (a zeroed float) with atomicAdd, so the total's summation order, and with it the last
-// bit of the loss, may vary between runs on a GPU; the probabilities are deterministic.
+// row sum of exponentials, then p written in one more sweep, and the row's loss in row_loss[n].
 // Launched with 256 threads per block (kernels/ops.py); not yet measured on a GPU.
 extern "C" __global__ void softmax_xent_forward(const float* __restrict__ logits, const int* __restrict__ labels,
-                                                float* __restrict__ probs, float* __restrict__ loss,
+                                                float* __restrict__ probs, float* __restrict__ row_loss,
                                                 int N, int K) {
     extern __shared__ float partials[];
     for (int n = blockIdx.x; n < N; n += gridDim.x) {
@@ -47,10 +45,20 @@ extern "C" __global__ void softmax_xent_forward(const float* __restrict__ logits
         for (int k = threadIdx.x; k < K; k += blockDim.x) p[k] = expf(z[k] - m) * inv_sum;
         if (threadIdx.x == 0) {
             const int y = labels[n];
-            const float row_loss = (y >= 0 && y < K) ? logf(sum) + m - z[y] : __int_as_float(0x7fc00000);
-            atomicAdd(loss, row_loss / (float)N);
+            row_loss[n] = (y >= 0 && y < K) ? logf(sum) + m - z[y] : __int_as_float(0x7fc00000);
         }
     }
+}
+
+// loss = (1/N) sum_n row_loss[n], by ONE block (launched with a grid of 1): its threads stride over
+// the rows and the block sum folds them in an order fixed by the block size alone, so the loss is
+// bit-reproducible (an atomicAdd per row would add in whatever order the blocks finish).
+extern "C" __global__ void softmax_xent_mean(const float* __restrict__ row_loss, float* __restrict__ loss, int N) {
+    extern __shared__ float partials[];
+    float sum = 0.0f;
+    for (int n = threadIdx.x; n < N; n += blockDim.x) sum += row_loss[n];
+    sum = softmax_block_reduce(sum, false, partials);
+    if (blockIdx.x == 0 && threadIdx.x == 0) loss[0] = sum / (float)N;
 }
 
 // One thread per element (n, k) of dz, grid-stride. Launched with 256 threads per block;

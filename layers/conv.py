@@ -10,37 +10,43 @@ Forward, for group g, output channel o in g, position (i, j):
 with xpad the input zero-padded by P on each side, S the stride, K the kernel size, and
 OH = (H + 2P - K) // S + 1 (likewise OW).
 
-As a matrix product (im2col): per group, a patch matrix `col` with one row per (c, p, q) and one
-column per (n, i, j), so `out_g = W_g @ col_g` with W_g of shape (Og, Cg*K*K).
+Backward, with dout the gradient of the output:
 
-Backward, from the same product (dout_g reshaped to (Og, N*OH*OW)):
-
-    db[o]  = sum_{n,i,j} dout[n, o, i, j]
-    dW_g   = dout_g @ col_g^T                      (Og, Cg*K*K)
-    dcol_g = W_g^T @ dout_g                        (Cg*K*K, N*OH*OW)
-    dx     = col2im(dcol): each patch entry is added back to the input pixel it was copied from
-             (overlapping patches add up), then the padding is cut off.
+    db[o]              = sum_{n,i,j} dout[n, o, i, j]
+    dW[o, c, p, q]     = sum_{n,i,j} dout[n, o, i, j] * xpad[n, c0(g) + c, S*i + p, S*j + q]
+    dxpad[n, c, h, w]  = sum over every (o in c's group, i, j, p, q) with S*i + p = h, S*j + q = w
+                         of dout[n, o, i, j] * W[o, c - c0(g), p, q];   dx = dxpad without the padding
 
 Shapes: x (N, C, H, W), W (O, C // groups, K, K), b (O,), out (N, O, OH, OW).
-Cached: per batch chunk, the patch matrix `col` (so backward needs no second im2col), or on the
-Winograd path the transformed input tiles V and, once, the transformed weights U; and the
-input shape.
-The CPU path works channel-major internally, x -> (C, N, H, W), so that one as_strided view
-copied once gives every group's patch matrix, and one stacked matmul covers all groups.
-For 3x3 stride-1 kernels (conv3-5) the CPU path computes the same convolution with Winograd's
-F(2x2, 3x3) instead: about half the multiplications (layers/conv_winograd.py, with its own
-derivation); `algorithm="im2col"` keeps im2col for them too.
+Reference loops: layers/reference.py conv_forward / conv_backward.
+
+How it is computed. The CPU path has two algorithms behind one interface, each in its own module
+with its own derivation: im2col (layers/conv_im2col.py: patches copied into a matrix, one GEMM per
+group) and Winograd F(2x2, 3x3) (layers/conv_winograd.py: 3x3 stride-1 kernels, about half the
+multiplications). `algorithm="auto"` takes Winograd where it applies (AlexNet's conv3-5) and
+im2col elsewhere (conv1, conv2); `alexnet summary` says which each layer uses and why. The batch
+is cut into chunks of up to 8 samples run on every core (engine/parallel.py).
+The GPU path is im2col for every layer: the im2col/col2im and bias kernels of kernels/conv.cu
+around cuBLAS products (cupy.matmul), the whole batch in one chunk.
+
+Cached (ConvCache, both paths): the algorithm, the input shape, the weights as the algorithm
+prepared them (Winograd's transformed filters U; im2col's grouped view of W) and, per batch chunk,
+its sample range and what the algorithm saved for the backward (im2col: the patch matrix `col`,
+so the backward needs no second im2col; Winograd: the transformed input tiles V). The backward
+walks that same list of chunks.
 """
+from collections import namedtuple
+
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
-from engine import workspace
-from engine.layer import Layer
-from engine.parallel import batch_grain, chunk_bounds, run_chunks
-from layers import conv_winograd
-
+from alexnet.engine import workspace
+from alexnet.engine.layer import Layer
+from alexnet.engine.parallel import batch_grain, run_chunks
+from alexnet.kernels import ops
+from alexnet.layers import conv_im2col, conv_winograd
 
 ALGORITHMS = ("auto", "im2col", "winograd")
+ConvCache = namedtuple("ConvCache", "algorithm x_shape prepared chunks")   # chunks: [(lo, hi, saved)]
 
 
 class Conv2d(Layer):
@@ -93,112 +99,77 @@ class Conv2d(Layer):
         O, OH, OW = self.output_shape(in_shape)
         return O * OH * OW * (self.in_channels // self.groups) * self.kernel_size ** 2
 
-    def uses_winograd(self):
-        """The CPU path's algorithm: Winograd F(2x2, 3x3) for 3x3 stride-1 kernels unless
-        `algorithm="im2col"` (see layers/conv_winograd.py), im2col otherwise."""
-        return self.algorithm == "winograd" or (
+    # ---- which algorithm the CPU path runs ----------------------------------------------------------
+    def cpu_algorithm(self):
+        """The module (conv_im2col or conv_winograd) the NumPy path runs for this layer."""
+        winograd = self.algorithm == "winograd" or (
             self.algorithm == "auto" and conv_winograd.applies(self.kernel_size, self.stride))
+        return conv_winograd if winograd else conv_im2col
 
-    def _forward(self, x, train):
-        N, C, H, W = x.shape
-        O, OH, OW = self.output_shape((C, H, W))
+    def algorithm_reason(self):
+        """One line for `alexnet summary`: the CPU algorithm and why."""
+        return self.cpu_algorithm().why(self)
+
+    # ---- NumPy -----------------------------------------------------------------------------------
+    def forward_numpy(self, x, train):
+        N = x.shape[0]
+        O, OH, OW = self.output_shape(x.shape[1:])
+        algo = self.cpu_algorithm()
         out = workspace.empty((N, O, OH, OW), x.dtype)
-        # batch chunks of up to 8 samples over the cores (engine/parallel.py); each keeps what its
-        # backward needs: the patch matrix (im2col) or the transformed input tiles (Winograd)
-        if self.uses_winograd():
-            b, P, G = self.params["b"], self.padding, self.groups
-            U = conv_winograd.transform_weights(self.params["W"], G)      # once for all chunks
-            algorithm = "winograd"
-            saved = run_chunks(lambda lo, hi: conv_winograd.forward_chunk(x[lo:hi], U, b, P, G, out[lo:hi]),
-                               N, grain=batch_grain())
-            saved = (U, saved)
-        else:
-            algorithm = "im2col"
-            saved = run_chunks(lambda lo, hi: self._forward_chunk(x, out, lo, hi), N, grain=batch_grain())
-        if train:
-            self.cache = (algorithm, saved, x.shape)
-        return out
+        prepared = algo.prepare_weights(self.params["W"], self.groups)      # once for all chunks
+        # batch chunks of up to 8 samples over the cores (engine/parallel.py); each returns what
+        # its backward needs, kept with the chunk's sample range
+        chunks = run_chunks(lambda lo, hi: (lo, hi, algo.forward_chunk(self, x[lo:hi], prepared, out[lo:hi])),
+                            N, grain=batch_grain())
+        return out, ConvCache(algo.NAME, x.shape, prepared, chunks)
 
-    def _forward_chunk(self, x, out, lo, hi):
-        n, (_, C, H, W) = hi - lo, x.shape
-        K, S, P, G = self.kernel_size, self.stride, self.padding, self.groups
-        O, OH, OW = out.shape[1:]
-        # channel-major padded copy: rows of the patch matrix then come out in (c, p, q) order
-        if P:
-            xc = workspace.zeros((C, n, H + 2 * P, W + 2 * P), x.dtype)  # (C, n, Hp, Wp)
-            xc[:, :, P:P + H, P:P + W] = x[lo:hi].transpose(1, 0, 2, 3)
-        else:
-            xc = workspace.empty((C, n, H, W), x.dtype)                # (C, n, H, W)
-            xc[...] = x[lo:hi].transpose(1, 0, 2, 3)
-        sC, sN, sH, sW = xc.strides
-        patches = as_strided(xc, (C, K, K, n, OH, OW), (sC, sH, sW, sN, sH * S, sW * S))
-        col = workspace.empty((G, (C // G) * K * K, n * OH * OW), x.dtype)  # (G, Cg*K*K, n*OH*OW)
-        col.reshape(patches.shape)[...] = patches                    # im2col: one copy
-        Wg = self.params["W"].reshape(G, O // G, -1)                 # (G, Og, Cg*K*K)
-        prod = np.matmul(Wg, col, out=workspace.empty((G, O // G, n * OH * OW), x.dtype))
-        prod = prod.reshape(O, n, OH, OW)                            # (O, n, OH, OW)
-        np.add(prod.transpose(1, 0, 2, 3), self.params["b"][:, None, None], out=out[lo:hi])
-        return col
-
-    def _backward(self, dout, need_dx=True):
-        algorithm, saved, x_shape = self.cache
-        if algorithm == "winograd":
-            U, saved = saved                   # the forward's transformed weights and input tiles
+    def backward_numpy(self, dout, need_dx):
+        algorithm, x_shape, prepared, chunks = self.cache
+        algo = conv_winograd if algorithm == conv_winograd.NAME else conv_im2col
         dx = workspace.empty(x_shape, dout.dtype) if need_dx else None
-        bounds = chunk_bounds(x_shape[0], len(saved))         # the forward's chunks, one each
 
-        def chunk(c):
-            lo, hi = bounds[c]
-            if algorithm == "winograd":
-                return conv_winograd.backward_chunk(dout[lo:hi], saved[c], U, self.padding,
-                                                    self.groups, x_shape, None if dx is None else dx[lo:hi])
-            return self._backward_chunk(dout, dx, x_shape, lo, hi, saved[c])
-        parts = [part for group in run_chunks(lambda first, last: [chunk(c) for c in range(first, last)],
-                                              len(saved), grain=1) for part in group]
+        def backward_chunk(lo, hi, saved):
+            return algo.backward_chunk(self, dout[lo:hi], saved, prepared, x_shape,
+                                       None if dx is None else dx[lo:hi])
+        # the forward's chunks, handed out to the cores one at a time
+        parts = run_chunks(lambda first, last: [backward_chunk(*chunks[c]) for c in range(first, last)],
+                           len(chunks), grain=1)
+        parts = [part for group in parts for part in group]
         # each chunk's dW, db cover only its samples: the batch sum adds them up
-        self.grads["W"] = sum(dW for dW, _ in parts).reshape(self.params["W"].shape)
+        self.grads["W"] = sum(dW for dW, _ in parts)
         self.grads["b"] = sum(db for _, db in parts)
         return dx
 
-    def _backward_chunk(self, dout, dx, x_shape, lo, hi, col):
-        n, (_, C, H, W) = hi - lo, x_shape
-        K, S, P, G = self.kernel_size, self.stride, self.padding, self.groups
-        O, OH, OW = dout.shape[1:]
-        dout_g = workspace.empty((O, n, OH, OW), dout.dtype)
-        dout_g[...] = dout[lo:hi].transpose(1, 0, 2, 3)
-        dout_g = dout_g.reshape(G, O // G, -1)                          # (G, Og, n*OH*OW)
-        db = dout_g.sum(axis=2).reshape(O)
-        dW = np.matmul(dout_g, col.transpose(0, 2, 1))                  # (G, Og, Cg*K*K)
-        if dx is None:
-            return dW, db
-        Wg = self.params["W"].reshape(G, O // G, -1)
-        dcol = np.matmul(Wg.transpose(0, 2, 1), dout_g, out=workspace.empty(col.shape, dout.dtype))  # (G, Cg*K*K, n*OH*OW)
-        dcol = dcol.reshape(C, K, K, n, OH, OW)
-        # col2im: one strided add per kernel offset (K*K of them), never a loop over pixels;
-        # done a few channels at a time so the block of dxc being added to stays in cache (~1 MB)
-        dxc = workspace.zeros((C, n, H + 2 * P, W + 2 * P), dout.dtype)  # (C, n, Hp, Wp)
-        block = max(1, (1 << 20) // (dxc[0].nbytes or 1))
-        for c0 in range(0, C, block):
-            dxc_b, dcol_b = dxc[c0:c0 + block], dcol[c0:c0 + block]
-            for p in range(K):
-                for q in range(K):
-                    dxc_b[:, :, p:p + S * (OH - 1) + 1:S, q:q + S * (OW - 1) + 1:S] += dcol_b[:, p, q]
-        dx[lo:hi] = dxc[:, :, P:P + H, P:P + W].transpose(1, 0, 2, 3)
-        return dW, db
+    # ---- CUDA: im2col/col2im and bias kernels (kernels/conv.cu) around cuBLAS products ----------------
+    def forward_cuda(self, rt, x, train):
+        W, b = self.params["W"], self.params["b"]
+        ops.check_array(rt, self.name, "W", W)
+        N = x.shape[0]
+        K, S, P, G, O = self.kernel_size, self.stride, self.padding, self.groups, self.out_channels
+        _, OH, OW = self.output_shape(x.shape[1:])
+        col = ops.conv_im2col(rt, x, K, S, P, who=self.name)         # col: (C*K*K, N*OH*OW)
+        Wg = conv_im2col.prepare_weights(W, G)                       # (G, O/G, Cg*K*K)
+        y = rt.xp.matmul(Wg, col.reshape(G, -1, col.shape[1]))       # y: (G, O/G, N*OH*OW)
+        out = ops.conv_bias_forward(rt, y.reshape(O, N, OH * OW), b, who=self.name)  # out: (N, O, OH*OW)
+        return out.reshape(N, O, OH, OW), ConvCache("im2col", x.shape, Wg, [(0, N, col)])
 
-    def _forward_ref(self, x):
-        """Loop version of the forward equation, for reading and for tests (slow)."""
-        N, C, H, W = x.shape
-        K, S, P, G = self.kernel_size, self.stride, self.padding, self.groups
-        O, OH, OW = self.output_shape((C, H, W))
-        Cg, Og = C // G, O // G
-        xp = np.pad(x, ((0, 0), (0, 0), (P, P), (P, P)))
-        out = np.empty((N, O, OH, OW), x.dtype)
-        for n in range(N):
-            for o in range(O):
-                c0 = (o // Og) * Cg
-                for i in range(OH):
-                    for j in range(OW):
-                        patch = xp[n, c0:c0 + Cg, S * i:S * i + K, S * j:S * j + K]
-                        out[n, o, i, j] = np.sum(patch * self.params["W"][o]) + self.params["b"][o]
-        return out
+    def backward_cuda(self, rt, dout, need_dx):
+        _, x_shape, Wg, [(_, _, col)] = self.cache
+        N = x_shape[0]
+        K, S, P, G, O = self.kernel_size, self.stride, self.padding, self.groups, self.out_channels
+        dy, db = ops.conv_bias_backward(rt, dout.reshape(N, O, -1), who=self.name)  # dy: (O, N*OH*OW)
+        dy = dy.reshape(G, O // G, -1)                               # (G, O/G, N*OH*OW)
+        col_g = col.reshape(G, -1, col.shape[1])                     # (G, Cg*K*K, N*OH*OW)
+        # per group as 2-D products: cuBLAS reads col_g[g].T as a transposed operand in place,
+        # where a batched matmul would first copy the whole transposed col (~2 GB at batch 128)
+        dW = rt.xp.empty(Wg.shape, np.float32)                       # (G, O/G, Cg*K*K)
+        for g in range(G):
+            rt.xp.matmul(dy[g], col_g[g].T, out=dW[g])
+        self.grads["W"] = dW.reshape(self.params["W"].shape)
+        self.grads["b"] = db
+        if not need_dx:  # conv1's input gradient: a large product and col2im that training never uses
+            return None
+        dcol = rt.xp.empty(col_g.shape, np.float32)                  # (G, Cg*K*K, N*OH*OW)
+        for g in range(G):
+            rt.xp.matmul(Wg[g].T, dy[g], out=dcol[g])
+        return ops.conv_col2im(rt, dcol.reshape(col.shape), x_shape, K, S, P, who=self.name)

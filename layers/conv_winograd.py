@@ -31,11 +31,14 @@ Groups are a batch axis of the products: U[xi] is (G, O/G, C/G), V[xi] is (G, C/
 
 Layouts (per batch chunk of n samples): the padded input xc is channel-major (C, n, Hp, Wp), as
 in im2col; tiles are ordered (n, tile row, tile column), so T = n * TH * TW.
+
+The interface Conv2d calls is layers/conv_im2col.py's: prepare_weights (here U, the transformed
+filters, once per forward), forward_chunk (saves V) and backward_chunk.
 """
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from engine import workspace
+from alexnet.engine import workspace
 
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
@@ -51,8 +54,16 @@ def matrices(dtype):
     return _MATS[dtype]
 
 
+NAME = "winograd"
+
+
 def applies(kernel_size, stride):
     return kernel_size == 3 and stride == 1
+
+
+def why(conv):
+    return ("winograd F(2x2,3x3): 3x3 stride 1, 16 products per 2x2 output tile instead of 36 "
+            "(about half of im2col's multiplications)")
 
 
 def tiles(out_h, out_w):
@@ -60,12 +71,12 @@ def tiles(out_h, out_w):
     return -(-out_h // 2), -(-out_w // 2)
 
 
-def forward_chunk(x, U, b, padding, groups, out):
-    """x (n, C, H, W) -> out (n, O, OH, OW) written in place, with U = transform_weights(W) (one
-    per step, shared by the chunks); returns V (16, C * T) for the backward."""
+def forward_chunk(conv, x, U, out):
+    """x (n, C, H, W) -> out (n, O, OH, OW) written in place, with U = prepare_weights(W) (one
+    per forward, shared by the chunks); returns V (16, C * T) for the backward."""
     n, C, H, Wd = x.shape
     O, OH, OW = out.shape[1:]
-    P, G = padding, groups
+    P, G, b = conv.padding, conv.groups, conv.params["b"]
     Bk, _, Ak = matrices(x.dtype)
     TH, TW = tiles(OH, OW)
     T = n * TH * TW
@@ -88,7 +99,7 @@ def forward_chunk(x, U, b, padding, groups, out):
     return V
 
 
-def transform_weights(W, groups):
+def prepare_weights(W, groups):
     """U[xi, g, o, c] = (G w G^T)[xi] for the 3x3 filter w = W[g * Og + o, c]: (16, G, Og, Cg)."""
     O, Cg = W.shape[:2]
     Gk = matrices(W.dtype)[1]
@@ -96,12 +107,12 @@ def transform_weights(W, groups):
     return np.ascontiguousarray(U).reshape(16, groups, O // groups, Cg)
 
 
-def backward_chunk(dout, V, U, padding, groups, x_shape, dx):
+def backward_chunk(conv, dout, V, U, x_shape, dx):
     """dout (n, O, OH, OW), the forward's V and U -> (dW, db) of this chunk; dx (n, C, H, W) is
     written in place unless it is None."""
     n, O, OH, OW = dout.shape
     _, C, H, Wd = x_shape
-    P, G = padding, groups
+    P, G = conv.padding, conv.groups
     Cg, Og = C // G, O // G
     Bk, Gk, Ak = matrices(dout.dtype)
     TH, TW = tiles(OH, OW)

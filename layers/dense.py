@@ -9,12 +9,16 @@ Backward:  dW = dout^T x            (out, in)
 
 Shapes: x (N, in), W (out, in) (PyTorch's layout), b (out,), out (N, out).
 Cached: x, needed for dW.
+Reference loops: layers/reference.py dense_forward / dense_backward.
+GPU: the products are cuBLAS (cupy.matmul); the bias add and the bias gradient are the conv bias
+kernels of kernels/conv.cu, since a dense layer is a 1x1 convolution of a 1x1 image.
 """
 import numpy as np
 
-from engine import workspace
-from engine.layer import Layer
-from engine.parallel import run_chunks
+from alexnet.engine import workspace
+from alexnet.engine.layer import Layer
+from alexnet.engine.parallel import run_chunks
+from alexnet.kernels import ops
 
 
 class Dense(Layer):
@@ -43,18 +47,17 @@ class Dense(Layer):
     def macs(self, in_shape):
         return self.in_features * self.out_features
 
-    def _forward(self, x, train):
+    # ---- NumPy -----------------------------------------------------------------------------------
+    def forward_numpy(self, x, train):
         out = np.empty((len(x), self.out_features), x.dtype)
         W, b = self.params["W"], self.params["b"]
         # split by output features, not by batch: each thread then reads only its rows of W (fc6's
         # W is 150 MB and the product is bound by reading it)
         run_chunks(lambda lo, hi: np.add(x @ W[lo:hi].T, b[lo:hi], out=out[:, lo:hi]),
                    self.out_features)                                           # (N, out)
-        if train:
-            self.cache = x
-        return out
+        return out, x                                                           # cache: x
 
-    def _backward(self, dout, need_dx=True):
+    def backward_numpy(self, dout, need_dx):
         x, W = self.cache, self.params["W"]
         dW = workspace.empty_like(W)
         # dW is split by output rows (not by batch): no partial sums of a 150 MB matrix to add up
@@ -68,3 +71,19 @@ class Dense(Layer):
         run_chunks(lambda lo, hi: np.matmul(dout, W[:, lo:hi], out=dx[:, lo:hi]),
                    self.in_features)                                            # (N, in)
         return dx
+
+    # ---- CUDA: cuBLAS products, the bias kernels of kernels/conv.cu ----------------------------------
+    def forward_cuda(self, rt, x, train):
+        W, b = self.params["W"], self.params["b"]
+        ops.check_array(rt, self.name, "x", x)
+        ops.check_array(rt, self.name, "W", W)
+        y = rt.xp.matmul(W, x.T)                                     # y: (out, N), channel-major
+        out = ops.conv_bias_forward(rt, y.reshape(y.shape[0], -1, 1), b, who=self.name)  # (N, out, 1)
+        return out.reshape(x.shape[0], -1), x
+
+    def backward_cuda(self, rt, dout, need_dx):
+        x = self.cache
+        dy, db = ops.conv_bias_backward(rt, dout.reshape(dout.shape[0], -1, 1), who=self.name)  # dy: (out, N)
+        self.grads["W"] = rt.xp.matmul(dy, x)                        # (out, in)
+        self.grads["b"] = db
+        return rt.xp.matmul(dout, self.params["W"]) if need_dx else None  # (N, in)

@@ -1,64 +1,164 @@
-"""Dropout, inverted: drop each unit with probability p while training, scale the rest by 1/(1-p).
+"""Dropout: while training, drop each unit with probability p. Two variants of the same idea.
 
-Paper: section 4.2, after fc6 and fc7 with p = 0.5.
+Paper: section 4.2, after fc6 and fc7 with p = 0.5: "we use all the neurons but multiply their
+outputs by 0.5" at test time.
 
-Forward (train):  m[i] ~ Bernoulli(1 - p),  out = x * m / (1 - p)
-Forward (test):   out = x
-Backward:         dx = dout * m / (1 - p)
+With m[i] ~ Bernoulli(1 - p) the keep mask (1 keeps unit i):
 
-Why inverted equals the paper: the paper keeps units unscaled while training and multiplies the
-outputs by 0.5 at test time; both make the test-time output equal the expected training output,
-E[out] = x (1 - p) in the paper's units. Scaling the kept units by 1/(1-p) during training instead
-divides every downstream activation by the same constant, so the next layer's weights simply
-learn values (1 - p) times the paper's, and inference needs no rescaling.
+    variant      forward (train)          forward (test)       backward (train)      backward (test)
+    "inverted"   out = x * m / (1 - p)    out = x              dx = dout * m/(1-p)   dx = dout
+    "paper"      out = x * m              out = x * (1 - p)    dx = dout * m         dx = dout * (1-p)
 
-RNG: a seeded NumPy Generator owned by the layer (no global random state), so a run is
-reproducible and its state can be checkpointed (`get_rng_state` / `set_rng_state`). On the GPU
-the mask comes from a counter-based hash of (seed, step, index) in kernels/dropout.cu.
-Cached: the scaled mask m / (1 - p). With `reuse_mask = True` a forward reuses the cached mask
-(gradient checks need the same mask at every perturbed evaluation).
+Inverted dropout (the default, as in every current framework) computes the same function as the
+paper's but does NOT train the same. Both make the test-time output the expected training output.
+Under inverted dropout the next layer (y = W h) sees inputs 1/(1-p) times larger, so it computes
+the paper's function with W_inv = (1-p) W_paper. Its gradient is then dL/dW_inv = dy^T h_inv =
+dL/dW_paper / (1-p), and one SGD step with the same learning rate moves W_inv by lr/(1-p) times the
+paper's gradient, which is lr/(1-p)^2 in the paper's units (W_paper = W_inv / (1-p)): 4x the
+paper's step for fc7 and fc8 at p = 0.5. Likewise the paper's init N(0, 0.01^2) given to W_inv is
+N(0, 0.02^2) in the paper's units. tests/test_dropout.py checks both factors on one step.
+`variant="paper"` trains as the paper did (AlexNet(dropout_variant=...), `alexnet train
+--dropout-variant paper`).
+
+The mask. Unit i of the layer's `step`-th training forward is kept when the top 24 bits of a
+counter-based hash of (seed, step, i) (two rounds of splitmix64) divided by 2^24 are >= p. It is a
+pure function, never stored: the backward regenerates it, the NumPy path (`keep_mask`) and the CUDA
+kernels (kernels/dropout.cu) draw bit-identical masks, and the state of the layer's random numbers
+is one integer, `step` (checkpointed through rng_state()). `freeze_mask = True` makes every
+training forward reuse the last mask (gradient checks evaluate one mask many times).
+
+Cached (DropoutCache, both paths): the step whose mask the forward used (None when it drew none:
+inference, or p = 0) and the factor the kept units were multiplied by.
+Reference loops: layers/reference.py dropout_forward / dropout_backward.
 """
+from collections import namedtuple
+
 import numpy as np
 
-from engine.layer import Layer
+from alexnet.engine import workspace
+from alexnet.engine.layer import Layer
+from alexnet.engine.parallel import run_chunks
+from alexnet.kernels import ops
+
+VARIANTS = ("inverted", "paper")
+DropoutCache = namedtuple("DropoutCache", "step scale")
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MASK64 = (1 << 64) - 1
+_MIX = ((np.uint64(30), np.uint64(0xBF58476D1CE4E5B9)), (np.uint64(27), np.uint64(0x94D049BB133111EB)))
+
+
+def _mix(z, scratch):
+    """The splitmix64 finalizer, in place on uint64 arrays (multiplication wraps mod 2^64)."""
+    for shift, multiplier in _MIX:
+        np.right_shift(z, shift, out=scratch)
+        z ^= scratch
+        z *= multiplier
+    np.right_shift(z, np.uint64(31), out=scratch)
+    z ^= scratch
+    return z
+
+
+def keep_threshold(p):
+    """Unit kept when (hash >> 40) >= this: u = (hash >> 40) / 2^24 >= p, with p as the float32 the
+    kernel compares against (exact: both sides are whole multiples of 2^-24 or compared as such)."""
+    return int(np.ceil(float(np.float32(p)) * 2.0 ** 24))
+
+
+def keep_mask(seed, step, count, p, start=0):
+    """Bool keep mask of the units start .. start + count - 1 (flat indices) of mask `step`,
+    the same bits kernels/dropout.cu draws."""
+    with np.errstate(over="ignore"):
+        stream = np.array([(seed + (step + 1) * int(_GOLDEN)) & _MASK64], np.uint64)
+        stream = _mix(stream, np.empty_like(stream))[0]
+        z = np.arange(start + 1, start + count + 1, dtype=np.uint64)    # i + 1
+        z *= _GOLDEN
+        z += stream
+        _mix(z, np.empty_like(z))
+    z >>= np.uint64(40)
+    return z >= np.uint64(keep_threshold(p))
 
 
 class Dropout(Layer):
-    def __init__(self, p=0.5, seed=0):
+    def __init__(self, p=0.5, seed=0, variant="inverted"):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
-        self.p = float(p)
-        self.seed = int(seed)
-        self.step = 0                      # training forwards so far: the GPU hash RNG's counter
-        self.rng = np.random.Generator(np.random.PCG64(self.seed))
-        self.reuse_mask = False
+        if variant not in VARIANTS:
+            raise ValueError(f"Dropout: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        self.p, self.variant = float(p), variant
+        self.seed = int(seed) & _MASK64
+        self.step = 0                      # masks drawn so far: the next training forward draws this one
+        self.freeze_mask = False
+        self._frozen_step = None
 
     def describe(self):
-        return f"Dropout(p={self.p})"
+        return f"Dropout(p={self.p}" + (", paper variant)" if self.variant == "paper" else ")")
 
-    def _forward(self, x, train):
-        if not train or self.p == 0.0:
-            self.cache = np.ones_like(x) if train else None
-            return x.copy()
-        mask = self.cache
-        if not (self.reuse_mask and mask is not None and mask.shape == x.shape):
-            keep = self.rng.random(x.shape, dtype=np.float32) >= self.p
-            mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
-            self.step += 1
-        self.cache = mask
-        return x * mask
+    @property
+    def train_scale(self):
+        """What the kept units are multiplied by while training."""
+        return 1.0 / (1.0 - self.p) if self.variant == "inverted" else 1.0
 
-    def _backward(self, dout, need_dx=True):
-        return dout * self.cache
+    @property
+    def test_scale(self):
+        """What every unit is multiplied by at inference."""
+        return 1.0 if self.variant == "inverted" else 1.0 - self.p
 
-    def _drop_cache(self):
-        if not self.reuse_mask:           # a frozen mask (gradient checks) must survive forwards
-            self.cache = None
+    def _next_step(self):
+        if self.freeze_mask and self._frozen_step is not None:
+            return self._frozen_step
+        step, self.step = self.step, self.step + 1
+        self._frozen_step = step if self.freeze_mask else None
+        return step
 
-    def get_rng_state(self):
-        return {"bit_generator": self.rng.bit_generator.state, "step": self.step}
+    def _cache_for(self, train):
+        """(what the forward computes): DropoutCache(step or None, scale)."""
+        if train and self.p > 0:
+            return DropoutCache(self._next_step(), self.train_scale)
+        return DropoutCache(None, self.test_scale if not train else 1.0)
+
+    # ---- NumPy -----------------------------------------------------------------------------------
+    def forward_numpy(self, x, train):
+        cache = self._cache_for(train)
+        return self._apply(x, cache), cache
+
+    def backward_numpy(self, dout, need_dx):
+        return self._apply(dout, self.cache)
+
+    def _apply(self, a, cache):
+        """a * mask(step) * scale, a new array; a * scale where no mask was drawn."""
+        dt = a.dtype.type
+        if cache.step is None:
+            return a * dt(cache.scale) if cache.scale != 1.0 else a.copy()
+        out = workspace.empty_like(a)
+        flat_a, flat_out = a.reshape(-1), out.reshape(-1)
+
+        def chunk(lo, hi):
+            np.multiply(flat_a[lo:hi], keep_mask(self.seed, cache.step, hi - lo, self.p, start=lo),
+                        out=flat_out[lo:hi])
+            if cache.scale != 1.0:
+                flat_out[lo:hi] *= dt(cache.scale)
+        run_chunks(chunk, a.size)
+        return out
+
+    # ---- CUDA (kernels/dropout.cu) -----------------------------------------------------------------
+    def forward_cuda(self, rt, x, train):
+        cache = self._cache_for(train)
+        if cache.step is None:
+            return ops.dropout_scale(rt, x, cache.scale, who=self.name), cache
+        return ops.dropout_forward(rt, x, self.p, self.seed, cache.step, cache.scale, who=self.name), cache
+
+    def backward_cuda(self, rt, dout, need_dx):
+        cache = self.cache
+        if cache.step is None:
+            return ops.dropout_scale(rt, dout, cache.scale, who=self.name)
+        return ops.dropout_backward(rt, dout, self.p, self.seed, cache.step, cache.scale, who=self.name)
+
+    # ---- the random numbers' state ------------------------------------------------------------------
+    def rng_state(self):
+        return {"step": self.step}
 
     def set_rng_state(self, state):
-        self.rng.bit_generator.state = state["bit_generator"]
         self.step = int(state["step"])
+        self._frozen_step = None

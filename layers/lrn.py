@@ -21,14 +21,21 @@ by n); Caffe `alpha_caffe = alpha * n` (and Caffe's k defaults to 1); cuda-convn
 `scale = alpha * n`, `minDiv = k`.
 
 Shapes: x, out, dx (N, C, H, W).
-Cached: x, s (the scale) and s^(-beta): the backward needs all three, and recomputing the window
-sum and the fractional power would cost as much as the forward.
+Cached (LRNCache, the same four arrays on both paths): x, s (the scale), s^(-beta) and b (the
+output): the backward needs all four, and recomputing the window sum and the fractional power
+would cost as much as the forward.
+Reference loops: layers/reference.py lrn_forward / lrn_backward. GPU: kernels/lrn.cu.
 """
+from collections import namedtuple
+
 import numpy as np
 
-from engine import workspace
-from engine.layer import Layer
-from engine.parallel import batch_grain, run_chunks
+from alexnet.engine import workspace
+from alexnet.engine.layer import Layer
+from alexnet.engine.parallel import batch_grain, run_chunks
+from alexnet.kernels import ops
+
+LRNCache = namedtuple("LRNCache", "x scale scale_pow out")
 
 # a dozen passes over each chunk and its four arrays: chunks of ~2 MB keep them all in cache
 CHUNK_BYTES = 2 << 20
@@ -72,14 +79,13 @@ class LRN(Layer):
         if len(in_shape) != 3:
             self._fail("expected input of rank 4 (N, C, H, W)", in_shape)
 
-    def _forward(self, x, train):
+    # ---- NumPy -----------------------------------------------------------------------------------
+    def forward_numpy(self, x, train):
         scale, scale_pow, out = (workspace.empty_like(x) for _ in range(3))
         run_chunks(lambda lo, hi: self._forward_chunk(x[lo:hi], scale[lo:hi], scale_pow[lo:hi],
                                                       out[lo:hi]), len(x),
                    grain=batch_grain(x[0].nbytes, CHUNK_BYTES))
-        if train:
-            self.cache = (x, scale, scale_pow, out)
-        return out
+        return out, LRNCache(x, scale, scale_pow, out)
 
     def _forward_chunk(self, x, scale, scale_pow, out):
         dt = x.dtype.type
@@ -90,7 +96,7 @@ class LRN(Layer):
         pow_neg(scale, self.beta, scale_pow)                     # s_c^-beta
         np.multiply(x, scale_pow, out=out)                       # b_c
 
-    def _backward(self, dout, need_dx=True):
+    def backward_numpy(self, dout, need_dx):
         dx = workspace.empty_like(dout)
         run_chunks(lambda lo, hi: self._backward_chunk(dout[lo:hi], dx[lo:hi],
                                                        *(c[lo:hi] for c in self.cache)), len(dout),
@@ -107,12 +113,12 @@ class LRN(Layer):
         t = np.multiply(dout, scale_pow, out=t)                  # dout_c s_c^-beta
         dx += t
 
-    def _forward_ref(self, x):
-        """Loop over channels, straight from the formula (for reading and tests)."""
-        C, half = x.shape[1], self.size // 2
-        out = np.empty_like(x)
-        for c in range(C):
-            lo, hi = max(0, c - half), min(C - 1, c + half)
-            s = self.k + self.alpha * np.sum(x[:, lo:hi + 1] ** 2, axis=1)
-            out[:, c] = x[:, c] / s ** self.beta
-        return out
+    # ---- CUDA (kernels/lrn.cu) -----------------------------------------------------------------------
+    def forward_cuda(self, rt, x, train):
+        out, scale, scale_pow = ops.lrn_forward(rt, x, self.size, self.alpha, self.beta, self.k, who=self.name)
+        return out, LRNCache(x, scale, scale_pow, out)
+
+    def backward_cuda(self, rt, dout, need_dx):
+        c = self.cache
+        return ops.lrn_backward(rt, c.x, c.out, c.scale, c.scale_pow, dout, self.size, self.alpha, self.beta,
+                                who=self.name)

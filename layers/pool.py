@@ -8,17 +8,24 @@ Backward:  the max is a selector, so its gradient goes to the one input it selec
            windows overlap, so one input can receive from several outputs (hence +=).
 
 Shapes: x (N, C, H, W), out (N, C, OH, OW).
-Cached: the argmax as the window offset p*K + q (one byte per output up to 16x16 windows), and
-the input shape.
+Cached (PoolCache, the same on both paths): the argmax as the window offset p*K + q, one byte per
+output (so windows are at most 16x16), and the input shape.
 Ties pick the first maximum in row-major window order (as PyTorch does).
 The CPU path loops over the K*K window offsets (9), each a strided view of the whole batch:
 never over pixels. Backward adds `dout * (argmax == offset)` through the same strided views.
+Reference loops: layers/reference.py maxpool_forward / maxpool_backward. GPU: kernels/pool.cu.
 """
+from collections import namedtuple
+
 import numpy as np
 
-from engine import workspace
-from engine.layer import Layer
-from engine.parallel import batch_grain, run_chunks
+from alexnet.engine import workspace
+from alexnet.engine.layer import Layer
+from alexnet.engine.parallel import batch_grain, run_chunks
+from alexnet.kernels import ops
+
+PoolCache = namedtuple("PoolCache", "argmax x_shape")
+MAX_WINDOW = ops.MAX_POOL_WINDOW          # the argmax offset p*K + q fits one byte
 
 # nine strided passes over each chunk's input: chunks of ~6 MB of input run from cache
 CHUNK_BYTES = 6 << 20
@@ -30,6 +37,9 @@ class MaxPool2d(Layer):
         for label, v in (("kernel_size", kernel_size), ("stride", stride)):
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"MaxPool2d: {label} must be an integer >= 1, got {v!r}")
+        if kernel_size > MAX_WINDOW:
+            raise ValueError(f"MaxPool2d: kernel_size must be at most {MAX_WINDOW} (the argmax is kept as "
+                             f"one byte per output), got {kernel_size}")
         self.kernel_size, self.stride = int(kernel_size), int(stride)
 
     def describe(self):
@@ -52,15 +62,14 @@ class MaxPool2d(Layer):
         S = self.stride
         return a[:, :, p:p + S * (OH - 1) + 1:S, q:q + S * (OW - 1) + 1:S]   # (N, C, OH, OW) view
 
-    def _forward(self, x, train):
+    # ---- NumPy -----------------------------------------------------------------------------------
+    def forward_numpy(self, x, train):
         _, OH, OW = self.output_shape(x.shape[1:])
         out = workspace.empty(x.shape[:2] + (OH, OW), x.dtype)      # (N, C, OH, OW)
-        argmax = workspace.empty(out.shape, np.uint8 if self.kernel_size ** 2 <= 256 else np.int32)
+        argmax = workspace.empty(out.shape, np.uint8)
         run_chunks(lambda lo, hi: self._forward_chunk(x[lo:hi], out[lo:hi], argmax[lo:hi]), len(x),
                    grain=batch_grain(x[0].nbytes, CHUNK_BYTES))
-        if train:
-            self.cache = (argmax, x.shape)
-        return out
+        return out, PoolCache(argmax, x.shape)
 
     def _forward_chunk(self, x, out, argmax):
         K, (OH, OW) = self.kernel_size, out.shape[2:]
@@ -76,7 +85,7 @@ class MaxPool2d(Layer):
             np.multiply(step, better, out=step)
             np.add(argmax, step, out=argmax)
 
-    def _backward(self, dout, need_dx=True):
+    def backward_numpy(self, dout, need_dx):
         argmax, x_shape = self.cache
         dx = workspace.empty(x_shape, dout.dtype)
         run_chunks(lambda lo, hi: self._backward_chunk(dout[lo:hi], argmax[lo:hi], dx[lo:hi]), len(dout),
@@ -89,3 +98,12 @@ class MaxPool2d(Layer):
         for offset in range(K * K):
             dx_win = self._window(dx, offset // K, offset % K, OH, OW)   # a view into dx
             dx_win += dout * (argmax == offset)
+
+    # ---- CUDA (kernels/pool.cu) ----------------------------------------------------------------------
+    def forward_cuda(self, rt, x, train):
+        out, argmax = ops.maxpool_forward(rt, x, self.kernel_size, self.stride, who=self.name)
+        return out, PoolCache(argmax, x.shape)
+
+    def backward_cuda(self, rt, dout, need_dx):
+        argmax, x_shape = self.cache
+        return ops.maxpool_backward(rt, dout, argmax, x_shape, self.kernel_size, self.stride, who=self.name)

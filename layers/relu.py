@@ -8,25 +8,34 @@ Backward:  dx = dout * [x > 0]     (the derivative at exactly 0 is taken as 0, a
 Shapes: any; out and dx have the shape of x.
 Cached: `out` (out > 0 exactly where x > 0), which the next layer keeps alive anyway, so the cache
 costs no extra memory.
+Reference loops: layers/reference.py relu_forward / relu_backward. GPU: kernels/relu.cu.
 """
 import numpy as np
 
-from engine import workspace
-from engine.layer import Layer
-from engine.parallel import batch_grain, run_chunks
+from alexnet.engine import workspace
+from alexnet.engine.layer import Layer
+from alexnet.engine.parallel import batch_grain, run_chunks
+from alexnet.kernels import ops
 
 
 class ReLU(Layer):
-    def _forward(self, x, train):
+    # ---- NumPy -----------------------------------------------------------------------------------
+    def forward_numpy(self, x, train):
         out = workspace.empty_like(x)
         run_chunks(lambda lo, hi: np.maximum(x[lo:hi], 0, out=out[lo:hi]), len(x), grain=batch_grain())
-        if train:
-            self.cache = out
-        return out
+        return out, out                                              # cache: out
 
-    def _backward(self, dout, need_dx=True):
+    def backward_numpy(self, dout, need_dx):
         out = self.cache
         dx = workspace.empty_like(dout)
         run_chunks(lambda lo, hi: np.multiply(dout[lo:hi], out[lo:hi] > 0, out=dx[lo:hi]), len(dout),
                    grain=batch_grain())
         return dx
+
+    # ---- CUDA (kernels/relu.cu) ----------------------------------------------------------------------
+    def forward_cuda(self, rt, x, train):
+        out = ops.relu_forward(rt, x, who=self.name)
+        return out, out
+
+    def backward_cuda(self, rt, dout, need_dx):
+        return ops.relu_backward(rt, self.cache, dout, who=self.name)

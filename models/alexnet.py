@@ -15,15 +15,19 @@ With 1000 classes: 60,965,224 parameters and 724.4M multiply-adds per image. (Th
 
 `AlexNetSmall` keeps the same layer sequence (grouped conv2/4/5, two LRNs, three overlapping
 pools, two dropouts) at CPU scale: 64x64 input, fewer channels, 256-unit fc layers.
+`tiny_alexnet` is the same sequence at gradient-check size (3x31x31 input, a few channels).
+
+`dropout_variant`: "inverted" (the default) or "paper", see layers/dropout.py for how the two
+train differently.
 """
-from engine.init import init_weights
-from engine.net import Sequential
-from layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU
+from alexnet.engine.init import init_weights
+from alexnet.engine.net import Sequential
+from alexnet.layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU
 
 MODEL_NAMES = ("alexnet", "alexnet-small")
 
 
-def _build(spec, num_classes, init, seed, dropout):
+def _build(spec, num_classes, init, seed, dropout, dropout_variant="inverted"):
     """spec: conv layers as (out, kernel, stride, pad, groups, lrn, pool), then fc widths."""
     convs, fcs, (channels, size) = spec
     layers, names = [], []
@@ -47,7 +51,7 @@ def _build(spec, num_classes, init, seed, dropout):
         layers.append(Dense(features, width))
         names.append(f"fc{j}")
         if j < n_conv + len(fcs) + 1:
-            layers += [ReLU(), Dropout(dropout, seed=seed * 1000 + j)]
+            layers += [ReLU(), Dropout(dropout, seed=seed * 1000 + j, variant=dropout_variant)]
             names += [f"relu{j}", f"drop{j}"]
         features = width
     net = Sequential(layers, names)
@@ -60,7 +64,7 @@ def _check_classes(num_classes):
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
 
 
-def AlexNet(num_classes=1000, groups=2, init="paper", seed=0, dropout=0.5):
+def AlexNet(num_classes=1000, groups=2, init="paper", seed=0, dropout=0.5, dropout_variant="inverted"):
     """The paper's network; groups=2 is the two-tower model, groups=1 the one-tower one."""
     _check_classes(num_classes)
     if groups not in (1, 2):
@@ -70,12 +74,12 @@ def AlexNet(num_classes=1000, groups=2, init="paper", seed=0, dropout=0.5):
              (384, 3, 1, 1, 1, False, False),
              (384, 3, 1, 1, groups, False, False),
              (256, 3, 1, 1, groups, False, True)]
-    net = _build((convs, (4096, 4096), (3, 227)), num_classes, init, seed, dropout)
+    net = _build((convs, (4096, 4096), (3, 227)), num_classes, init, seed, dropout, dropout_variant)
     net.arch, net.num_classes, net.input_size, net.resize_size = "alexnet", num_classes, 227, 256
     return net
 
 
-def AlexNetSmall(num_classes=10, init="paper", seed=0, dropout=0.5):
+def AlexNetSmall(num_classes=10, init="paper", seed=0, dropout=0.5, dropout_variant="inverted"):
     """AlexNet's layer sequence for 64x64 inputs (resize 73, crop 64): ~14M multiply-adds/image."""
     _check_classes(num_classes)
     convs = [(32, 5, 2, 2, 1, True, True),        # 64 -> 32 -> pool 15
@@ -83,14 +87,32 @@ def AlexNetSmall(num_classes=10, init="paper", seed=0, dropout=0.5):
              (96, 3, 1, 1, 1, False, False),
              (96, 3, 1, 1, 2, False, False),
              (64, 3, 1, 1, 2, False, True)]       # 7 -> pool 3
-    net = _build((convs, (256, 256), (3, 64)), num_classes, init, seed, dropout)
+    net = _build((convs, (256, 256), (3, 64)), num_classes, init, seed, dropout, dropout_variant)
     net.arch, net.num_classes, net.input_size, net.resize_size = "alexnet-small", num_classes, 64, 73
     return net
 
 
-def build_model(name, num_classes, init="paper", seed=0):
+def build_model(name, num_classes, init="paper", seed=0, dropout=0.5, dropout_variant="inverted"):
+    kw = dict(init=init, seed=seed, dropout=dropout, dropout_variant=dropout_variant)
     if name == "alexnet":
-        return AlexNet(num_classes, init=init, seed=seed)
+        return AlexNet(num_classes, **kw)
     if name == "alexnet-small":
-        return AlexNetSmall(num_classes, init=init, seed=seed)
+        return AlexNetSmall(num_classes, **kw)
     raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
+
+
+def tiny_alexnet(num_classes=5, seed=0, dropout_variant="inverted"):
+    """AlexNet's layer sequence at gradient-check size: 3x31x31 input, a few channels, the
+    exaggerated LRN (alpha 1, k 1) in lrn1 and the paper's in lrn2."""
+    layers = [Conv2d(3, 4, 5, stride=2, padding=1), ReLU(), LRN(5, 1.0, 0.75, 1.0), MaxPool2d(3, 2),
+              Conv2d(4, 6, 3, padding=1, groups=2), ReLU(), LRN(5, 1e-4, 0.75, 2.0), MaxPool2d(3, 2),
+              Conv2d(6, 6, 3, padding=1), ReLU(), Conv2d(6, 6, 3, padding=1, groups=2), ReLU(),
+              Conv2d(6, 4, 3, padding=1, groups=2), ReLU(), MaxPool2d(3, 2), Flatten(),
+              Dense(4, 8), ReLU(), Dropout(0.5, seed=seed + 6, variant=dropout_variant), Dense(8, 8), ReLU(),
+              Dropout(0.5, seed=seed + 7, variant=dropout_variant), Dense(8, num_classes)]
+    names = ["conv1", "relu1", "lrn1", "pool1", "conv2", "relu2", "lrn2", "pool2", "conv3", "relu3",
+             "conv4", "relu4", "conv5", "relu5", "pool5", "flatten", "fc6", "relu6", "drop6", "fc7",
+             "relu7", "drop7", "fc8"]
+    net = Sequential(layers, names)
+    init_weights(net, "he", seed)
+    return net

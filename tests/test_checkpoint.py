@@ -6,8 +6,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from engine import checkpoint as ckpt
-from engine.errors import UserError
+from alexnet.app import checkpoint as ckpt
+from alexnet.app.errors import UserError
 
 
 def _arrays(value):
@@ -77,7 +77,7 @@ def test_truncated_and_foreign_files_give_one_clear_error(tmp_path):
 
 
 def test_checkpoint_is_checked_against_the_model(tmp_path):
-    from models.alexnet import build_model
+    from alexnet.models.alexnet import build_model
 
     small = build_model("alexnet-small", 3)
     weights = small.state_dict()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import data
-from engine.errors import UserError
+from alexnet.app import data
+from alexnet.app.errors import UserError
 
 
 def _save(path, arr, **kw):
@@ -271,7 +271,7 @@ def test_interrupted_prepare_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_demo_generator_is_deterministic_and_in_imagenet_layout(tmp_path):
-    from engine import demo
+    from alexnet.app import demo
 
     a = demo.generate(str(tmp_path / "a"), train_per_class=2, val_per_class=1, workers=1)
     b = demo.generate(str(tmp_path / "b"), train_per_class=2, val_per_class=1, workers=1)

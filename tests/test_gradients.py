@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 
-from engine.gradcheck import (TOLERANCE, check_layer, check_net, distinct_values, relative_error,
-                              standard_layer_cases, tiny_alexnet)
-from engine.loss import SoftmaxCrossEntropy
-from layers import LRN, Conv2d, MaxPool2d
+from alexnet.app.gradcheck import distinct_values, standard_layer_cases
+from alexnet.engine.gradcheck import TOLERANCE, check_layer, check_net, relative_error
+from alexnet.engine.loss import SoftmaxCrossEntropy
+from alexnet.layers import LRN, Conv2d, Dropout, MaxPool2d, conv_im2col, conv_winograd
+from alexnet.models.alexnet import tiny_alexnet
 
 CASES = standard_layer_cases()
 
@@ -38,46 +39,40 @@ def test_loss_gradient_matches_finite_differences(rng):
     assert relative_error(analytic, numeric) < TOLERANCE
 
 
-def test_tiny_alexnet_end_to_end_gradients():
-    net = tiny_alexnet(num_classes=5)
+@pytest.mark.parametrize("variant", ["inverted", "paper"])
+@pytest.mark.parametrize("train", [True, False])
+def test_tiny_alexnet_end_to_end_gradients(variant, train):
+    """Training (dropout on) and inference (dropout off: the backward of an eval-mode forward)."""
+    net = tiny_alexnet(num_classes=5, dropout_variant=variant)
     x = np.random.default_rng(0).standard_normal((2, 3, 31, 31))
-    rows = check_net(net, SoftmaxCrossEntropy(), x, np.array([1, 3]))
+    rows = check_net(net, SoftmaxCrossEntropy(), x, np.array([1, 3]), train=train)
     assert len(rows) == 1 + 2 * 8          # input + W, b of 5 convs and 3 dense layers
     for name, err in rows:
         assert err < TOLERANCE, f"{name}: relative error {err:.3e}"
 
 
+@pytest.mark.parametrize("variant", ["inverted", "paper"])
+def test_dropout_gradients_after_an_inference_forward(variant):
+    rows = check_layer(Dropout(0.3, seed=1, variant=variant), np.random.default_rng(0).standard_normal((3, 5)),
+                       train=False)
+    assert rows[0][1] < TOLERANCE
+
+
+def test_gradcheck_detail_shows_entries_side_by_side():
+    rows = check_layer(LRN(3, 1.0, 0.75, 1.0), np.random.default_rng(0).standard_normal((1, 4, 2, 2)), detail=3)
+    name, err, entries = rows[0]
+    assert name == "dx" and len(entries) == 3
+    for index, analytic, numeric in entries:
+        assert 0 <= index < 16 and abs(analytic - numeric) <= 1e-7 * max(abs(analytic), 1e-12) + 1e-9
+
+
 def test_gradcheck_catches_a_wrong_backward():
     """The checker itself must be able to fail: break LRN's backward and see it flagged."""
     layer = LRN(5, 1.0, 0.75, 1.0)
-    original = layer._backward
-    layer._backward = lambda dout, need_dx=True: original(dout) * 1.001
+    original = layer.backward_numpy
+    layer.backward_numpy = lambda dout, need_dx=True: original(dout, need_dx) * 1.001
     rows = check_layer(layer, np.random.default_rng(0).standard_normal((2, 7, 3, 3)))
     assert rows[0][1] > 1e-4
-
-
-@pytest.mark.parametrize("kw,shape", [
-    (dict(in_channels=3, out_channels=4, kernel_size=3), (2, 3, 6, 7)),
-    (dict(in_channels=3, out_channels=4, kernel_size=3, algorithm="im2col"), (2, 3, 6, 7)),
-    (dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, groups=2), (3, 4, 9, 8)),
-    (dict(in_channels=2, out_channels=2, kernel_size=3, padding=3), (1, 2, 3, 3)),
-    (dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, groups=2), (2, 4, 7, 7)),
-    (dict(in_channels=2, out_channels=4, kernel_size=5, stride=4), (1, 2, 13, 14)),
-])
-def test_conv_forward_matches_the_loop_reference(kw, shape, rng):
-    layer = Conv2d(**kw)
-    layer.params["W"] = rng.standard_normal(layer.params["W"].shape)
-    layer.params["b"] = rng.standard_normal(layer.params["b"].shape)
-    x = rng.standard_normal(shape)
-    np.testing.assert_allclose(layer.forward(x), layer._forward_ref(x), rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 2.0), (5, 1.0, 0.75, 1.0), (3, 0.3, 0.5, 1.0),
-                                               (7, 0.2, 1.1, 0.5)])
-def test_lrn_forward_matches_the_formula(size, alpha, beta, k, rng):
-    layer = LRN(size, alpha, beta, k)
-    x = rng.standard_normal((2, 9, 3, 4))
-    np.testing.assert_allclose(layer.forward(x), layer._forward_ref(x), rtol=1e-12)
 
 
 def test_maxpool_backward_routes_each_gradient_to_its_argmax():
@@ -97,10 +92,12 @@ def test_maxpool_backward_routes_each_gradient_to_its_argmax():
 
 
 def test_conv_algorithm_choice_and_bad_values():
-    assert Conv2d(4, 4, 3, padding=1).uses_winograd()
-    assert not Conv2d(4, 4, 3, padding=1, algorithm="im2col").uses_winograd()
-    assert not Conv2d(4, 4, 3, stride=2).uses_winograd()
-    assert not Conv2d(4, 4, 5, padding=2).uses_winograd()
+    assert Conv2d(4, 4, 3, padding=1).cpu_algorithm() is conv_winograd
+    assert Conv2d(4, 4, 3, padding=1, algorithm="im2col").cpu_algorithm() is conv_im2col
+    assert Conv2d(4, 4, 3, stride=2).cpu_algorithm() is conv_im2col
+    assert Conv2d(4, 4, 5, padding=2).cpu_algorithm() is conv_im2col
+    assert "stride 1" in Conv2d(4, 4, 3, padding=1).algorithm_reason()
+    assert "5x5" in Conv2d(4, 4, 5, padding=2).algorithm_reason()
     with pytest.raises(ValueError, match="algorithm must be one of auto, im2col, winograd"):
         Conv2d(4, 4, 3, algorithm="fft")
     with pytest.raises(ValueError, match=r"winograd' needs a 3x3 kernel with stride 1, got 5x5 with stride 1"):

@@ -4,8 +4,9 @@ NVRTC, not only nvcc or g++: it is the compiler CuPy's RawModule uses, and it di
 <math.h>, no INFINITY macro). Each file is compiled to a CUBIN for a real architecture with
 CuPy's options plus -Xptxas=-v, so ptxas runs and logs each kernel's registers, spills and static
 shared memory; the test fails on any error or warning, any spill, or shared memory over the 48 KB
-a block can have without opting in. NVRTC comes from the nvidia-cuda-nvrtc-cu12 wheel, loaded
-with ctypes; the test skips, saying so, without it.
+a block can have without opting in. NVRTC comes from an NVIDIA wheel (nvidia-cuda-nvrtc, CUDA 13,
+as the [test] extra installs; or nvidia-cuda-nvrtc-cu12), loaded with ctypes; the test skips,
+saying so, without one.
 """
 import ctypes
 import glob
@@ -14,7 +15,7 @@ import re
 
 import pytest
 
-from kernels import harness, loader
+from alexnet.kernels import harness, loader
 
 ARCHS = ("sm_80", "sm_90")  # A100, H100
 OPTIONS = loader.NVRTC_OPTIONS + ("--device-as-default-execution-space", "-Xptxas=-v")
@@ -22,23 +23,44 @@ SHARED_LIMIT = 48 * 1024
 
 
 def find_nvrtc():
-    """ctypes handle on libnvrtc from the NVIDIA wheel, or None."""
+    """ctypes handle on libnvrtc from an NVIDIA wheel (newest CUDA first), or None.
+
+    libnvrtc loads its builtins library (libnvrtc-builtins.so.*) from its own folder at the first
+    compile; where the loader's search path does not cover that folder (the CUDA 13 wheel's
+    nvidia/cu13/lib), it fails there. So the builtins are loaded first, globally, from the same
+    folder."""
     try:
         import nvidia
     except ImportError:
         return None
-    for root in nvidia.__path__:
-        for path in sorted(glob.glob(os.path.join(root, "*", "lib", "libnvrtc.so*"))):
-            if "builtins" not in path and ".alt." not in path:
-                lib = ctypes.CDLL(path)
-                lib.nvrtcGetErrorString.restype = ctypes.c_char_p
-                return lib
+    found = [path for root in nvidia.__path__
+             for path in glob.glob(os.path.join(root, "*", "lib", "libnvrtc.so*"))
+             if "builtins" not in path and ".alt." not in path]
+    def version(path):
+        return tuple(int(part) for part in re.findall(r"\d+", path.rsplit(".so", 1)[-1]))
+
+    for path in sorted(found, key=version, reverse=True):
+        try:
+            for builtins in sorted(glob.glob(os.path.join(os.path.dirname(path), "libnvrtc-builtins.so*"))):
+                if ".alt." not in builtins:
+                    ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+        return lib
     return None
+
+
+def nvrtc_version():
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    NVRTC.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    return major.value, minor.value
 
 
 NVRTC = find_nvrtc()
 needs_nvrtc = pytest.mark.skipif(NVRTC is None, reason="NVRTC wheel not installed: pip install "
-                                                       "nvidia-cuda-nvrtc-cu12 (no GPU needed)")
+                                                       "nvidia-cuda-nvrtc (no GPU needed)")
 
 
 def compile_cubin(source, name, arch):
@@ -94,6 +116,11 @@ def test_kernel_file_compiles_cleanly_with_nvrtc(name, arch):
     ok, log = compile_cubin(source, f"{name}.cu", arch)
     assert ok, log
     assert problems(log, [k for k, _ in harness.kernels_in(source)]) == [], log
+
+
+@needs_nvrtc
+def test_the_nvrtc_found_is_a_current_one():
+    assert nvrtc_version() >= (12, 0)
 
 
 @needs_nvrtc

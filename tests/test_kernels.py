@@ -2,7 +2,8 @@
 
 One test module, a backend fixture: "cpu-harness" runs the .cu files compiled by g++ >= 12 on the
 CPU (every machine, CI included), "cupy" runs them on a GPU when one is usable; each skips with
-the reason otherwise (the CuPy one fails instead when ALEXNET_REQUIRE_CUDA is set). The numeric checks live in kernels/checks.py, shared with
+the reason otherwise (the CuPy one fails instead when ALEXNET_REQUIRE_CUDA is set). The numeric
+checks live in app/kernel_checks.py, shared with
 `alexnet kernels --check`; the tests below them pin behaviour the numbers cannot show (mask
 reproducibility, one SGD launch, clear errors) and the CPU harness itself.
 """
@@ -16,8 +17,13 @@ import textwrap
 import numpy as np
 import pytest
 
-from kernels import checks, dispatch, harness, loader
-from layers import Dropout, ReLU
+from alexnet.app import kernel_checks as checks
+from alexnet.engine import backend
+from alexnet.engine.loss import SoftmaxCrossEntropy
+from alexnet.engine.optim import sgd_update_cuda
+from alexnet.kernels import harness, loader, ops
+from alexnet.layers import Dropout, ReLU
+from alexnet.layers.dropout import keep_mask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module", params=["cpu-harness", "cupy"])
 def rt(request):
     try:
-        return loader.runtime(request.param)
+        return backend.kernel_runtime(request.param)
     except (harness.HarnessUnavailable, loader.CudaUnavailable) as e:
         if request.param == "cupy" and os.environ.get("ALEXNET_REQUIRE_CUDA"):  # bench/gpu_check.sh
             pytest.fail(f"ALEXNET_REQUIRE_CUDA is set: {e}")
@@ -44,7 +50,7 @@ def test_kernels_match_numpy_layers(rt, name):
 
 
 def test_network_step_matches_numpy(rt):
-    from models.alexnet import AlexNetSmall
+    from alexnet.models.alexnet import AlexNetSmall
     rng = np.random.default_rng(0)
     x, labels = rng.standard_normal((2, 3, 64, 64)), rng.integers(0, 10, 2)
     rows = checks.check_network(rt, lambda: AlexNetSmall(10, dropout=0.0), x, labels)
@@ -57,49 +63,58 @@ def test_every_kernel_is_checked(rt):
     defined = {name for f in loader.kernel_files() for name, _ in harness.kernels_in(loader.source(f))}
     checked = {k for name in checks.CHECKS for row in _rows(rt, name) for k in row.kernels}
     assert defined - checked == set()
-    assert len(defined) == 16
+    assert len(defined) == 19
 
 
 def test_dropout_mask_follows_seed_and_step(rt):
     x = rt.xp.ones((4, 257), np.float32)
     layer = Dropout(0.5, seed=11)
-    first = checks.host(dispatch.layer_forward(layer, x, True, runtime=rt))
-    second = checks.host(dispatch.layer_forward(layer, x, True, runtime=rt))
+    first = checks.host(layer.forward(x, True, runtime=rt))
+    second = checks.host(layer.forward(x, True, runtime=rt))
     assert layer.step == 2
     assert (first != second).any()                      # a new step draws a new mask
-    again = checks.host(dispatch.layer_forward(Dropout(0.5, seed=11), x, True, runtime=rt))
+    again = checks.host(Dropout(0.5, seed=11).forward(x, True, runtime=rt))
     np.testing.assert_array_equal(first, again)        # same seed and step: the same mask
-    other = checks.host(dispatch.layer_forward(Dropout(0.5, seed=12), x, True, runtime=rt))
+    other = checks.host(Dropout(0.5, seed=12).forward(x, True, runtime=rt))
     assert (first != other).any()
     assert set(np.unique(first)) == {0.0, 2.0}
+
+
+def test_dropout_kernels_and_numpy_draw_the_same_masks(rt):
+    """The CUDA path and the NumPy path of one layer give bit-identical outputs and gradients."""
+    x = np.random.default_rng(0).standard_normal((5, 301)).astype(np.float32)
+    for variant in ("inverted", "paper"):
+        gpu, cpu = Dropout(0.3, seed=9, variant=variant), Dropout(0.3, seed=9, variant=variant)
+        for _ in range(2):
+            out = checks.host(gpu.forward(rt.xp.asarray(x), True, runtime=rt))
+            np.testing.assert_array_equal(out, cpu.forward(x, True))
+            dx = checks.host(gpu.backward(rt.xp.asarray(x), runtime=rt))
+            np.testing.assert_array_equal(dx, cpu.backward(x))
+    np.testing.assert_array_equal(checks.host(out) != 0, keep_mask(9, 1, x.size, 0.3).reshape(x.shape))
 
 
 def test_dropout_p0_is_identity_and_keeps_step(rt):
     layer = Dropout(0.0, seed=3)
     x = rt.xp.asarray(np.random.default_rng(0).standard_normal((3, 33)).astype(np.float32))
-    np.testing.assert_array_equal(checks.host(dispatch.layer_forward(layer, x, True, runtime=rt)), checks.host(x))
+    np.testing.assert_array_equal(checks.host(layer.forward(x, True, runtime=rt)), checks.host(x))
     assert layer.step == 0
 
 
 class _CountingRuntime:
-    """A runtime that counts kernel launches."""
+    """A runtime that counts kernel launches and function lookups."""
 
     def __init__(self, rt):
-        self.rt, self.launches = rt, []
+        self.rt, self.launches, self.lookups = rt, [], []
         self.name, self.xp, self.pointer = rt.name, rt.xp, rt.pointer
 
-    def module(self, file):
-        counting = self
+    def function(self, file, kernel):
+        self.lookups.append(kernel)
+        fn = self.rt.function(file, kernel)
 
-        class Module:
-            def get_function(self, kernel):
-                fn = counting.rt.module(file).get_function(kernel)
-
-                def launch(*args, **kwargs):
-                    counting.launches.append(kernel)
-                    return fn(*args, **kwargs)
-                return launch
-        return Module()
+        def launch(*args, **kwargs):
+            self.launches.append(kernel)
+            return fn(*args, **kwargs)
+        return launch
 
 
 def test_sgd_updates_all_tensors_in_one_launch(rt):
@@ -107,8 +122,8 @@ def test_sgd_updates_all_tensors_in_one_launch(rt):
     shapes = [(5, 3), (7,), (2, 2, 3)]
     entries = [(rt.xp.ones(s, np.float32), rt.xp.ones(s, np.float32), rt.xp.zeros(s, np.float32), 1.0, 1.0)
                for s in shapes]
-    dispatch.sgd_update(entries, 0.1, 0.9, 0.0, runtime=counting)
-    dispatch.sgd_update(entries, 0.1, 0.9, 0.0, runtime=counting)  # the cached pointer table
+    sgd_update_cuda(counting, entries, 0.1, 0.9, 0.0)
+    sgd_update_cuda(counting, entries, 0.1, 0.9, 0.0)  # the cached pointer table
     assert counting.launches == ["sgd_update", "sgd_update"]
     for w, _, v, _, _ in entries:  # v = -0.1, then 0.9 * -0.1 - 0.1
         np.testing.assert_allclose(checks.host(v), -0.19, rtol=1e-6)
@@ -117,32 +132,53 @@ def test_sgd_updates_all_tensors_in_one_launch(rt):
 
 def test_softmax_xent_out_of_range_label_gives_nan_loss(rt):
     logits = rt.xp.zeros((2, 5), np.float32)
-    loss, _ = dispatch.softmax_xent_forward(logits, rt.xp.asarray(np.array([1, 5])), runtime=rt)
+    loss = SoftmaxCrossEntropy().forward(logits, rt.xp.asarray(np.array([1, 5])), runtime=rt)
     assert np.isnan(float(loss))
+
+
+def test_a_runtime_looks_each_kernel_up_once(rt):
+    """rt.function caches: the second launch of a kernel finds the same function object."""
+    assert rt.function("relu", "relu_forward") is rt.function("relu", "relu_forward")
+
+
+def test_reductions_do_not_depend_on_the_grid(rt, monkeypatch):
+    """conv_bias_backward's partial sums and the loss's mean are fixed by the sizes, not by the
+    grid: a much smaller grid gives bit-identical db and loss."""
+    rng = np.random.default_rng(3)
+    dout = rt.xp.asarray(rng.standard_normal((9, 5, 1000)).astype(np.float32))
+    logits = rt.xp.asarray(rng.standard_normal((300, 17)).astype(np.float32))
+    labels = rt.xp.asarray(rng.integers(0, 17, 300).astype(np.int32))
+    dy, db = ops.conv_bias_backward(rt, dout)
+    loss, _ = ops.softmax_xent_forward(rt, logits, labels)
+    monkeypatch.setattr(ops, "MAX_BLOCKS", 3)
+    dy2, db2 = ops.conv_bias_backward(rt, dout)
+    loss2, _ = ops.softmax_xent_forward(rt, logits, labels)
+    np.testing.assert_array_equal(checks.host(dy), checks.host(dy2))
+    np.testing.assert_array_equal(checks.host(db), checks.host(db2))
+    assert float(loss) == float(loss2)
+    assert ops.bias_slices(9 * 1000) == 9
 
 
 def test_bad_arrays_get_errors_naming_the_layer(rt):
     layer = ReLU()
     x64 = rt.xp.ones((2, 3), np.float64)
     with pytest.raises(TypeError, match=r"relu: x must be float32 .* got float64"):
-        dispatch.layer_forward(layer, x64, True, runtime=rt)
+        layer.forward(x64, True, runtime=rt)
     strided = rt.xp.ones((4, 6), np.float32)[:, ::2]
     with pytest.raises(ValueError, match=r"relu: x must be C-contiguous"):
-        dispatch.layer_forward(layer, strided, True, runtime=rt)
-    foreign = np.ones((2, 3), np.float32) if rt.name == "cupy" else [[1.0, 2.0]]
-    with pytest.raises(TypeError, match=rf"relu: x is a .* but the {rt.name} kernels need a {rt.xp.__name__}\.ndarray"):
-        dispatch.layer_forward(layer, foreign, True, runtime=rt)
+        layer.forward(strided, True, runtime=rt)
+    foreign = np.ones((2, 3), np.float32) if rt.name == "cupy" else np.ones((2, 3), np.float32).tolist()
+    with pytest.raises((TypeError, ValueError), match=r"relu: .*(x is a|must be a NumPy or CuPy array)"):
+        layer.forward(foreign, True, runtime=rt)
 
 
-def test_default_runtime_without_a_gpu_says_why():
-    try:
-        loader.cupy_runtime()
-    except loader.CudaUnavailable:
-        with pytest.raises(loader.CudaUnavailable, match=r"^relu: the CUDA kernels need CuPy and a GPU: \S"):
-            dispatch.layer_forward(ReLU(), np.ones((2, 3), np.float32), True)
-    else:
+def test_gpu_runtime_without_a_gpu_says_why():
+    if backend.cuda_available():
         with pytest.raises(TypeError, match=r"relu: x is a numpy\.ndarray .* cupy\.ndarray"):
-            dispatch.layer_forward(ReLU(), np.ones((2, 3), np.float32), True)
+            ReLU().forward(np.ones((2, 3), np.float32), True, runtime=backend.gpu_runtime())
+    else:
+        with pytest.raises(loader.CudaUnavailable, match=r"^the CUDA kernels need CuPy and a GPU: \S"):
+            backend.gpu_runtime()
 
 
 # ---- the CPU harness itself --------------------------------------------------------------------------
@@ -252,7 +288,7 @@ def test_harness_aborts_a_sequential_kernel_that_needs_threads(tmp_path):
         __device__ void wait_for_block() { __syncthreads(); }
         extern "C" __global__ void hidden_barrier(float* out) { wait_for_block(); out[threadIdx.x] = 1.0f; }
     """)
-    script = ("import numpy as np; from kernels import harness; "
+    script = ("import numpy as np; from alexnet.kernels import harness; "
               f"m = harness.Module({source!r}, 'hidden.cu'); "
               "m.get_function('hidden_barrier')((1,), (4,), (np.zeros(4, np.float32),))")
     env = dict(os.environ, ALEXNET_KERNEL_CACHE=str(tmp_path))
@@ -264,15 +300,15 @@ def test_harness_aborts_a_sequential_kernel_that_needs_threads(tmp_path):
 
 # ---- alexnet kernels --------------------------------------------------------------------------------
 def test_cli_check_runs_every_kernel_on_the_harness(probe, capsys):
-    from engine.cli import main
+    from alexnet.app.cli import main
     assert main(["kernels", "--check", "--backend", "cpu-harness"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^conv_col2im\s+\S+\s+\S+\s+pass$", out, re.M)
-    assert "16 of 16 kernels pass" in out
+    assert "19 of 19 kernels pass" in out
 
 
 def test_cli_without_gpp_prints_one_line(monkeypatch, capsys):
-    from engine.cli import main
+    from alexnet.app.cli import main
     monkeypatch.setenv("CXX", "/nonexistent/g++")
     harness.compiler.cache_clear()
     loader.harness_runtime.cache_clear()

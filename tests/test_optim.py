@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from engine.net import Sequential
-from engine.optim import SGD, PlateauSchedule, StepSchedule
-from layers import Dense
+from alexnet.engine.net import Sequential
+from alexnet.engine.optim import SGD, PlateauSchedule, StepSchedule
+from alexnet.layers import Dense
 
 
 def one_dense_net():

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from engine.loss import SoftmaxCrossEntropy
-from engine.optim import SGD
-from engine.parallel import batch_grain, chunk_bounds, run_chunks
-from models.alexnet import AlexNetSmall
+from alexnet.engine.loss import SoftmaxCrossEntropy
+from alexnet.engine.optim import SGD
+from alexnet.engine.parallel import batch_grain, chunk_bounds, run_chunks
+from alexnet.models.alexnet import AlexNetSmall
 
 
 def test_chunk_bounds_cover_the_range():

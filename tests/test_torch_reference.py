@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import max_rel_diff
-from engine.loss import SoftmaxCrossEntropy
-from layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU
-from models.alexnet import AlexNet
+from alexnet.engine.loss import SoftmaxCrossEntropy
+from alexnet.layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU
+from alexnet.layers.dropout import keep_mask
+from alexnet.models.alexnet import AlexNet
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -101,7 +102,17 @@ def test_dropout_is_inverted_and_matches_its_mask(rng):
     np.testing.assert_allclose(layer.backward(up), up * 2 * kept, rtol=1e-6)
     np.testing.assert_array_equal(layer.forward(x, train=False), x)
     # same seed, same masks
-    np.testing.assert_array_equal(Dropout(0.5, seed=7).forward(x) != 0, kept)
+    np.testing.assert_array_equal(Dropout(0.5, seed=7).forward(x, train=True) != 0, kept)
+    # a forward that does not say it is training applies no dropout
+    np.testing.assert_array_equal(Dropout(0.5, seed=7).forward(x), x)
+
+
+def dropout_multiplier(layer, shape):
+    """What our dropout layer's last forward multiplied its input by, as a tensor for PyTorch."""
+    step, scale = layer.cache
+    keep = np.ones(shape, bool) if step is None else keep_mask(layer.seed, step, int(np.prod(shape)),
+                                                               layer.p).reshape(shape)
+    return torch.tensor(keep.astype(np.float32) * np.float32(scale))
 
 
 def torch_alexnet_step(net, x, labels):
@@ -127,7 +138,7 @@ def torch_alexnet_step(net, x, labels):
         elif isinstance(layer, Flatten):
             h = torch.flatten(h, 1)
         elif isinstance(layer, Dropout):
-            h = h * torch.tensor(layer.cache)
+            h = h * dropout_multiplier(layer, tuple(h.shape))
     loss = F.cross_entropy(h, torch.tensor(labels))
     loss.backward()
     return loss.item(), t.grad.numpy(), {k: v.grad.numpy() for k, v in params.items()}
@@ -145,3 +156,47 @@ def test_full_alexnet_forward_and_backward_match_torch(rng):
     assert max_rel_diff(dx, t_dx) < 1e-4
     for full, layer, key in net.named_parameters():
         assert max_rel_diff(layer.grads[key], t_grads[full]) < 1e-4, full
+
+
+def test_full_alexnet_eval_mode_gradients_match_torch_eval(rng):
+    """Backward after an inference forward (dropout off, caches kept): the input and parameter
+    gradients PyTorch gives for a model in eval() mode, e.g. for a saliency map. In float64, so
+    that no near-tie in a max-pool window can send a gradient to another input in one of the two."""
+    net = AlexNet(num_classes=1000, groups=2, init="caffe", seed=4).astype(np.float64)
+    x = rng.standard_normal((2, 3, 227, 227))
+    labels = np.array([17, 450])
+    crit = SoftmaxCrossEntropy()
+    loss = crit.forward(net.forward(x), labels)                      # train=False by default
+    dx = net.backward(crit.backward())
+    tnet = torch.nn.Sequential(*[_torch_module(layer) for layer in net.layers]).double().eval()
+    tx = torch.tensor(x, requires_grad=True)
+    t_loss = F.cross_entropy(tnet(tx), torch.tensor(labels))
+    t_loss.backward()
+    assert abs(loss - t_loss.item()) < 1e-12 * max(1.0, abs(t_loss.item()))
+    assert max_rel_diff(dx, tx.grad.numpy()) < 1e-10
+    modules = dict(zip([layer.name for layer in net.layers], tnet))
+    for full, layer, key in net.named_parameters():
+        t_param = modules[layer.name].weight if key == "W" else modules[layer.name].bias
+        assert max_rel_diff(layer.grads[key], t_param.grad.numpy()) < 1e-10, full
+
+
+def _torch_module(layer):
+    """The torch.nn module computing `layer`, with its weights."""
+    if isinstance(layer, (Conv2d, Dense)):
+        if isinstance(layer, Conv2d):
+            m = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                layer.padding, groups=layer.groups)
+        else:
+            m = torch.nn.Linear(layer.in_features, layer.out_features)
+        m = m.double()
+        with torch.no_grad():
+            m.weight.copy_(torch.tensor(layer.params["W"]))
+            m.bias.copy_(torch.tensor(layer.params["b"]))
+        return m
+    if isinstance(layer, LRN):
+        return torch.nn.LocalResponseNorm(layer.size, layer.alpha * layer.size, layer.beta, layer.k)
+    if isinstance(layer, MaxPool2d):
+        return torch.nn.MaxPool2d(layer.kernel_size, layer.stride)
+    if isinstance(layer, Dropout):
+        return torch.nn.Dropout(layer.p)
+    return {ReLU: torch.nn.ReLU, Flatten: torch.nn.Flatten}[type(layer)]()

@@ -8,9 +8,9 @@ import signal
 import numpy as np
 import pytest
 
-from engine import checkpoint as ckpt
-from engine.errors import UserError
-from engine.trainer import TrainConfig, Trainer, topk_correct
+from alexnet.app import checkpoint as ckpt
+from alexnet.app.errors import UserError
+from alexnet.app.trainer import TrainConfig, Trainer, topk_correct
 from tests.test_data import make_folder
 
 
@@ -143,7 +143,7 @@ def test_topk_counts():
 
 
 def test_nan_validation_loss_is_not_checkpointed(tiny, tmp_path, monkeypatch):
-    import engine.trainer as trainer_mod
+    import alexnet.app.trainer as trainer_mod
 
     run = str(tmp_path / "run")
     real = trainer_mod.evaluate
@@ -162,7 +162,7 @@ def test_nan_validation_loss_is_not_checkpointed(tiny, tmp_path, monkeypatch):
 
 
 def test_loss_falls_on_the_demo_data(tmp_path):
-    from engine import demo
+    from alexnet.app import demo
 
     root = demo.generate(str(tmp_path / "demo"), train_per_class=12, val_per_class=2, workers=1)
     cfg = TrainConfig(data=root, model="alexnet-small", epochs=10, batch_size=24, lr=0.01, init="he",

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import checkpoint as ckpt
-from engine.cli import main
+from alexnet.app import checkpoint as ckpt
+from alexnet.app.cli import main
 from tests.test_data import make_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,7 +127,7 @@ def test_bad_input_is_one_line_and_leaves_no_run_dir(trained, tmp_path, capsys, 
     elif case == "neglr":
         argv += ["--lr", "-0.01"]
     elif case == "cuda":
-        from engine import backend
+        from alexnet.engine import backend
 
         if backend.cuda_available():
             pytest.skip("a GPU is usable here")
@@ -167,7 +167,7 @@ def test_subprocess_errors_have_no_traceback(tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
     for argv in (["train", "--data", str(tmp_path / "nope")], ["train", "--batch-size", "0"],
                  ["eval", "--checkpoint", str(tmp_path / "x.npz"), "--data", str(tmp_path)]):
-        p = subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True,
+        p = subprocess.run([sys.executable, "-m", "alexnet.app.cli", *argv], capture_output=True, text=True,
                            cwd=str(tmp_path), env=env, timeout=60)
         assert p.returncode == 2, p.stderr
         assert p.stderr.count("\n") == 1 and p.stderr.startswith("alexnet: error: "), p.stderr
@@ -181,7 +181,7 @@ def test_ctrl_c_in_a_real_process_saves_and_exits_130(tmp_path):
     data = make_folder(tmp_path / "data", n_train=6, n_val=1, size=30)
     run = str(tmp_path / "run")
     env = dict(os.environ, PYTHONPATH=REPO)
-    p = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", "--data", data, "--out", run, "--epochs", "500",
+    p = subprocess.Popen([sys.executable, "-m", "alexnet.app.cli", "train", "--data", data, "--out", run, "--epochs", "500",
                           *SMALL], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         for line in p.stdout:  # wait until training is under way

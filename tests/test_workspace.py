@@ -4,10 +4,10 @@ import threading
 import numpy as np
 import pytest
 
-from engine import workspace
-from engine.loss import SoftmaxCrossEntropy
-from engine.optim import SGD
-from models.alexnet import AlexNetSmall
+from alexnet.engine import workspace
+from alexnet.engine.loss import SoftmaxCrossEntropy
+from alexnet.engine.optim import SGD
+from alexnet.models.alexnet import AlexNetSmall
 
 BIG = (512, 1024)          # 2 MB of float32: pooled
 

@@ -3,13 +3,13 @@
     alexnet kernels                      the kernels in each kernels/*.cu file
     alexnet kernels --check [--backend cpu-harness|cupy] [--verbose]
 
-The check runs every kernel on small inputs (kernels/checks.py), on the GPU through CuPy or on
+The check runs every kernel on small inputs (app/kernel_checks.py), on the GPU through CuPy or on
 the CPU through the g++ harness (the default when no GPU is usable), and prints one row per
 kernel: its worst error relative to its tolerance, and pass or FAIL; --verbose adds one row per
 comparison. Exit status 1 when anything fails or the backend is unusable (one line, no traceback).
-This module imports nothing heavy at the top: engine/cli.py imports it for every command.
+This module imports nothing heavy at the top: app/cli.py imports it for every command.
 """
-BACKENDS = ("cpu-harness", "cupy")
+BACKENDS = ("cpu-harness", "cupy")   # as alexnet.engine.backend.KERNEL_BACKENDS (imported lazily)
 
 
 def register(subparsers):
@@ -23,14 +23,15 @@ def register(subparsers):
 
 
 def run(args):
-    from kernels import harness, loader
+    from alexnet.engine import backend
+    from alexnet.kernels import harness, loader
     if not args.check:
         for name in loader.kernel_files():
             kernels = harness.kernels_in(loader.source(name))
             print(f"kernels/{name}.cu: {', '.join(k for k, _ in kernels)}")
         return 0
     try:
-        rt = loader.runtime(args.backend or _default_backend())
+        rt = backend.kernel_runtime(args.backend or _default_backend())
     except (harness.HarnessUnavailable, loader.CudaUnavailable) as e:
         print(f"alexnet kernels: {e}")
         return 1
@@ -38,12 +39,13 @@ def run(args):
 
 
 def _default_backend():
-    from engine import backend
+    from alexnet.engine import backend
     return "cupy" if backend.cuda_available() else "cpu-harness"
 
 
 def _check(rt, verbose):
-    from kernels import checks, harness, loader
+    from alexnet.app import kernel_checks as checks
+    from alexnet.kernels import harness, loader
     print(f"backend: {rt.name}")
     rows, errors = [], []
     for name in checks.CHECKS:

@@ -2,8 +2,9 @@
 
 Used by tests/test_kernels.py (one test per check, both backends) and `alexnet kernels --check`.
 The reference is the NumPy layer from layers/*.py run in float64 on the same float32 numbers, so
-the error measured is the kernels' float32 arithmetic alone. Inputs go through kernels/dispatch.py,
-the exact code a CuPy layer runs, with shapes small and odd (never a multiple of the block size).
+the error measured is the kernels' float32 arithmetic alone. Inputs go through each layer's CUDA
+path (`layer.forward(x, train, runtime=rt)`), the exact code a CuPy layer runs, with shapes small
+and odd (never a multiple of the block size).
 
 Each check returns Rows: what was compared, the kernels that produced it, the error
 max|got - ref| / max|ref| and its tolerance.
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels import dispatch, ops
+from alexnet.kernels import ops
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,10 @@ def _layer(rt, rng, label, make, x, kernels, params=None, tol=1e-5):
         ker.params[key] = rt.xp.asarray(value.astype(np.float32))
     x = x.astype(np.float32)
     out_ref = ref.forward(x.astype(np.float64), train=True)
-    out = dispatch.layer_forward(ker, rt.xp.asarray(x), True, runtime=rt)
+    out = ker.forward(rt.xp.asarray(x), True, runtime=rt)
     dout = rng.standard_normal(out_ref.shape).astype(np.float32)
     dx_ref = ref.backward(dout.astype(np.float64))
-    dx = dispatch.layer_backward(ker, rt.xp.asarray(dout), runtime=rt)
+    dx = ker.backward(rt.xp.asarray(dout), runtime=rt)
     rows = [Row(f"{label} out", kernels["out"], rel_err(out, out_ref), tol),
             Row(f"{label} dx", kernels["dx"], rel_err(dx, dx_ref), tol)]
     rows += [Row(f"{label} d{key}", kernels[key], rel_err(ker.grads[key], ref.grads[key]), tol)
@@ -60,9 +61,9 @@ def _layer(rt, rng, label, make, x, kernels, params=None, tol=1e-5):
 
 
 def check_conv(rt, rng):
-    from layers import Conv2d
+    from alexnet.layers import Conv2d
     kernels = {"out": ("conv_im2col", "conv_bias_forward"), "dx": ("conv_bias_backward", "conv_col2im"),
-               "W": ("conv_im2col", "conv_bias_backward"), "b": ("conv_bias_backward",)}
+               "W": ("conv_im2col", "conv_bias_backward"), "b": ("conv_bias_backward", "conv_bias_reduce")}
     rows = []
     # (in, out, kernel, stride, pad, groups, input HxW): grouped + padded, strided, conv1-like 11x11/4
     for C, O, K, S, P, G, (H, W) in ((4, 6, 3, 2, 1, 2, (9, 7)), (3, 5, 5, 3, 0, 1, (13, 11)),
@@ -75,21 +76,22 @@ def check_conv(rt, rng):
 
 
 def check_dense(rt, rng):
-    from layers import Dense
-    kernels = {"out": ("conv_bias_forward",), "dx": (), "W": ("conv_bias_backward",), "b": ("conv_bias_backward",)}
+    from alexnet.layers import Dense
+    kernels = {"out": ("conv_bias_forward",), "dx": (), "W": ("conv_bias_backward",),
+               "b": ("conv_bias_backward", "conv_bias_reduce")}
     params = {"W": rng.standard_normal((11, 37)), "b": rng.standard_normal(11)}
     return _layer(rt, rng, "Dense 37->11", lambda: Dense(37, 11), rng.standard_normal((3, 37)), kernels, params)
 
 
 def check_relu(rt, rng):
-    from layers import ReLU
+    from alexnet.layers import ReLU
     x = rng.standard_normal((3, 5, 7, 9))
     x += np.sign(x) * 0.1  # away from 0, where the derivative's convention would decide
     return _layer(rt, rng, "ReLU", ReLU, x, {"out": ("relu_forward",), "dx": ("relu_backward",)})
 
 
 def check_lrn(rt, rng):
-    from layers import LRN
+    from alexnet.layers import LRN
     kernels = {"out": ("lrn_forward",), "dx": ("lrn_backward",)}
     rows = []
     # exaggerated alpha and k (a realistic alpha hides an off-by-one window), then the paper's
@@ -103,7 +105,7 @@ def check_lrn(rt, rng):
 
 
 def check_pool(rt, rng):
-    from layers import MaxPool2d
+    from alexnet.layers import MaxPool2d
     shape = (2, 3, 9, 10)  # 10 leaves a column that no window reaches (floor mode)
     x = rng.permutation(np.prod(shape)).reshape(shape) / np.prod(shape)  # distinct values: no ties
     return _layer(rt, rng, "MaxPool2d 3x3/2", lambda: MaxPool2d(3, 2), x,
@@ -111,51 +113,46 @@ def check_pool(rt, rng):
 
 
 def check_flatten(rt, rng):
-    from layers import Flatten
+    from alexnet.layers import Flatten
     return _layer(rt, rng, "Flatten", Flatten, rng.standard_normal((2, 3, 4, 5)), {"out": (), "dx": ()})
 
 
-def dropout_mask(seed, step, n, p):
-    """The keep mask of dropout.cu's hash, computed on the host with NumPy's wrapping uint64."""
-    golden = np.uint64(0x9E3779B97F4A7C15)
-
-    def mix(z):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-    stream = mix(np.array([seed], np.uint64) + (np.array([step], np.uint64) + np.uint64(1)) * golden)
-    h = mix(stream + (np.arange(n, dtype=np.uint64) + np.uint64(1)) * golden)
-    return (h >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / 16777216.0) >= np.float32(p)
-
-
 def check_dropout(rt, rng):
-    from layers import Dropout
+    """The mask is checked against layers/dropout.py's NumPy hash, both variants, train and test."""
+    from alexnet.layers import Dropout
+    from alexnet.layers.dropout import keep_mask
     p, seed, step = 0.4, 7, 3
-    layer = Dropout(p, seed=seed)
-    layer.step = step
     x = rng.standard_normal((3, 1001)).astype(np.float32)
     dout = rng.standard_normal(x.shape).astype(np.float32)
-    out = dispatch.layer_forward(layer, rt.xp.asarray(x), True, runtime=rt)
-    dx = dispatch.layer_backward(layer, rt.xp.asarray(dout), runtime=rt)
-    keep = dropout_mask(seed, step, x.size, p).reshape(x.shape)
-    scale = np.float32(1.0 / (1.0 - p))
-    test_out = dispatch.layer_forward(layer, rt.xp.asarray(x), False, runtime=rt)
+    keep = keep_mask(seed, step, x.size, p).reshape(x.shape)
+    rows = []
+    for variant, train_scale, test_scale in (("inverted", 1 / (1 - p), 1.0), ("paper", 1.0, 1 - p)):
+        layer = Dropout(p, seed=seed, variant=variant)
+        layer.step = step
+        out = layer.forward(rt.xp.asarray(x), True, runtime=rt)
+        dx = layer.backward(rt.xp.asarray(dout), runtime=rt)
+        test_out = layer.forward(rt.xp.asarray(x), False, runtime=rt)
+        test_dx = layer.backward(rt.xp.asarray(dout), runtime=rt)
+        scale = np.float32(train_scale)
+        rows += [Row(f"Dropout {variant} out (train) = x * mask(seed, step) * {train_scale:g}", ("dropout_forward",),
+                     rel_err(out, x * keep * scale), 0.0),
+                 Row(f"Dropout {variant} dx = dout * mask(seed, step) * {train_scale:g}", ("dropout_backward",),
+                     rel_err(dx, dout * keep * scale), 0.0),
+                 Row(f"Dropout {variant} out (test) = x * {test_scale:g}", ("dropout_scale",),
+                     rel_err(test_out, x * np.float32(test_scale)), 0.0),
+                 Row(f"Dropout {variant} dx (test) = dout * {test_scale:g}", ("dropout_scale",),
+                     rel_err(test_dx, dout * np.float32(test_scale)), 0.0)]
     # the keep ratio of the hash over many elements: within 5 standard deviations of 1 - p
     n = 200_003
-    big = dispatch.layer_forward(Dropout(p, seed=seed), rt.xp.ones(n, np.float32), True, runtime=rt)
+    big = Dropout(p, seed=seed).forward(rt.xp.ones(n, np.float32), True, runtime=rt)
     ratio = float((host(big) != 0).mean())
-    return [Row("Dropout out (train) = x * mask(seed, step) / (1-p)", ("dropout_forward",),
-                rel_err(out, x * keep * scale), 0.0),
-            Row("Dropout dx = dout * mask(seed, step) / (1-p)", ("dropout_backward",),
-                rel_err(dx, dout * keep * scale), 0.0),
-            Row("Dropout out (test) = x", (), rel_err(test_out, x), 0.0),
-            Row("Dropout keep ratio - (1-p)", ("dropout_forward",), abs(ratio - (1 - p)),
-                5 * np.sqrt(p * (1 - p) / n))]
+    rows.append(Row("Dropout keep ratio - (1-p)", ("dropout_forward",), abs(ratio - (1 - p)),
+                    5 * np.sqrt(p * (1 - p) / n)))
+    return rows
 
 
 def check_softmax_xent(rt, rng):
-    from engine.loss import SoftmaxCrossEntropy
+    from alexnet.engine.loss import SoftmaxCrossEntropy
     rows = []
     for N, K in ((5, 37), (3, 1000)):  # fewer classes than threads; several classes per thread
         logits = (3 * rng.standard_normal((N, K))).astype(np.float32)
@@ -163,9 +160,10 @@ def check_softmax_xent(rt, rng):
         ref = SoftmaxCrossEntropy()
         loss_ref = ref.forward(logits.astype(np.float64), labels)
         dlogits_ref = ref.backward()
-        loss, cache = dispatch.softmax_xent_forward(rt.xp.asarray(logits), rt.xp.asarray(labels), runtime=rt)
-        dlogits = dispatch.softmax_xent_backward(cache, runtime=rt)
-        rows += [Row(f"SoftmaxCrossEntropy N {N} K {K} loss", ("softmax_xent_forward",),
+        ker = SoftmaxCrossEntropy()
+        loss = ker.forward(rt.xp.asarray(logits), rt.xp.asarray(labels), runtime=rt)
+        dlogits = ker.backward(runtime=rt)
+        rows += [Row(f"SoftmaxCrossEntropy N {N} K {K} loss", ("softmax_xent_forward", "softmax_xent_mean"),
                      rel_err(loss, loss_ref), 1e-5),
                  Row(f"SoftmaxCrossEntropy N {N} K {K} dlogits", ("softmax_xent_forward", "softmax_xent_backward"),
                      rel_err(dlogits, dlogits_ref), 1e-5)]
@@ -174,6 +172,7 @@ def check_softmax_xent(rt, rng):
 
 def check_sgd(rt, rng):
     """Two steps over three tensors with distinct multipliers; the LR changes between the steps."""
+    from alexnet.engine.optim import sgd_update_cuda
     shapes, mults = ((7, 5), (13,), (3, 3, 2, 2)), ((1.0, 1.0), (2.0, 0.0), (1.0, 0.5))
     momentum, weight_decay = 0.9, 0.05
     w = [rng.standard_normal(s).astype(np.float32) for s in shapes]
@@ -183,8 +182,8 @@ def check_sgd(rt, rng):
     for lr in (0.1, 0.03):
         g = [rng.standard_normal(s).astype(np.float32) for s in shapes]
         g_dev = [rt.xp.asarray(a) for a in g]
-        dispatch.sgd_update([(w_dev[i], g_dev[i], v_dev[i], *mults[i]) for i in range(len(shapes))],
-                            lr, momentum, weight_decay, runtime=rt)
+        sgd_update_cuda(rt, [(w_dev[i], g_dev[i], v_dev[i], *mults[i]) for i in range(len(shapes))],
+                        lr, momentum, weight_decay)
         for i, (lr_mult, decay_mult) in enumerate(mults):
             v_ref[i] = momentum * v_ref[i] - decay_mult * weight_decay * lr * w_ref[i] - lr_mult * lr * g[i]
             w_ref[i] = w_ref[i] + v_ref[i]
@@ -204,18 +203,14 @@ def check_sgemm(rt, rng):
 
 
 def network_step(rt, net, x, labels, lr, momentum, weight_decay):
-    """One training step of a Sequential entirely through the kernels (the calls Layer.forward and
-    Layer.backward make for CuPy arrays), SGD from zero momentum; returns the loss."""
-    h = x
-    for layer in net.layers:
-        h = dispatch.layer_forward(layer, h, True, runtime=rt)
-    loss, cache = dispatch.softmax_xent_forward(h, labels, runtime=rt)
-    dout = dispatch.softmax_xent_backward(cache, runtime=rt)
-    for i in reversed(range(len(net.layers))):  # as Sequential.backward: no input gradient for layer 0
-        dout = dispatch.layer_backward(net.layers[i], dout, need_dx=i > 0, runtime=rt)
-    entries = [(layer.params[k], layer.grads[k], rt.xp.zeros_like(layer.params[k]), 1.0, 1.0)
-               for layer in net.layers for k in layer.params]
-    dispatch.sgd_update(entries, lr, momentum, weight_decay, runtime=rt)
+    """One training step of a Sequential entirely through the kernels of runtime `rt` (the calls a
+    CuPy net makes), SGD from zero momentum; returns the loss."""
+    from alexnet.engine.loss import SoftmaxCrossEntropy
+    from alexnet.engine.optim import SGD
+    crit = SoftmaxCrossEntropy()
+    loss = crit.forward(net.forward(x, train=True, runtime=rt), labels, runtime=rt)
+    net.backward(crit.backward(runtime=rt), need_dx=False, runtime=rt)
+    SGD(net, lr=lr, momentum=momentum, weight_decay=weight_decay).step(runtime=rt)
     return loss
 
 
@@ -224,8 +219,8 @@ def check_network(rt, make_net, x, labels, tol=1e-4):
     in float64 from the same weights: the loss, every parameter gradient, the weights after SGD.
     The tolerance is looser than the single layers': errors compound through eight layers and
     cuBLAS sums fc6's 9216 products in its own order."""
-    from engine.loss import SoftmaxCrossEntropy
-    from engine.optim import SGD
+    from alexnet.engine.loss import SoftmaxCrossEntropy
+    from alexnet.engine.optim import SGD
     lr, momentum, weight_decay = 0.01, 0.9, 5e-4
     ref, ker = make_net().astype(np.float64), make_net()
     for layer in ker.layers:

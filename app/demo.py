@@ -222,7 +222,7 @@ def ensure_demo(root=None, log=print):
         return root
     if os.path.exists(root):
         # An unmarked folder at our path is not ours to delete.
-        from engine.errors import UserError
+        from alexnet.app.errors import UserError
 
         raise UserError(f"{root} exists but is not a complete demo dataset; remove it and try again")
     import time

@@ -22,7 +22,7 @@ import zipfile
 
 import numpy as np
 
-from engine.errors import UserError
+from alexnet.app.errors import UserError
 
 FORMAT = "alexnet-checkpoint-v1"
 META_KEY = "__meta__"
@@ -125,11 +125,13 @@ def load_model(path, device="cpu"):
 
     Returns (model, meta, mean). Used by eval, predict and plot, which have no config of their own.
     """
-    from models.alexnet import build_model
+    from alexnet.models.alexnet import build_model
 
     arrays, meta = load(path)
     try:
-        model = build_model(meta["arch"], meta["num_classes"])
+        # the dropout variant decides what inference multiplies by (older checkpoints: inverted)
+        model = build_model(meta["arch"], meta["num_classes"], dropout=meta.get("dropout", 0.5),
+                            dropout_variant=meta.get("dropout_variant", "inverted"))
     except (KeyError, ValueError) as e:
         raise UserError(f"checkpoint {path} names no model this version can build ({e})") from None
     weights = split(arrays, "model")

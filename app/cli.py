@@ -1,16 +1,17 @@
-"""The `alexnet` command line: summary, gradcheck, and the subcommands of the other modules
-(train/prepare/eval/predict/plot in engine.train_cli, kernels in kernels.cli).
+"""The `alexnet` command line: summary, and the subcommands of the other modules (gradcheck in
+app/gradcheck.py, train/prepare/eval/predict/plot in app/train_cli.py, kernels in app/kernels_cli.py).
 
 Every error a user can cause ends as one line on stderr and a non-zero exit, never a traceback.
 """
 import argparse
 import sys
 
-from engine.errors import UserError
+from alexnet.app.errors import UserError
 
 
 def cmd_summary(args):
-    from models.alexnet import AlexNet, AlexNetSmall
+    from alexnet.layers import Conv2d
+    from alexnet.models.alexnet import AlexNet, AlexNetSmall
     if args.model == "alexnet":
         model = AlexNet(args.classes, groups=args.groups)
     else:
@@ -25,35 +26,16 @@ def cmd_summary(args):
         print(f"{name:<9} {desc:<48} {'x'.join(map(str, shape)):>14} {params:>12,} {macs:>14,}")
     total_params, total_macs = sum(r[3] for r in rows), sum(r[4] for r in rows)
     print(f"total: {total_params:,} parameters, {total_macs / 1e6:.1f}M multiply-adds per image")
+    print("convolution algorithms on the CPU (on the GPU: im2col + cuBLAS for every layer):")
+    for layer in model.layers:
+        if isinstance(layer, Conv2d):
+            print(f"  {layer.name:<7} {layer.algorithm_reason()}")
     return 0
 
 
 def cmd_gradcheck(args):
-    import time
-
-    import numpy as np
-
-    from engine.gradcheck import TOLERANCE, check_layer, check_net, standard_layer_cases, tiny_alexnet
-    from engine.loss import SoftmaxCrossEntropy
-    start = time.perf_counter()
-    print(f"{'case':<34} {'tensor':<10} {'max rel. error':>15}  result (float64, tolerance {TOLERANCE:g})")
-    failures = 0
-
-    def report(label, rows):
-        nonlocal failures
-        for tensor, err in rows:
-            ok = err < TOLERANCE
-            failures += not ok
-            print(f"{label:<34} {tensor:<10} {err:>15.3e}  {'pass' if ok else 'FAIL'}")
-
-    for label, make_layer, make_input in standard_layer_cases():
-        report(label, check_layer(make_layer(), make_input(np.random.default_rng(0))))
-    net = tiny_alexnet(num_classes=5)
-    x = np.random.default_rng(0).standard_normal((2, 3, 31, 31))
-    report("tiny AlexNet end to end (loss)", check_net(net, SoftmaxCrossEntropy(), x, np.array([1, 3])))
-    took = time.perf_counter() - start
-    print(f"{'all passed' if not failures else f'{failures} FAILED'} in {took:.1f} s")
-    return 1 if failures else 0
+    from alexnet.app import gradcheck
+    return gradcheck.run(args)
 
 
 def build_parser():
@@ -66,7 +48,7 @@ def build_parser():
     p.set_defaults(func=cmd_summary)
     p = sub.add_parser("gradcheck", help="check every layer's gradients against finite differences")
     p.set_defaults(func=cmd_gradcheck)
-    for module in ("engine.train_cli", "kernels.cli"):
+    for module in ("alexnet.app.train_cli", "alexnet.app.kernels_cli"):
         try:
             __import__(module, fromlist=["register"]).register(sub)
         except ModuleNotFoundError as e:

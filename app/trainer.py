@@ -11,8 +11,8 @@ A run directory holds everything about one run:
     RUN_DIR/plots/                 written by `alexnet plot`
 
 Exactness of resume rests on three things: every random draw is either owned by the model (the
-dropout generators, saved through ``model.rng_state()``) or a pure function of
-(seed, epoch, batch) in engine.data; a checkpoint stores the position (epoch, next batch) and
+dropout layers' mask counters, saved through ``model.rng_state()``) or a pure function of
+(seed, epoch, batch) in app/data.py; a checkpoint stores the position (epoch, next batch) and
 all optimizer/schedule state; the NumPy ops run on the same shapes in the same order. A run
 stopped after any step and resumed therefore ends with the same bits as one that never stopped.
 """
@@ -28,8 +28,8 @@ from collections import deque
 
 import numpy as np
 
-from engine import checkpoint as ckpt
-from engine.errors import UserError
+from alexnet.app import checkpoint as ckpt
+from alexnet.app.errors import UserError
 
 
 @dataclasses.dataclass
@@ -54,13 +54,14 @@ class TrainConfig:
     log_every: int = 50
     input_scale: float = 1.0
     dropout: float = 0.5
+    dropout_variant: str = "inverted"
     demo: bool = False
 
     def validate(self):
         """Reject impossible values with one clear line, before anything touches the disk."""
         if self.model not in ("alexnet", "alexnet-small"):
             raise UserError(f"unknown model {self.model!r}: expected alexnet or alexnet-small")
-        from engine.init import PRESETS
+        from alexnet.engine.init import PRESETS
 
         if self.init not in PRESETS:
             raise UserError(f"unknown init preset {self.init!r}: expected one of {', '.join(PRESETS)}")
@@ -79,6 +80,11 @@ class TrainConfig:
             raise UserError(f"--workers must be >= 0, got {self.workers}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        from alexnet.layers.dropout import VARIANTS
+
+        if self.dropout_variant not in VARIANTS:
+            raise UserError(f"unknown --dropout-variant {self.dropout_variant!r}: expected one of "
+                            f"{', '.join(VARIANTS)}")
         if self.log_every < 1:
             raise UserError(f"--log-every must be at least 1, got {self.log_every}")
         if self.keep < 1:
@@ -86,7 +92,7 @@ class TrainConfig:
         if self.device not in ("cpu", "cuda"):
             raise UserError(f"unknown device {self.device!r}: expected cpu or cuda")
         if self.device == "cuda":
-            from engine import backend
+            from alexnet.engine import backend
 
             if not backend.cuda_available():
                 raise UserError(f"--device cuda is not usable: {backend.cuda_unavailable_reason()}")
@@ -119,8 +125,8 @@ def evaluate(model, source, crop, mean, batch_size=128, ten_crop=False, workers=
     softmax over the 10 views). Returns a dict with loss, top1, top5 (fractions) and count."""
     from tqdm import tqdm
 
-    from engine import backend
-    from engine.data import EvalBatches, Prefetcher
+    from alexnet.engine import backend
+    from alexnet.app.data import EvalBatches, Prefetcher
 
     batches = EvalBatches(source, batch_size, crop, mean, ten_crop, scale)
     loss_sum, c1, c5, n = 0.0, 0, 0, 0
@@ -133,7 +139,7 @@ def evaluate(model, source, crop, mean, batch_size=128, ten_crop=False, workers=
                 continue
             probs = 0.0
             for x in views:
-                logits = backend.to_numpy(model.forward(backend.to_device(x, device), train=False))
+                logits = backend.to_numpy(model.forward(backend.to_device(x, device), keep_cache=False))
                 probs = probs + softmax(logits.astype(np.float64))
             probs = probs / len(views)  # (N, K)
             loss_sum += float(-np.log(probs[np.arange(len(labels)), labels] + 1e-12).sum())
@@ -195,10 +201,10 @@ class Trainer:
 
     def __init__(self, config, run_dir, resume=None, stop_after_steps=None, progress=True, log=None,
                  lr_override=None):
-        from engine.data import open_dataset, peek_classes
-        from engine.loss import SoftmaxCrossEntropy
-        from engine.optim import SGD, PlateauSchedule
-        from models.alexnet import AlexNet, AlexNetSmall
+        from alexnet.app.data import open_dataset, peek_classes
+        from alexnet.engine.loss import SoftmaxCrossEntropy
+        from alexnet.engine.optim import SGD, PlateauSchedule
+        from alexnet.models.alexnet import AlexNet, AlexNetSmall
 
         config.validate()
         self.config = config
@@ -219,7 +225,8 @@ class Trainer:
 
         classes = peek_classes(config.data)
         build = AlexNet if config.model == "alexnet" else AlexNetSmall
-        self.model = build(len(classes), init=config.init, seed=config.seed, dropout=config.dropout)
+        self.model = build(len(classes), init=config.init, seed=config.seed, dropout=config.dropout,
+                           dropout_variant=config.dropout_variant)
         self.dataset = open_dataset(config.data, self.model.resize_size, strict=config.strict_data)
         self.classes = self.dataset.classes
         if self.dataset.size < self.model.input_size:
@@ -276,7 +283,7 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------------------
 
     def _save(self, is_best=False, val=None):
-        from engine import backend
+        from alexnet.engine import backend
 
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         opt = self.optimizer.state_dict()
@@ -286,7 +293,8 @@ class Trainer:
         meta = {
             "arch": self.model.arch, "num_classes": self.model.num_classes, "classes": self.classes,
             "input_size": self.model.input_size, "resize_size": self.model.resize_size,
-            "input_scale": cfg_scale,
+            "input_scale": cfg_scale, "dropout": self.config.dropout,
+            "dropout_variant": self.config.dropout_variant,
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "lr": opt["lr"], "schedule": self.schedule.state_dict(), "rng": self.model.rng_state(),
             "data_seed": self.config.seed, "train_size": len(self.dataset.train),
@@ -309,7 +317,7 @@ class Trainer:
         try:
             return self._run()
         finally:
-            from engine import workspace
+            from alexnet.engine import workspace
             workspace.release()        # the pooled arrays of the training steps go back to the system
 
     def _run(self):
@@ -345,17 +353,22 @@ class Trainer:
 
     def _train_epoch(self, interrupt, start_step):
         """Train from (self.epoch, self.batch) to the end of the epoch. Returns None when the
-        epoch is done, or an exit code when the run stopped (Ctrl-C or stop_after_steps)."""
+        epoch is done, or an exit code when the run stopped (Ctrl-C or stop_after_steps).
+
+        On the GPU a step never waits for the device: the loss and the count of correct
+        predictions are summed on the device and read (and checked for NaN) every --log-every
+        steps and wherever the run saves; on the CPU they are read after every step."""
         from tqdm import tqdm
 
-        from engine import backend
-        from engine.data import Prefetcher, TrainBatches
+        from alexnet.app.data import Prefetcher, TrainBatches
+        from alexnet.engine import backend
 
         cfg = self.config
         batches = TrainBatches(self.dataset.train, cfg.batch_size, self.model.input_size, self.mean,
                                cfg.seed, self.epoch, cfg.input_scale)
-        ln_classes = math.log(self.model.num_classes)
-        recent = deque(maxlen=cfg.log_every)
+        self._recent = deque()
+        self._pending = self._no_pending()
+        on_device = cfg.device != "cpu"
         stats = self.epoch_stats
         bar = tqdm(total=batches.num_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not self.progress, file=sys.stderr, dynamic_ncols=True, leave=True)
@@ -366,9 +379,10 @@ class Trainer:
                 if len(labels) == 0:
                     self.batch = b + 1
                     continue
+                labels_dev = backend.to_device(labels, cfg.device)
                 logits = self.model.forward(backend.to_device(x, cfg.device), train=True)
-                loss = self.criterion.forward(logits, backend.to_device(labels, cfg.device))
-                if not math.isfinite(loss):
+                loss = self.criterion.forward(logits, labels_dev)
+                if not on_device and not math.isfinite(loss):
                     self._diverged(loss)
                 self.model.backward(self.criterion.backward(), need_dx=False)
                 self.optimizer.step()
@@ -378,24 +392,28 @@ class Trainer:
                 stats["time"] += now - t_last
                 stats["wait"] += wait
                 t_last = now
-                stats["loss_sum"] += loss * len(labels)
-                stats["correct"] += int((backend.to_numpy(logits).argmax(axis=1) == labels).sum())
-                stats["seen"] += len(labels)
-                stats["steps"] += 1
-                recent.append(loss)
-                self._watch_stuck(loss, ln_classes)
-                bar.update(1)
-                bar.set_postfix_str(
-                    f"loss {stats['loss_sum'] / stats['seen']:.3f}, "
-                    f"{stats['seen'] / max(stats['time'], 1e-9):.0f} img/s, "
-                    f"data wait {100 * stats['wait'] / max(stats['time'], 1e-9):.0f}%", refresh=False)
-                if self.step % cfg.log_every == 0:
-                    self._append_log({"type": "step", "epoch": self.epoch + 1, "batch": self.batch, "step": self.step,
-                                      "loss": float(np.mean(recent)), "lr": self.optimizer.lr})
+                pending = self._pending
+                pending["loss"] = pending["loss"] + loss                     # a device scalar on the GPU
+                pending["loss_n"] = pending["loss_n"] + loss * len(labels)
+                pending["correct"] = pending["correct"] + (logits.argmax(axis=1) == labels_dev).sum()
+                pending["seen"] += len(labels)
+                pending["steps"] += 1
+                log_now = self.step % cfg.log_every == 0
                 stop_now = self.stop_after_steps is not None and self.step - start_step >= self.stop_after_steps
+                if not on_device or log_now or stop_now or interrupt.requested:
+                    self._flush()
+                    bar.set_postfix_str(
+                        f"loss {stats['loss_sum'] / stats['seen']:.3f}, "
+                        f"{stats['seen'] / max(stats['time'], 1e-9):.0f} img/s, "
+                        f"data wait {100 * stats['wait'] / max(stats['time'], 1e-9):.0f}%", refresh=False)
+                bar.update(1)
+                if log_now:
+                    self._append_log({"type": "step", "epoch": self.epoch + 1, "batch": self.batch, "step": self.step,
+                                      "loss": self._recent_loss(), "lr": self.optimizer.lr})
                 if interrupt.requested or stop_now:
                     loader.close()
                     bar.close()
+                    self._flush()              # a Ctrl-C may land after this step's flush decision
                     path = self._save()
                     where = f"epoch {self.epoch + 1}, batch {self.batch}/{batches.num_batches}, step {self.step}"
                     if interrupt.requested:
@@ -405,18 +423,53 @@ class Trainer:
                     self.log(f"stopped after {self.stop_after_steps} steps at {where}; saved {path}")
                     self.log(f"resume with: {self._resume_hint(path)}")
                     return 0
+            self._flush()
         finally:
             loader.close()
             bar.close()
         return None
 
-    def _watch_stuck(self, loss, ln_classes):
+    @staticmethod
+    def _no_pending():
+        return {"loss": 0.0, "loss_n": 0.0, "correct": 0, "seen": 0, "steps": 0}
+
+    def _flush(self):
+        """Read the steps' loss and correct counts summed since the last flush (on the GPU this is
+        the one wait for the device), stop on a NaN, and add them to the epoch's statistics."""
+        pending, self._pending = self._pending, self._no_pending()
+        if pending["steps"] == 0:
+            return
+        loss_sum, loss_n = float(pending["loss"]), float(pending["loss_n"])
+        if not math.isfinite(loss_n):
+            self._diverged(loss_n / pending["seen"], where=f"the mean loss of steps {self.step - pending['steps'] + 1}"
+                                                         f"-{self.step}")
+        stats = self.epoch_stats
+        stats["loss_sum"] += loss_n
+        stats["correct"] += int(pending["correct"])
+        stats["seen"] += pending["seen"]
+        stats["steps"] += pending["steps"]
+        self._recent.append((loss_sum, pending["steps"]))
+        self._watch_stuck(loss_sum / pending["steps"], math.log(self.model.num_classes), pending["steps"])
+
+    def _recent_loss(self):
+        """Mean loss per step over the last --log-every steps (as flushed)."""
+        total, steps = 0.0, 0
+        for loss_sum, n in reversed(self._recent):
+            if steps >= self.config.log_every:
+                break
+            total, steps = total + loss_sum, steps + n
+        while len(self._recent) > self.config.log_every:
+            self._recent.popleft()
+        return total / max(steps, 1)
+
+    def _watch_stuck(self, loss, ln_classes, steps=1):
         """Warn once when the loss has sat at ln(classes), chance level, for a long stretch: the
-        network outputs a uniform distribution and is not learning."""
+        network outputs a uniform distribution and is not learning. `loss` is the mean of `steps`
+        steps."""
         if self._stuck_warned:
             return
         near = abs(loss - ln_classes) < 0.02 * ln_classes
-        self._stuck_run = self._stuck_run + 1 if near else 0
+        self._stuck_run = self._stuck_run + steps if near else 0
         if self._stuck_run >= 300:
             self._stuck_warned = True
             if self.config.init == "paper":

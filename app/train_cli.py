@@ -1,6 +1,6 @@
 """The training subcommands of ``alexnet``: train, prepare, eval, predict, plot.
 
-``engine.cli`` builds the parser and calls ``register``. Imports stay inside the command
+``app/cli.py`` builds the parser and calls ``register``. Imports stay inside the command
 functions so that ``alexnet --help`` and the other subcommands start fast.
 """
 
@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from engine.errors import UserError
+from alexnet.app.errors import UserError
 
 MODELS = ("alexnet", "alexnet-small")
 
@@ -52,6 +52,9 @@ def register(subparsers):
                    help="multiply mean-subtracted pixels by X (default 1: the paper's 0..255 range; "
                         "the demo uses 0.015625 = 1/64 for the he init)")
     p.add_argument("--dropout", type=float, metavar="P", help="dropout probability in fc6/fc7 (default 0.5, the paper's)")
+    p.add_argument("--dropout-variant", choices=("inverted", "paper"),
+                   help="inverted (default): kept units scaled by 1/(1-p) while training; paper: unscaled while "
+                        "training, outputs times (1-p) at test, which trains as the paper did (layers/dropout.py)")
     p.add_argument("--workers", type=int, metavar="W", help="background loader threads (default 2; 0 loads inline)")
     p.add_argument("--strict-data", action="store_true", default=None,
                    help="stop at the first unreadable image instead of skipping and counting it")
@@ -112,7 +115,7 @@ def register(subparsers):
 
 def _check_device(device):
     if device == "cuda":
-        from engine import backend
+        from alexnet.engine import backend
 
         if not backend.cuda_available():
             raise UserError(f"--device cuda is not usable: {backend.cuda_unavailable_reason()}")
@@ -120,7 +123,7 @@ def _check_device(device):
 
 def _resume_target(resume, out):
     """(checkpoint path, run dir) for --resume [CKPT] and --out."""
-    from engine.checkpoint import CheckpointDir
+    from alexnet.app.checkpoint import CheckpointDir
 
     target = resume or out
     if not target:
@@ -141,11 +144,12 @@ def _resume_target(resume, out):
 
 
 def cmd_train(args):
-    from engine import checkpoint as ckpt
-    from engine.trainer import TrainConfig, Trainer
+    from alexnet.app import checkpoint as ckpt
+    from alexnet.app.trainer import TrainConfig, Trainer
 
     given = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "device", "seed", "init",
-                                            "input_scale", "dropout", "workers", "strict_data", "keep", "log_every")}
+                                            "input_scale", "dropout", "dropout_variant", "workers", "strict_data",
+                                            "keep", "log_every")}
     given = {k: v for k, v in given.items() if v is not None}
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise UserError(f"--stop-after-steps must be at least 1, got {args.stop_after_steps}")
@@ -163,7 +167,7 @@ def cmd_train(args):
                             f"to branch off from this one")
         config = TrainConfig.from_json(meta["config"])
         # What fixes the computation cannot change mid-run; the rest can.
-        for key in ("model", "batch_size", "seed", "init", "input_scale", "dropout"):
+        for key in ("model", "batch_size", "seed", "init", "input_scale", "dropout", "dropout_variant"):
             if key in given and given[key] != getattr(config, key):
                 raise UserError(f"--{key.replace('_', '-')} cannot change when resuming "
                                 f"(the run uses {getattr(config, key)})")
@@ -184,7 +188,7 @@ def cmd_train(args):
     # Arguments are checked before the demo is generated and before anything is written.
     config.validate()
     if config.demo and not config.data:
-        from engine.demo import ensure_demo
+        from alexnet.app.demo import ensure_demo
 
         config.data = ensure_demo()
         print(f"no --data given: training {config.model} on the built-in demo dataset {config.data}", flush=True)
@@ -198,7 +202,7 @@ def cmd_train(args):
 
 
 def cmd_prepare(args):
-    from engine.data import prepare_dataset
+    from alexnet.app.data import prepare_dataset
 
     size = args.size if args.size is not None else {"alexnet": 256, "alexnet-small": 73}[args.model]
     if size < 8:
@@ -234,9 +238,9 @@ def _fit_mean(mean, size):
 
 
 def cmd_eval(args):
-    from engine.checkpoint import load_model
-    from engine.data import open_dataset
-    from engine.trainer import evaluate
+    from alexnet.app.checkpoint import load_model
+    from alexnet.app.data import open_dataset
+    from alexnet.app.trainer import evaluate
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -267,10 +271,10 @@ def cmd_eval(args):
 def cmd_predict(args):
     import numpy as np
 
-    from engine import backend
-    from engine.checkpoint import load_model
-    from engine.data import center_crop_batch, decode_image, ten_crop_batches
-    from engine.trainer import softmax
+    from alexnet.app.checkpoint import load_model
+    from alexnet.app.data import center_crop_batch, decode_image, ten_crop_batches
+    from alexnet.app.trainer import softmax
+    from alexnet.engine import backend
 
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
@@ -291,7 +295,7 @@ def cmd_predict(args):
     probs = 0.0
     for x in views:
         x *= np.float32(meta.get("input_scale", 1.0))
-        logits = backend.to_numpy(model.forward(backend.to_device(x, args.device), train=False))
+        logits = backend.to_numpy(model.forward(backend.to_device(x, args.device), keep_cache=False))
         probs = probs + softmax(logits.astype(np.float64))
     probs = probs / len(views)
     classes = meta["classes"]
@@ -308,7 +312,7 @@ def cmd_predict(args):
 
 
 def cmd_plot(args):
-    from engine.checkpoint import CheckpointDir, load_model
+    from alexnet.app.checkpoint import CheckpointDir, load_model
 
     log_path = os.path.join(args.run_dir, "log.jsonl")
     if not os.path.isfile(log_path):

@@ -1,0 +1,100 @@
+"""im2col: the CPU algorithm for every convolution that Winograd does not take (AlexNet's conv1 and
+conv2), and for any convolution with `Conv2d(algorithm="im2col")`. Chellapilla et al. 2006.
+
+The idea. Copy every input patch a filter sees into one column of a matrix, and the convolution
+becomes one matrix product per group: out_g = W_g @ col_g, with
+
+    col_g[(c, p, q), (n, i, j)] = xpad[n, c0(g) + c, S*i + p, S*j + q]        (Cg*K*K, n*OH*OW)
+    W_g    = the group's filters as rows                                      (Og, Cg*K*K)
+
+Overlapping patches copy an input pixel up to (K/S)^2 times (conv2: 25 times), the price of
+handing all the arithmetic to one large GEMM that runs at the BLAS peak.
+
+Backward, from the same product (dout_g reshaped to (Og, n*OH*OW)):
+
+    db[o]  = sum_{n,i,j} dout[n, o, i, j]
+    dW_g   = dout_g @ col_g^T                      (Og, Cg*K*K)    col is cached by the forward
+    dcol_g = W_g^T @ dout_g                        (Cg*K*K, n*OH*OW)
+    dx     = col2im(dcol): each patch entry is added back to the input pixel it was copied from
+             (overlapping patches add up), then the padding is cut off.
+
+Layouts (per batch chunk of n samples): the padded input xc is channel-major (C, n, Hp, Wp), so
+one as_strided view of it, copied once, is every group's patch matrix, and one stacked matmul
+covers all groups.
+
+The interface Conv2d calls (layers/conv_winograd.py has the same):
+    prepare_weights(W, groups) -> prepared          once per forward, shared by the chunks
+    forward_chunk(conv, x, prepared, out) -> saved  out written in place; saved: what backward needs
+    backward_chunk(conv, dout, saved, prepared, x_shape, dx) -> (dW, db) of the chunk's samples
+"""
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from alexnet.engine import workspace
+
+NAME = "im2col"
+
+
+def applies(kernel_size, stride):
+    return True
+
+
+def why(conv):
+    K, S = conv.kernel_size, conv.stride
+    if conv.algorithm == "im2col":
+        return f"im2col: chosen with algorithm='im2col' ({K}x{K} stride {S}: one GEMM per group)"
+    return f"im2col: {K}x{K} stride {S} (Winograd F(2x2,3x3) takes only 3x3 stride 1): one GEMM per group"
+
+
+def prepare_weights(W, groups):
+    """W (O, Cg, K, K) as the rows of the per-group product: (G, Og, Cg*K*K), a view."""
+    return W.reshape(groups, W.shape[0] // groups, -1)
+
+
+def forward_chunk(conv, x, Wg, out):
+    """x (n, C, H, W) -> out (n, O, OH, OW) written in place; returns col (G, Cg*K*K, n*OH*OW)."""
+    (n, C, H, W), (O, OH, OW) = x.shape, out.shape[1:]
+    K, S, P, G = conv.kernel_size, conv.stride, conv.padding, conv.groups
+    # channel-major padded copy: rows of the patch matrix then come out in (c, p, q) order
+    if P:
+        xc = workspace.zeros((C, n, H + 2 * P, W + 2 * P), x.dtype)  # (C, n, Hp, Wp)
+        xc[:, :, P:P + H, P:P + W] = x.transpose(1, 0, 2, 3)
+    else:
+        xc = workspace.empty((C, n, H, W), x.dtype)                # (C, n, H, W)
+        xc[...] = x.transpose(1, 0, 2, 3)
+    sC, sN, sH, sW = xc.strides
+    patches = as_strided(xc, (C, K, K, n, OH, OW), (sC, sH, sW, sN, sH * S, sW * S))
+    col = workspace.empty((G, (C // G) * K * K, n * OH * OW), x.dtype)  # (G, Cg*K*K, n*OH*OW)
+    col.reshape(patches.shape)[...] = patches                    # im2col: one copy
+    prod = np.matmul(Wg, col, out=workspace.empty((G, O // G, n * OH * OW), x.dtype))
+    prod = prod.reshape(O, n, OH, OW)                            # (O, n, OH, OW)
+    np.add(prod.transpose(1, 0, 2, 3), conv.params["b"][:, None, None], out=out)
+    return col
+
+
+def backward_chunk(conv, dout, col, Wg, x_shape, dx):
+    """dout (n, O, OH, OW) and the forward's col -> (dW, db) of these samples; dx (n, C, H, W) is
+    written in place unless it is None."""
+    (n, O, OH, OW), (_, C, H, W) = dout.shape, x_shape
+    K, S, P, G = conv.kernel_size, conv.stride, conv.padding, conv.groups
+    dout_g = workspace.empty((O, n, OH, OW), dout.dtype)
+    dout_g[...] = dout.transpose(1, 0, 2, 3)
+    dout_g = dout_g.reshape(G, O // G, -1)                          # (G, Og, n*OH*OW)
+    db = dout_g.sum(axis=2).reshape(O)
+    dW = np.matmul(dout_g, col.transpose(0, 2, 1))                  # (G, Og, Cg*K*K)
+    dW = dW.reshape(O, C // G, K, K)
+    if dx is None:
+        return dW, db
+    dcol = np.matmul(Wg.transpose(0, 2, 1), dout_g, out=workspace.empty(col.shape, dout.dtype))  # (G, Cg*K*K, n*OH*OW)
+    dcol = dcol.reshape(C, K, K, n, OH, OW)
+    # col2im: one strided add per kernel offset (K*K of them), never a loop over pixels;
+    # done a few channels at a time so the block of dxc being added to stays in cache (~1 MB)
+    dxc = workspace.zeros((C, n, H + 2 * P, W + 2 * P), dout.dtype)  # (C, n, Hp, Wp)
+    block = max(1, (1 << 20) // (dxc[0].nbytes or 1))
+    for c0 in range(0, C, block):
+        dxc_b, dcol_b = dxc[c0:c0 + block], dcol[c0:c0 + block]
+        for p in range(K):
+            for q in range(K):
+                dxc_b[:, :, p:p + S * (OH - 1) + 1:S, q:q + S * (OW - 1) + 1:S] += dcol_b[:, p, q]
+    dx[...] = dxc[:, :, P:P + H, P:P + W].transpose(1, 0, 2, 3)
+    return dW, db
