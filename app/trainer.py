@@ -240,6 +240,8 @@ class Trainer:
         self.epoch_stats = self._new_stats()
         self.resumed_from = None
         self._stuck_run, self._stuck_warned = 0, False
+        # on the GPU the loss is read every --log-every steps, not after each step (no host sync)
+        self.read_every_step = config.device == "cpu"
         if state is not None:
             self._restore(resume, *state)
         self.model.to(config.device)
@@ -368,7 +370,7 @@ class Trainer:
                                cfg.seed, self.epoch, cfg.input_scale)
         self._recent = deque()
         self._pending = self._no_pending()
-        on_device = cfg.device != "cpu"
+        on_device = not self.read_every_step
         stats = self.epoch_stats
         bar = tqdm(total=batches.num_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not self.progress, file=sys.stderr, dynamic_ncols=True, leave=True)
@@ -441,8 +443,9 @@ class Trainer:
             return
         loss_sum, loss_n = float(pending["loss"]), float(pending["loss_n"])
         if not math.isfinite(loss_n):
-            self._diverged(loss_n / pending["seen"], where=f"the mean loss of steps {self.step - pending['steps'] + 1}"
-                                                         f"-{self.step}")
+            first = self.step - pending["steps"] + 1
+            self._diverged(loss_n / pending["seen"], where=f"the mean loss of steps {first}-{self.step}",
+                           at=f"epoch {self.epoch + 1}")
         stats = self.epoch_stats
         stats["loss_sum"] += loss_n
         stats["correct"] += int(pending["correct"])
@@ -480,13 +483,13 @@ class Trainer:
             self.log(f"warning: the loss has stayed at ln({self.model.num_classes}) = {ln_classes:.3f} "
                      f"(chance) for {self._stuck_run} steps: the network is not learning; {hint}")
 
-    def _diverged(self, loss, where="the loss"):
+    def _diverged(self, loss, where="the loss", at=None):
         latest = self.ckpts.latest()
         keep = (f"the last good checkpoint is {latest} (resume from it with a lower --lr: "
                 f"{self._resume_hint(latest)} --lr {self.optimizer.lr / 10:g})") if latest else \
             "no checkpoint was written yet; try a lower --lr"
-        raise UserError(f"training diverged: {where} became {loss} at epoch {self.epoch + 1}, step {self.step + 1}; "
-                        f"stopped without saving. {keep}")
+        at = at or f"epoch {self.epoch + 1}, step {self.step + 1}"
+        raise UserError(f"training diverged: {where} became {loss} at {at}; stopped without saving. {keep}")
 
     def _end_epoch(self):
         cfg = self.config

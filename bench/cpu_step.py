@@ -10,17 +10,13 @@ SGD with momentum 0.9 and weight decay 5e-4.
 """
 import argparse
 import json
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from alexnet.engine.loss import SoftmaxCrossEntropy  # noqa: E402
-from alexnet.engine.optim import SGD  # noqa: E402
-from alexnet.models.alexnet import AlexNet  # noqa: E402
+from alexnet.engine.loss import SoftmaxCrossEntropy
+from alexnet.engine.optim import SGD
+from alexnet.models.alexnet import AlexNet
 
 
 def torch_alexnet(torch, groups=2):

@@ -133,6 +133,12 @@ def test_cli_summary_prints_the_paper_totals(capsys):
     out = capsys.readouterr().out
     assert "60,965,224 parameters" in out and "724.4M multiply-adds" in out
     assert "conv2" in out and "48x" not in out
+    # which algorithm each convolution runs on the CPU, and why
+    import re
+    algorithms = dict(re.findall(r"^  (conv\d)\s+(im2col|winograd)", out, re.M))
+    assert algorithms == {"conv1": "im2col", "conv2": "im2col", "conv3": "winograd", "conv4": "winograd",
+                          "conv5": "winograd"}
+    assert "11x11 stride 4" in out and "3x3 stride 1" in out
 
 
 def test_cli_gradcheck_passes(capsys):

@@ -100,6 +100,45 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
     assert meta["epoch"] == 1 and meta["step"] == 4
 
 
+def test_reading_the_loss_every_log_step_trains_the_same(tiny, tmp_path):
+    """The GPU's way (loss and correct counts summed on the device, read every --log-every steps)
+    run here on the CPU: the same weights, the same epoch statistics, the same log."""
+    runs = {}
+    for read_every_step in (True, False):
+        run = str(tmp_path / f"read{read_every_step}")
+        t = Trainer(_config(tiny, log_every=3), run, progress=False)
+        t.read_every_step = read_every_step
+        assert t.run() == 0
+        with open(os.path.join(run, "log.jsonl")) as f:
+            runs[read_every_step] = (_final_state(run), [json.loads(line) for line in f])
+    (every, every_log), (deferred, deferred_log) = runs[True], runs[False]
+    for key, value in every[0].items():
+        np.testing.assert_array_equal(deferred[0][key], value, err_msg=key)
+    for a, b in zip(every_log, deferred_log):
+        assert a.keys() == b.keys() and a["type"] == b["type"]
+        for key in ("train_loss", "train_top1", "val_top1", "loss"):
+            if key in a:
+                assert abs(a[key] - b[key]) < 1e-12, key
+    assert [r["step"] for r in every_log if r["type"] == "step"] == [3, 6]
+
+
+def test_nan_loss_read_late_still_stops_before_any_save(tiny, tmp_path):
+    run = str(tmp_path / "run")
+    t = Trainer(_config(tiny, log_every=3), run, progress=False)
+    t.read_every_step = False
+    real = t.criterion.forward
+
+    def poisoned(logits, labels):
+        loss = real(logits, labels)
+        return float("nan") if t.step == 4 else loss
+
+    t.criterion.forward = poisoned
+    with pytest.raises(UserError, match=r"diverged: the mean loss of steps 5-6 became nan at epoch 2;.*ckpt-00000004.npz"):
+        t.run()
+    d = ckpt.CheckpointDir(os.path.join(run, "checkpoints"))
+    assert [os.path.basename(p) for p in d.list()] == ["ckpt-00000004.npz"]
+
+
 def test_stall_warning_names_the_init_preset(tiny, tmp_path):
     t = Trainer(_config(tiny, init="paper"), str(tmp_path / "run"), progress=False)
     messages = []

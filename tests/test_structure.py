@@ -1,0 +1,166 @@
+"""The shape of the code: floors that point down, no import cycles, one import name.
+
+The floors, lowest first (DESIGN.md section 2): kernels -> engine -> layers -> models -> app. A
+module may import from its own floor or a lower one, never from a higher one, and the modules of
+the package import each other without cycles. Read from the source with `ast`, so a violating
+import inside a function body is caught too, not only the ones at the top.
+"""
+import ast
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import alexnet.app.cli
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOORS = ["kernels", "engine", "layers", "models", "app"]
+
+
+def modules():
+    """{"alexnet.engine.layer": path} for every module of the package."""
+    found = {}
+    for floor in FLOORS:
+        for path in sorted((ROOT / floor).glob("*.py")):
+            name = f"alexnet.{floor}" + ("" if path.stem == "__init__" else f".{path.stem}")
+            found[name] = path
+    return found
+
+
+def imports_of(path, module):
+    """Every module `path` imports, as absolute dotted names (relative imports resolved).
+    `from package import submodule` counts as importing the submodule, `from package import name`
+    as importing the package."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.stem == "__init__" else module.rsplit(".", 1)[0]
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & set(MODULES)
+            names |= submodules
+            if len(submodules) < len(node.names):
+                names.add(base)
+    return names
+
+
+MODULES = modules()
+
+
+def floor_of(name):
+    parts = name.split(".")
+    return FLOORS.index(parts[1]) if len(parts) > 1 and parts[0] == "alexnet" and parts[1] in FLOORS else None
+
+
+GRAPH = {m: {n for n in imports_of(p, m) if n in MODULES and n != m} for m, p in MODULES.items()}
+
+
+def test_every_module_is_found():
+    assert len(GRAPH) > 25
+    assert {"alexnet.layers.lrn", "alexnet.engine.layer", "alexnet.kernels.ops", "alexnet.app.trainer"} <= set(GRAPH)
+
+
+def test_no_import_points_up_a_floor():
+    up = [f"{m} (floor {FLOORS[floor_of(m)]}) imports {n} (floor {FLOORS[floor_of(n)]})"
+          for m, p in MODULES.items() for n in imports_of(p, m)
+          if floor_of(n) is not None and floor_of(n) > floor_of(m)]
+    assert up == []
+
+
+def test_no_module_imports_the_old_top_level_names():
+    """engine, layers, kernels, models and app exist only as alexnet.<floor>."""
+    bad = [f"{m} imports {n}" for m, p in MODULES.items() for n in imports_of(p, m)
+           if n.split(".")[0] in FLOORS]
+    assert bad == []
+
+
+def test_no_import_cycles():
+    state, cycles = {}, []
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(GRAPH[node]):
+            if state.get(nxt) == "open":
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for node in sorted(GRAPH):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def test_only_the_backend_imports_cupy():
+    importers = sorted(m for m, p in MODULES.items() if any(n.split(".")[0] == "cupy" for n in imports_of(p, m)))
+    assert importers == ["alexnet.engine.backend"]
+
+
+def test_the_floor_checker_sees_a_violation():
+    """The checker itself can fail: a layer importing the trainer is flagged."""
+    source = "def f():\n    from alexnet.app import trainer\n"
+    tree_imports = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            tree_imports |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    assert any(floor_of(n) > floor_of("alexnet.layers.lrn") for n in tree_imports)
+
+
+def test_tests_import_the_installed_package():
+    """alexnet resolves to the installed distribution's mapping, not to a path a test added."""
+    assert Path(alexnet.app.cli.__file__).resolve() == ROOT / "app" / "cli.py"
+    for path in (ROOT / "tests").glob("*.py"):
+        assert "sys.path.insert" not in path.read_text() or path.name == "test_structure.py", path.name
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """A regular (non-editable) wheel of the project, built the way `pip install .` builds it."""
+    out = tmp_path_factory.mktemp("wheel")
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"pip wheel failed:\n{result.stderr[-2000:]}")
+    return next(out.glob("*.whl"))
+
+
+def test_a_regular_install_has_one_top_level_name_and_the_kernel_sources(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"alexnet"}
+    assert not any(n.split("/")[0] in FLOORS + ["train"] for n in names)
+    for needed in ("alexnet/kernels/lrn.cu", "alexnet/kernels/conv.cu", "alexnet/kernels/harness/cuda_cpu.h",
+                   "alexnet/layers/reference.py", "alexnet/app/cli.py"):
+        assert needed in names, needed
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "alexnet = alexnet.app.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_the_installed_wheel_works_from_any_directory(wheel, tmp_path):
+    """Unpacked on its own and run from an unrelated folder, with the editable install's finder
+    out of the way: `python -S` skips the .pth files (the editable hook is one), and the
+    dependencies come from site-packages put on the path as a plain folder."""
+    import sysconfig
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    deps = sysconfig.get_paths()["purelib"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), deps]), PYTHONNOUSERSITE="1")
+    script = ("import sys, alexnet.app.cli as cli, alexnet.kernels.loader as loader; "
+              "assert loader.source('lrn').startswith('//'); "
+              "print(cli.__file__); sys.exit(cli.main(['summary', '--model', 'alexnet-small', '--classes', '10']))")
+    result = subprocess.run([sys.executable, "-S", "-c", script], cwd=elsewhere, env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert str(site) in result.stdout.splitlines()[0]
+    assert "total: " in result.stdout
