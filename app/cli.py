@@ -48,7 +48,7 @@ def build_parser():
     p.set_defaults(func=cmd_summary)
     p = sub.add_parser("gradcheck", help="check every layer's gradients against finite differences")
     p.set_defaults(func=cmd_gradcheck)
-    for module in ("alexnet.app.train_cli", "alexnet.app.kernels_cli"):
+    for module in ("alexnet.app.train_cli", "alexnet.app.kernels_cli", "alexnet.app.inspect"):
         try:
             __import__(module, fromlist=["register"]).register(sub)
         except ModuleNotFoundError as e:

@@ -5,7 +5,7 @@ exaggerated settings, inputs kept away from kinks) that the command and tests/te
 """
 import numpy as np
 
-from alexnet.layers import LRN, Conv2d, Dense, Dropout, MaxPool2d, ReLU
+from alexnet.layers import LRN, Conv2d, Dense, Dropout, MaxPool2d, ReLU, Tanh
 
 
 def distinct_values(rng, shape, spacing=0.01):
@@ -51,6 +51,7 @@ def standard_layer_cases():
         ("conv 4->6 k3 s2 p1 g2", conv(4, 6, 3, stride=2, padding=1, groups=2), normal((2, 4, 7, 7))),
         ("conv 2->4 k5 s4 (conv1-like)", conv(2, 4, 5, stride=4), normal((2, 2, 13, 13))),
         ("relu", ReLU, lambda rng: away_from_zero(rng, (2, 3, 4, 5))),
+        ("tanh", Tanh, normal((2, 3, 4, 5))),
         ("lrn paper (n5 a1e-4 b.75 k2)", lambda: LRN(5, 1e-4, 0.75, 2.0), normal((2, 7, 3, 3))),
         ("lrn exaggerated (n5 a1 b.75 k1)", lambda: LRN(5, 1.0, 0.75, 1.0), normal((2, 7, 3, 3))),
         ("lrn n3 a.5 b1.3 k1.5", lambda: LRN(3, 0.5, 1.3, 1.5), normal((2, 4, 2, 3))),

@@ -90,6 +90,12 @@ def check_relu(rt, rng):
     return _layer(rt, rng, "ReLU", ReLU, x, {"out": ("relu_forward",), "dx": ("relu_backward",)})
 
 
+def check_tanh(rt, rng):
+    from alexnet.layers import Tanh
+    x = 2 * rng.standard_normal((3, 5, 7, 9))                       # into the saturating range too
+    return _layer(rt, rng, "Tanh", Tanh, x, {"out": ("tanh_forward",), "dx": ("tanh_backward",)})
+
+
 def check_lrn(rt, rng):
     from alexnet.layers import LRN
     kernels = {"out": ("lrn_forward",), "dx": ("lrn_backward",)}
@@ -240,7 +246,8 @@ def check_network(rt, make_net, x, labels, tol=1e-4):
     return rows
 
 
-CHECKS = {"conv": check_conv, "dense": check_dense, "relu": check_relu, "lrn": check_lrn, "pool": check_pool,
+CHECKS = {"conv": check_conv, "dense": check_dense, "relu": check_relu, "tanh": check_tanh, "lrn": check_lrn,
+          "pool": check_pool,
           "flatten": check_flatten, "dropout": check_dropout, "softmax_xent": check_softmax_xent, "sgd": check_sgd,
           "sgemm": check_sgemm}
 

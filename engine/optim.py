@@ -7,7 +7,11 @@ Paper, section 5:
 This is NOT PyTorch's SGD, which keeps buf <- m buf + (g + wd w) and steps w <- w - lr buf. The two
 agree while lr is constant (v = -lr buf), but differ when lr changes: here the velocity keeps the
 old learning rate's steps and only new gradients see the new rate; in PyTorch the whole buffer is
-rescaled by the new rate at once.
+rescaled by the new rate at once. So after the paper's "divide by 10", the weights here keep
+travelling with the old velocity (with momentum 0.9, about 10 more of the old steps: 0.9 + 0.81 +
+... = 9), while each new gradient pulls back with a tenth of its old force.
+`SGD(..., rescale_velocity=True)` multiplies v by new_lr / old_lr whenever the learning rate changes,
+which is exactly PyTorch's behaviour (v = -lr buf at every step); the default is the paper's rule.
 
 Per-tensor options, as in Caffe: biases may get a learning-rate multiplier (`bias_lr_mult`, Caffe
 uses 2) and a decay multiplier (`bias_decay`, Caffe uses 0). For a tensor with multipliers
@@ -48,18 +52,33 @@ def _paper_update(w, g, v, momentum, decay, lr, block=1 << 16):
 
 class SGD:
     def __init__(self, model, lr=0.01, momentum=0.9, weight_decay=5e-4, bias_lr_mult=1.0,
-                 bias_decay=1.0):
+                 bias_decay=1.0, rescale_velocity=False):
         for label, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay),
                          ("bias_lr_mult", bias_lr_mult), ("bias_decay", bias_decay)):
             if not np.isfinite(v) or v < 0:
                 raise ValueError(f"SGD: {label} must be a finite number >= 0, got {v!r}")
         self.model = model
-        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+        self._lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.bias_lr_mult, self.bias_decay = float(bias_lr_mult), float(bias_decay)
+        self.rescale_velocity = bool(rescale_velocity)
         self.velocity = {}
         for full, layer, key in model.named_parameters():
             p = layer.params[key]
             self.velocity[full] = backend.get_array_module(p).zeros_like(p)
+
+    @property
+    def lr(self):
+        return self._lr
+
+    @lr.setter
+    def lr(self, new_lr):
+        """A schedule (or the user) changes the rate; with rescale_velocity the velocity follows."""
+        new_lr = float(new_lr)
+        if self.rescale_velocity and self._lr > 0 and new_lr != self._lr:
+            factor = new_lr / self._lr
+            for v in self.velocity.values():
+                v *= v.dtype.type(factor)
+        self._lr = new_lr
 
     def _multipliers(self, key):
         """(lr_mult, decay_mult) of a parameter tensor: biases are named "b"."""
@@ -101,7 +120,7 @@ class SGD:
                 raise ValueError(f"SGD: momentum buffer {k} has shape {tuple(vel[k].shape)}, "
                                  f"the model needs {tuple(v.shape)}")
             v[...] = backend.get_array_module(v).asarray(vel[k], dtype=v.dtype)
-        self.lr = float(state["lr"])
+        self._lr = float(state["lr"])          # restoring, not changing: the buffers are as saved
 
 
 # ---- the GPU path: one launch of kernels/sgd.cu for every tensor -----------------------------------

@@ -51,20 +51,38 @@ def _floats(*values):
     return tuple(np.float32(v) for v in values)
 
 
-# ---- ReLU ----------------------------------------------------------------------------------------
-def relu_forward(rt, x, who="relu"):
+# ---- activations: ReLU and tanh ------------------------------------------------------------------
+# An activation's forward maps x to out elementwise; its backward reads the forward's output (both
+# derivatives are functions of it) and dout.
+def _activation_forward(rt, file, x, who):
     check_array(rt, who, "x", x)
     out = rt.xp.empty_like(x)
-    _launch(rt, "relu", "relu_forward", x.size, (x, out, *_ints(x.size)))
+    _launch(rt, file, f"{file}_forward", x.size, (x, out, *_ints(x.size)))
     return out
 
 
-def relu_backward(rt, out, dout, who="relu"):
+def _activation_backward(rt, file, out, dout, who):
     check_array(rt, who, "out", out)
     check_array(rt, who, "dout", dout)
     dx = rt.xp.empty_like(dout)
-    _launch(rt, "relu", "relu_backward", dout.size, (out, dout, dx, *_ints(dout.size)))
+    _launch(rt, file, f"{file}_backward", dout.size, (out, dout, dx, *_ints(dout.size)))
     return dx
+
+
+def relu_forward(rt, x, who="relu"):
+    return _activation_forward(rt, "relu", x, who)
+
+
+def relu_backward(rt, out, dout, who="relu"):
+    return _activation_backward(rt, "relu", out, dout, who)
+
+
+def tanh_forward(rt, x, who="tanh"):
+    return _activation_forward(rt, "tanh", x, who)
+
+
+def tanh_backward(rt, out, dout, who="tanh"):
+    return _activation_backward(rt, "tanh", out, dout, who)
 
 
 # ---- LRN -----------------------------------------------------------------------------------------

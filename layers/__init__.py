@@ -9,5 +9,6 @@ from alexnet.layers.flatten import Flatten
 from alexnet.layers.lrn import LRN
 from alexnet.layers.pool import MaxPool2d
 from alexnet.layers.relu import ReLU
+from alexnet.layers.tanh import Tanh
 
-__all__ = ["Conv2d", "Dense", "Dropout", "Flatten", "LRN", "MaxPool2d", "ReLU"]
+__all__ = ["Conv2d", "Dense", "Dropout", "Flatten", "LRN", "MaxPool2d", "ReLU", "Tanh"]

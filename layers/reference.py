@@ -12,6 +12,7 @@ returns NumPy arrays and keeps nothing between calls; a backward takes what its 
     conv_forward(x, W, b, stride, padding, groups) -> out
     conv_backward(x, W, dout, stride, padding, groups) -> dx, dW, db
     relu_forward(x) -> out                     relu_backward(x, dout) -> dx
+    tanh_forward(x) -> out                     tanh_backward(x, dout) -> dx
     lrn_forward(x, size, alpha, beta, k)       lrn_backward(x, dout, size, alpha, beta, k) -> dx
     maxpool_forward(x, K, S) -> out            maxpool_backward(x, dout, K, S) -> dx
     dense_forward(x, W, b) -> out              dense_backward(x, W, dout) -> dx, dW, db
@@ -106,6 +107,23 @@ def relu_backward(x, dout):
     dx = np.zeros_like(dout)
     for i in np.ndindex(x.shape):
         dx[i] = dout[i] if x[i] > 0 else 0.0
+    return dx
+
+
+# ---- tanh (layers/tanh.py) ------------------------------------------------------------------------
+def tanh_forward(x):
+    """out = (e^x - e^-x) / (e^x + e^-x)"""
+    out = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        out[i] = math.tanh(x[i])
+    return out
+
+
+def tanh_backward(x, dout):
+    """dx = dout (1 - tanh(x)^2)"""
+    dx = np.zeros_like(dout)
+    for i in np.ndindex(x.shape):
+        dx[i] = dout[i] * (1.0 - math.tanh(x[i]) ** 2)
     return dx
 
 

@@ -19,27 +19,48 @@ pools, two dropouts) at CPU scale: 64x64 input, fewer channels, 256-unit fc laye
 
 `dropout_variant`: "inverted" (the default) or "paper", see layers/dropout.py for how the two
 train differently.
+
+The paper's design choices are options, so that each can be taken out and measured (`alexnet
+experiment ablations`): `lrn=False` drops both LRN layers, `pool=(2, 2)` makes pooling
+non-overlapping, `groups=1` is the one-tower net, `activation="tanh"` replaces every ReLU. The
+chosen options are kept in `net.options` (checkpoints store them, so a model is rebuilt as trained).
 """
 from alexnet.engine.init import init_weights
 from alexnet.engine.net import Sequential
-from alexnet.layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU
+from alexnet.layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU, Tanh
 
 MODEL_NAMES = ("alexnet", "alexnet-small")
 
 
-def _build(spec, num_classes, init, seed, dropout, dropout_variant="inverted"):
-    """spec: conv layers as (out, kernel, stride, pad, groups, lrn, pool), then fc widths."""
+ACTIVATIONS = {"relu": ReLU, "tanh": Tanh}
+
+
+def _check_options(groups, pool, activation):
+    if groups not in (1, 2):
+        raise ValueError(f"groups must be 1 or 2, got {groups!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    if (not isinstance(pool, (tuple, list)) or len(pool) != 2
+            or not all(isinstance(v, int) and v >= 1 for v in pool)):
+        raise ValueError(f"pool must be (kernel, stride), e.g. (3, 2), got {pool!r}")
+
+
+def _build(spec, num_classes, init, seed, dropout, dropout_variant="inverted", lrn=True, pool=(3, 2),
+           activation="relu"):
+    """spec: conv layers as (out, kernel, stride, pad, groups, lrn, pool), then fc widths; `lrn`
+    and `pool` (kernel, stride) apply to the layers whose spec asks for them."""
     convs, fcs, (channels, size) = spec
+    act = ACTIVATIONS[activation]
     layers, names = [], []
     in_ch = channels
-    for i, (out, k, s, p, g, lrn, pool) in enumerate(convs, start=1):
-        layers += [Conv2d(in_ch, out, k, stride=s, padding=p, groups=g), ReLU()]
-        names += [f"conv{i}", f"relu{i}"]
-        if lrn:
+    for i, (out, k, s, p, g, has_lrn, has_pool) in enumerate(convs, start=1):
+        layers += [Conv2d(in_ch, out, k, stride=s, padding=p, groups=g), act()]
+        names += [f"conv{i}", f"{activation}{i}"]
+        if has_lrn and lrn:
             layers.append(LRN(size=5, alpha=1e-4, beta=0.75, k=2.0))
             names.append(f"lrn{i}")
-        if pool:
-            layers.append(MaxPool2d(3, 2))
+        if has_pool:
+            layers.append(MaxPool2d(*pool))
             names.append(f"pool{i}")
         in_ch = out
     layers.append(Flatten())
@@ -51,8 +72,8 @@ def _build(spec, num_classes, init, seed, dropout, dropout_variant="inverted"):
         layers.append(Dense(features, width))
         names.append(f"fc{j}")
         if j < n_conv + len(fcs) + 1:
-            layers += [ReLU(), Dropout(dropout, seed=seed * 1000 + j, variant=dropout_variant)]
-            names += [f"relu{j}", f"drop{j}"]
+            layers += [act(), Dropout(dropout, seed=seed * 1000 + j, variant=dropout_variant)]
+            names += [f"{activation}{j}", f"drop{j}"]
         features = width
     net = Sequential(layers, names)
     init_weights(net, init, seed)
@@ -64,36 +85,47 @@ def _check_classes(num_classes):
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
 
 
-def AlexNet(num_classes=1000, groups=2, init="paper", seed=0, dropout=0.5, dropout_variant="inverted"):
+def _finish(net, arch, num_classes, input_size, resize_size, options):
+    net.arch, net.num_classes, net.input_size, net.resize_size = arch, num_classes, input_size, resize_size
+    net.options = dict(options)
+    return net
+
+
+def AlexNet(num_classes=1000, groups=2, init="paper", seed=0, dropout=0.5, dropout_variant="inverted",
+            lrn=True, pool=(3, 2), activation="relu"):
     """The paper's network; groups=2 is the two-tower model, groups=1 the one-tower one."""
     _check_classes(num_classes)
-    if groups not in (1, 2):
-        raise ValueError(f"AlexNet: groups must be 1 or 2, got {groups!r}")
+    _check_options(groups, pool, activation)
     convs = [(96, 11, 4, 0, 1, True, True),
              (256, 5, 1, 2, groups, True, True),
              (384, 3, 1, 1, 1, False, False),
              (384, 3, 1, 1, groups, False, False),
              (256, 3, 1, 1, groups, False, True)]
-    net = _build((convs, (4096, 4096), (3, 227)), num_classes, init, seed, dropout, dropout_variant)
-    net.arch, net.num_classes, net.input_size, net.resize_size = "alexnet", num_classes, 227, 256
-    return net
+    options = dict(groups=groups, lrn=lrn, pool=tuple(pool), activation=activation)
+    net = _build((convs, (4096, 4096), (3, 227)), num_classes, init, seed, dropout, dropout_variant,
+                 lrn, tuple(pool), activation)
+    return _finish(net, "alexnet", num_classes, 227, 256, options)
 
 
-def AlexNetSmall(num_classes=10, init="paper", seed=0, dropout=0.5, dropout_variant="inverted"):
+def AlexNetSmall(num_classes=10, init="paper", seed=0, dropout=0.5, dropout_variant="inverted", groups=2,
+                 lrn=True, pool=(3, 2), activation="relu"):
     """AlexNet's layer sequence for 64x64 inputs (resize 73, crop 64): ~14M multiply-adds/image."""
     _check_classes(num_classes)
+    _check_options(groups, pool, activation)
     convs = [(32, 5, 2, 2, 1, True, True),        # 64 -> 32 -> pool 15
-             (64, 5, 1, 2, 2, True, True),        # 15 -> pool 7
+             (64, 5, 1, 2, groups, True, True),   # 15 -> pool 7
              (96, 3, 1, 1, 1, False, False),
-             (96, 3, 1, 1, 2, False, False),
-             (64, 3, 1, 1, 2, False, True)]       # 7 -> pool 3
-    net = _build((convs, (256, 256), (3, 64)), num_classes, init, seed, dropout, dropout_variant)
-    net.arch, net.num_classes, net.input_size, net.resize_size = "alexnet-small", num_classes, 64, 73
-    return net
+             (96, 3, 1, 1, groups, False, False),
+             (64, 3, 1, 1, groups, False, True)]  # 7 -> pool 3
+    options = dict(groups=groups, lrn=lrn, pool=tuple(pool), activation=activation)
+    net = _build((convs, (256, 256), (3, 64)), num_classes, init, seed, dropout, dropout_variant,
+                 lrn, tuple(pool), activation)
+    return _finish(net, "alexnet-small", num_classes, 64, 73, options)
 
 
-def build_model(name, num_classes, init="paper", seed=0, dropout=0.5, dropout_variant="inverted"):
-    kw = dict(init=init, seed=seed, dropout=dropout, dropout_variant=dropout_variant)
+def build_model(name, num_classes, init="paper", seed=0, dropout=0.5, dropout_variant="inverted", **options):
+    """The model called `name`; `options` are its architecture options (groups, lrn, pool, activation)."""
+    kw = dict(init=init, seed=seed, dropout=dropout, dropout_variant=dropout_variant, **options)
     if name == "alexnet":
         return AlexNet(num_classes, **kw)
     if name == "alexnet-small":

@@ -49,6 +49,41 @@ def test_differs_from_pytorch_sgd_after_an_lr_change():
     assert abs(layer.params["W"][0, 0] - w_torch[0]) > 0.05
 
 
+def test_rescaled_velocity_is_pytorchs_sgd_through_lr_changes():
+    """rescale_velocity=True: v <- v * new/old at every change, which makes the paper's rule and
+    PyTorch's torch.optim.SGD (with weight decay) the same sequence of weights."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    layer = Dense(3, 2, np.float64)
+    layer.params["W"][...] = rng.standard_normal((2, 3))
+    net = Sequential([layer], ["fc"])
+    opt = SGD(net, lr=0.1, momentum=0.9, weight_decay=0.01, rescale_velocity=True)
+    tw = torch.tensor(layer.params["W"].copy(), requires_grad=True)
+    tb = torch.tensor(layer.params["b"].copy(), requires_grad=True)
+    topt = torch.optim.SGD([tw, tb], lr=0.1, momentum=0.9, weight_decay=0.01)
+    for lr in (0.1, 0.1, 0.01, 0.01, 0.001, 0.05):
+        opt.lr = lr
+        for group in topt.param_groups:
+            group["lr"] = lr
+        gW, gb = rng.standard_normal((2, 3)), rng.standard_normal(2)
+        layer.grads = {"W": gW, "b": gb}
+        opt.step()
+        tw.grad, tb.grad = torch.tensor(gW), torch.tensor(gb)
+        topt.step()
+        np.testing.assert_allclose(layer.params["W"], tw.detach().numpy(), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(layer.params["b"], tb.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_loading_state_does_not_rescale():
+    net, _ = one_dense_net()
+    opt = SGD(net, lr=0.1, rescale_velocity=True)
+    opt.velocity["fc.W"][...] = 1.0
+    state = opt.state_dict()
+    state["lr"] = 0.001
+    opt.load_state_dict(state)
+    assert opt.lr == 0.001 and (opt.velocity["fc.W"] == 1.0).all()
+
+
 def test_bias_lr_multiplier_and_no_bias_decay():
     net, layer = one_dense_net()
     opt = SGD(net, lr=0.1, momentum=0.0, weight_decay=0.5, bias_lr_mult=2.0, bias_decay=0.0)

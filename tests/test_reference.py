@@ -14,7 +14,7 @@ from alexnet.engine.loss import SoftmaxCrossEntropy
 from alexnet.engine.net import Sequential
 from alexnet.engine.optim import SGD
 from alexnet.kernels import harness
-from alexnet.layers import LRN, Conv2d, Dense, Dropout, MaxPool2d, ReLU
+from alexnet.layers import LRN, Conv2d, Dense, Dropout, MaxPool2d, ReLU, Tanh
 from alexnet.layers import reference as ref
 from alexnet.layers.dropout import keep_mask
 
@@ -107,7 +107,7 @@ def test_maxpool_ties_and_overlaps_as_in_the_loops(chunking):
     assert dx[0, 0, 2, 2] == 4 and dx.sum() == 4    # four gradients added on one input
 
 
-def test_dense_and_relu_match_the_loops(chunking, rng):
+def test_dense_relu_and_tanh_match_the_loops(chunking, rng):
     dense = with_params(Dense(7, 5), rng)
     x, dout = rng.standard_normal((3, 7)), rng.standard_normal((3, 5))
     out, dx = run(dense, x, dout)
@@ -121,6 +121,9 @@ def test_dense_and_relu_match_the_loops(chunking, rng):
     out, dx = run(ReLU(), x, dout)
     np.testing.assert_array_equal(out, ref.relu_forward(x))
     np.testing.assert_array_equal(dx, ref.relu_backward(x, dout))
+    out, dx = run(Tanh(), 3 * x, dout)
+    assert max_rel_diff(out, ref.tanh_forward(3 * x)) < EXACT
+    assert max_rel_diff(dx, ref.tanh_backward(3 * x, dout)) < EXACT
 
 
 @pytest.mark.parametrize("variant", ["inverted", "paper"])
@@ -175,8 +178,9 @@ def harness_rt():
     (lambda: LRN(5, 1.0, 0.75, 1.0), (2, 7, 3, 3)),
     (lambda: MaxPool2d(3, 2), (2, 3, 7, 9)),
     (lambda: Dense(9, 4), (3, 9)),
+    (Tanh, (2, 3, 4, 5)),
     (lambda: Dropout(0.3, seed=2, variant="paper"), (3, 17)),
-], ids=["conv-grouped", "conv-strided", "lrn", "maxpool", "dense", "dropout-paper"])
+], ids=["conv-grouped", "conv-strided", "lrn", "maxpool", "dense", "tanh", "dropout-paper"])
 def test_cuda_paths_on_the_harness_match_the_loops(make, shape, harness_rt, rng):
     layer = make()
     for key, p in layer.params.items():
@@ -201,6 +205,8 @@ def test_cuda_paths_on_the_harness_match_the_loops(make, shape, harness_rt, rng)
         want_out, want_dx = ref.lrn_forward(x64, 5, 1.0, 0.75, 1.0), ref.lrn_backward(x64, d64, 5, 1.0, 0.75, 1.0)
     elif isinstance(layer, MaxPool2d):
         want_out, want_dx = ref.maxpool_forward(x64, 3, 2), ref.maxpool_backward(x64, d64, 3, 2)
+    elif isinstance(layer, Tanh):
+        want_out, want_dx = ref.tanh_forward(x64), ref.tanh_backward(x64, d64)
     else:
         keep = keep_mask(2, 0, x.size, 0.3).reshape(shape)
         want_out = ref.dropout_forward(x64, keep, 0.3, True, "paper")

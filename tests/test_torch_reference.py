@@ -7,7 +7,7 @@ import pytest
 
 from conftest import max_rel_diff
 from alexnet.engine.loss import SoftmaxCrossEntropy
-from alexnet.layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU
+from alexnet.layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU, Tanh
 from alexnet.layers.dropout import keep_mask
 from alexnet.models.alexnet import AlexNet
 
@@ -89,6 +89,15 @@ def test_relu_dense_flatten(rng):
     assert max_rel_diff(dx, t_dx) < 1e-6
     assert max_rel_diff(dense.grads["W"], t_dW) < 1e-6
     assert max_rel_diff(dense.grads["b"], t_db) < 1e-6
+
+
+def test_tanh(rng):
+    x = 3 * rng.standard_normal((4, 3, 5, 6)).astype(np.float32)
+    up = rng.standard_normal(x.shape).astype(np.float32)
+    out, dx = run_ours(Tanh(), x, up)
+    t_out, t_dx, _ = run_torch(torch.tanh, x, up)
+    assert max_rel_diff(out, t_out) < 1e-6
+    assert max_rel_diff(dx, t_dx) < 1e-6
 
 
 def test_dropout_is_inverted_and_matches_its_mask(rng):

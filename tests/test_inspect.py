@@ -1,0 +1,83 @@
+"""Looking inside a trained net: saliency against finite differences, neighbours on a real run."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet.app.cli import main
+from alexnet.app.inspect import hidden_features, nearest, saliency, saliency_map
+from alexnet.models.alexnet import tiny_alexnet
+from tests.test_data import make_folder
+
+SMALL = ["--model", "alexnet-small", "--batch-size", "6", "--init", "he", "--input-scale", "0.015625",
+         "--workers", "0", "--no-progress"]
+
+
+def test_saliency_is_the_gradient_of_the_score_by_finite_differences():
+    net = tiny_alexnet(num_classes=5, seed=2).astype(np.float64)
+    x = np.random.default_rng(0).standard_normal((2, 3, 31, 31))
+    grad, target, scores = saliency(net, x)
+    np.testing.assert_array_equal(target, net.forward(x).argmax(axis=1))
+    rng, eps = np.random.default_rng(1), 1e-6
+    for n in range(2):
+        for flat in rng.choice(3 * 31 * 31, 12, replace=False):
+            c, h, w = np.unravel_index(flat, (3, 31, 31))
+            xp, xm = x.copy(), x.copy()
+            xp[n, c, h, w] += eps
+            xm[n, c, h, w] -= eps
+            numeric = (net.forward(xp)[n, target[n]] - net.forward(xm)[n, target[n]]) / (2 * eps)
+            assert abs(grad[n, c, h, w] - numeric) <= 1e-6 * np.abs(grad[n]).max()
+    m = saliency_map(grad)
+    assert m.shape == (2, 31, 31) and m.min() >= 0 and m.max() == 1
+
+
+def test_nearest_orders_by_distance():
+    cands = np.array([[0.0, 0], [3, 4], [1, 0], [10, 10]])
+    idx, dist = nearest(np.array([[0.0, 0.1]]), cands, 3)
+    assert idx.tolist() == [[0, 2, 1]]
+    np.testing.assert_allclose(dist[0], [0.1, np.hypot(1, 0.1), np.hypot(3, 3.9)])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("inspect")
+    data = make_folder(base / "data", n_train=5, n_val=2, size=40)
+    out = str(base / "run")
+    assert main(["train", "--data", data, "--epochs", "1", "--out", out, *SMALL]) == 0
+    return data, os.path.join(out, "checkpoints", "best.npz")
+
+
+def test_neighbors_of_a_training_image_start_with_itself(run, tmp_path, capsys):
+    data, ckpt = run
+    query = os.path.join(data, "train", "b", "3.jpg")
+    out = str(tmp_path / "grid.png")
+    assert main(["neighbors", "--checkpoint", ckpt, "--data", data, query, "--k", "4", "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "hidden-layer neighbours ['b'," in printed                 # itself, of class b, first
+    assert Image.open(out).size[0] > 4 * 72
+    # and by the numbers: the nearest is the query itself, at distance 0
+    from alexnet.app.checkpoint import load_model
+    from alexnet.app.data import open_dataset
+    from alexnet.app.inspect import _decode_all, _inputs, _train_crops_and_features
+    model, meta, mean = load_model(ckpt)
+    ds = open_dataset(data, model.resize_size)
+    feats, _, crops, _ = _train_crops_and_features(model, ds, mean, meta["input_scale"], 1000, 4)
+    x, query_crop = _inputs(_decode_all([query], model.resize_size), model, mean, meta["input_scale"])
+    own = hidden_features(model, x)
+    idx, dist = nearest(own, feats, 2)
+    np.testing.assert_array_equal(crops[idx[0, 0]], query_crop[0])
+    assert dist[0, 0] < 1e-3 * dist[0, 1]
+
+
+def test_saliency_command_writes_a_picture_and_bad_class_is_one_line(run, tmp_path, capsys):
+    data, ckpt = run
+    image = os.path.join(data, "val", "a", "0.jpg")
+    out = str(tmp_path / "sal")
+    assert main(["saliency", "--checkpoint", ckpt, image, "--out", out]) == 0
+    assert os.path.isfile(os.path.join(out, "0.saliency.png"))
+    assert main(["saliency", "--checkpoint", ckpt, image, "--out", out, "--class", "a"]) == 0
+    capsys.readouterr()
+    assert main(["saliency", "--checkpoint", ckpt, image, "--class", "zebra"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--class 'zebra' is not one of the checkpoint's classes" in err
