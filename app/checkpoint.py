@@ -12,11 +12,13 @@ Layout of the archive (NumPy's zip of ``.npy`` members, loaded with ``allow_pick
 
 Keeping the metadata inside the archive means one file is the whole state, so the single
 ``os.replace`` that publishes it is the one atomic step: a reader sees the old checkpoint or the
-new one, never a mix, and a crash mid-write leaves only a ``.tmp`` file that nothing loads.
+new one, never a mix, and a crash mid-write leaves only a ``.tmp`` file that nothing loads (and
+that the trainer removes the next time it opens the run: app/rundir.py).
 """
 
 import json
 import os
+import re
 import tempfile
 import zipfile
 
@@ -26,32 +28,63 @@ from alexnet.app.errors import UserError
 
 FORMAT = "alexnet-checkpoint-v1"
 META_KEY = "__meta__"
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def save(path, arrays, meta):
-    """Write ``arrays`` (name -> ndarray) and ``meta`` (JSON-serialisable dict) to ``path``.
-
-    temp file in the same directory -> write -> flush + fsync -> os.replace -> fsync the directory,
-    so after a crash or power loss ``path`` is either the previous complete file or the new one.
-    """
+    """Write ``arrays`` (name -> ndarray) and ``meta`` (JSON-serialisable dict) to ``path``,
+    atomically (``atomic_write``)."""
     meta = dict(meta, format=FORMAT)
     payload = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     payload[META_KEY] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **payload))
+
+
+def estimate_size(arrays):
+    """Bytes a checkpoint of ``arrays`` takes on disk (uncompressed .npz: the data plus a few
+    hundred bytes of zip and .npy headers per member, and the metadata)."""
+    return sum(np.asarray(v).nbytes + 300 + 2 * len(k) for k, v in arrays.items()) + 64 * 1024
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_name_pattern(target_regex):
+    """A regex for the temporaries ``atomic_write`` makes for targets matching ``target_regex``
+    (mkstemp: prefix "." + target + ".", 8 characters of [a-z0-9_], suffix ".tmp"), so that
+    the leftovers of killed writes can be told from anyone else's files."""
+    return rf"\.(?:{target_regex})\.[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}"
+
+
+def atomic_write(path, write):
+    """Call ``write(f)`` on a binary file that becomes ``path`` only once complete.
+
+    temp file in the same directory -> write -> flush + fsync -> os.replace -> fsync the directory,
+    so after a crash or power loss ``path`` is either the previous complete file or the new one.
+    A failed write (a full disk) removes its temporary and raises the OSError with ``filename``
+    set to ``path``, the file the user knows.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX, dir=directory)
+    except OSError as e:
+        e.filename = path
+        raise
     try:
         # mkstemp makes the file private (0600); a checkpoint gets the permissions of any file.
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
+            e.filename = path
         raise
     fsync_dir(directory)
 
@@ -81,6 +114,16 @@ def load(path):
     corrupt file fails here with a clear UserError rather than later, mid-training."""
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} not found")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_ZIP_MAGIC))
+    except OSError as e:
+        raise UserError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    # A checkpoint is a zip archive. Anything else would reach np.load's other readers (a .npy
+    # array, or a pickle it then refuses with advice to allow pickles): say what it is not.
+    # A file shorter than the magic that starts like it is a truncated checkpoint.
+    if head and not _ZIP_MAGIC.startswith(head):
+        raise UserError(f"{path} is not an alexnet checkpoint (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -195,7 +238,7 @@ class CheckpointDir:
     def _publish_best(self, path):
         """best.npz as a hard link to the checkpoint (no second copy of the weights), swapped in
         atomically; a plain copy where the filesystem has no hard links."""
-        fd, tmp = tempfile.mkstemp(prefix=".best.npz.", suffix=".tmp", dir=self.directory)
+        fd, tmp = tempfile.mkstemp(prefix=".best.npz.", suffix=TEMP_SUFFIX, dir=self.directory)
         os.close(fd)
         os.unlink(tmp)
         try:
@@ -203,8 +246,11 @@ class CheckpointDir:
         except OSError:
             import shutil
 
-            shutil.copyfile(path, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+            def copy(f):
+                with open(path, "rb") as src:
+                    shutil.copyfileobj(src, f)
+
+            atomic_write(self.best_path, copy)
+            return
         os.replace(tmp, self.best_path)
         fsync_dir(self.directory)

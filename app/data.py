@@ -24,6 +24,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,13 +64,15 @@ def decode_image(path, size):
     """Decode one image file into a uint8 array (size, size, 3), RGB.
 
     EXIF orientation is applied first (a phone photo stored sideways is shown upright), every
-    mode becomes RGB (grayscale, palette, CMYK, 16-bit; transparency is composited on white so
-    transparent pixels don't turn into whatever colour the encoder left under them), then the
-    shorter side is scaled to ``size`` and the central square kept.
-    Raises OSError/ValueError (from Pillow) for unreadable or truncated files.
+    mode becomes RGB (grayscale, palette, CMYK, 16-bit, float in 0..1; transparency is
+    composited on white so transparent pixels don't turn into whatever colour the encoder left
+    under them), then the shorter side is scaled to ``size`` and the central square kept.
+    Raises OSError/ValueError (from Pillow, or with a reason of ours) for unreadable, truncated or
+    oversized files.
     """
     from PIL import Image, ImageOps
 
+    _allow_large_images()
     with Image.open(path) as im:
         # JPEG can decode at 1/2, 1/4, 1/8 scale for free; draft keeps both sides >= size.
         if im.format == "JPEG":
@@ -88,11 +91,32 @@ def decode_image(path, size):
     return arr
 
 
+def _allow_large_images():
+    """Policy on large images: decode whatever Pillow agrees to decode, without its warning.
+
+    Pillow guards against decompression bombs with ``PIL.Image.MAX_IMAGE_PIXELS`` (89.5 MP by
+    default): above it, a DecompressionBombWarning; above twice it (179 MP), a
+    DecompressionBombError. In a photo collection a 100 MP image is a photo, not an attack (JPEGs
+    even decode at reduced scale here), so the warning band is decoded like any other image and
+    Pillow's warning, which would print in the middle of the progress bars, is ignored; beyond
+    the error limit the file counts as unreadable with Pillow's reason. Raise or lower the bound
+    through PIL.Image.MAX_IMAGE_PIXELS. The filter is process-wide (warnings filters are) and
+    re-added if something (a catch_warnings block ending) removed it."""
+    from PIL import Image
+
+    for action, _, category, _, _ in warnings.filters:
+        if category is Image.DecompressionBombWarning and action == "ignore":
+            return
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def _to_rgb(im):
     from PIL import Image
 
     if im.mode == "RGB":
         return im
+    if im.mode == "F":
+        im = Image.fromarray(_float_to_uint8(np.asarray(im, dtype=np.float32)), mode="L")
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: Pillow's convert("L") clips at 255 instead of scaling.
         a = np.asarray(im, dtype=np.uint32)
@@ -106,6 +130,18 @@ def _to_rgb(im):
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return im.convert("RGB")
+
+
+def _float_to_uint8(a):
+    """A floating-point image (TIFF's 32-bit float) to 0..255. Floats mean 0..1 by convention;
+    Pillow's own conversion clips them at 0..255, turning the picture black. Any other range
+    has no agreed meaning, so such a file is unreadable, with the reason."""
+    if not np.isfinite(a).all():
+        raise ValueError("floating-point image with NaN or infinite pixels")
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0 or hi > 1.0 + 1e-3:
+        raise ValueError(f"floating-point image with values in [{lo:g}, {hi:g}]: only 0..1 is understood")
+    return np.round(np.clip(a, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,28 +162,69 @@ def list_classes(split_dir):
 def scan_split(split_dir, classes):
     """List the image files of one split. Returns (paths, labels, skipped).
 
-    Files whose extension is not an image's are skipped and reported in ``skipped`` as
-    (path, reason). A class folder without a single image file is an error: training would
-    silently learn one class fewer.
+    A class folder's images are the image files anywhere below it: subfolders belong to their
+    class (as in torchvision's ImageFolder), in sorted order; hidden files and folders (".*")
+    are left out. Files whose extension is not an image's, and special files (pipes, devices),
+    are skipped and reported in ``skipped`` as (path, reason). A symbolic link that leads nowhere
+    (dangling, or a loop) is listed like any image file: it fails to decode and is counted as
+    unreadable, with the reason. A class folder without a single image file is an error:
+    training would silently learn one class fewer.
     """
     paths, labels, skipped = [], [], []
     for label, name in enumerate(classes):
         cdir = os.path.join(split_dir, name)
         if not os.path.isdir(cdir):
             raise UserError(f"class folder {cdir} not found")
-        found = 0
-        for entry in sorted(os.scandir(cdir), key=lambda e: e.name):
-            if entry.name.startswith(".") or not entry.is_file():
-                continue
-            if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-                paths.append(entry.path)
-                labels.append(label)
-                found += 1
-            else:
-                skipped.append((entry.path, "not an image file"))
-        if found == 0:
+        found = _walk_images(cdir, skipped)
+        if not found:
             raise UserError(f"class folder {cdir} has no images")
+        paths += found
+        labels += [label] * len(found)
     return paths, np.asarray(labels, dtype=np.int64), skipped
+
+
+def _walk_images(folder, skipped, seen=None):
+    """The image files below ``folder`` in sorted order; appends what it skips to ``skipped``.
+    ``seen`` (device, inode) of the folders visited: a folder linked into itself is read once."""
+    seen = set() if seen is None else seen
+    try:
+        st = os.stat(folder)
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        skipped.append((folder, f"cannot read folder: {e.strerror}"))
+        return []
+    if (st.st_dev, st.st_ino) in seen:
+        skipped.append((folder, "folder already read (a symbolic link loop)"))
+        return []
+    seen.add((st.st_dev, st.st_ino))
+    found = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_dir = entry.is_dir()
+        except OSError:  # a symbolic link loop: taken as a file below, unreadable when decoded
+            is_dir = False
+        if is_dir:
+            found += _walk_images(entry.path, skipped, seen)
+        elif os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+            skipped.append((entry.path, "not an image file"))
+        elif _is_special(entry.path):
+            skipped.append((entry.path, "not a regular file"))
+        else:
+            found.append(entry.path)
+    return found
+
+
+def _is_special(path):
+    """A pipe, socket or device (opening a pipe would block the loader for ever). A path that
+    cannot be followed is not special: decoding it fails and says why."""
+    import stat
+
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def is_prepared(path):
@@ -303,14 +380,8 @@ def _open_folder(root, size, strict, need_train, mean_samples):
     if need_train:
         classes = list_classes(train_dir)
         if classes != val_classes:
-            only_t = sorted(set(classes) - set(val_classes))
-            only_v = sorted(set(val_classes) - set(classes))
-            parts = []
-            if only_t:
-                parts.append(f"only in train: {_names(only_t)}")
-            if only_v:
-                parts.append(f"only in val: {_names(only_v)}")
-            raise UserError(f"train and val class folders differ ({'; '.join(parts)})")
+            raise UserError(f"train and val class folders differ "
+                            f"({class_difference(classes, val_classes, 'train', 'val')})")
     else:
         classes = val_classes
     skipped = []
@@ -327,6 +398,17 @@ def _open_folder(root, size, strict, need_train, mean_samples):
         raise UserError(f"{path}: {reason} (--strict-data; {len(skipped)} such files)")
     mean = channel_mean(train, mean_samples) if need_train and mean_samples else None
     return Dataset(root, "folder", classes, train, val, mean, skipped)
+
+
+def class_difference(a, b, a_name, b_name):
+    """Which class names differ between two lists, e.g. "only in the data: cat; only in the
+    checkpoint: dog" (or the same names in another order)."""
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    parts = [f"only in {a_name}: {_names(only_a)}"] if only_a else []
+    parts += [f"only in {b_name}: {_names(only_b)}"] if only_b else []
+    if not parts:
+        return f"the same {len(a)} names in another order"
+    return "; ".join(parts)
 
 
 def _names(names, limit=5):

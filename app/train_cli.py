@@ -35,7 +35,8 @@ def register(subparsers):
                     "dropout stay at chance for many epochs on so little data). With --data the "
                     "defaults are the paper's: batch 128, lr 0.01, momentum 0.9, weight decay 5e-4, LR divided "
                     "by 10 when the validation error stops improving (at most 3 times), 90 epochs, paper init. "
-                    "Ctrl-C saves a checkpoint and prints the command that resumes exactly where it stopped.")
+                    "Ctrl-C or SIGTERM saves a checkpoint and prints the command that resumes exactly where it "
+                    "stopped (exit status 130 or 143); one process at a time may train in a run directory.")
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the built-in demo dataset)")
     p.add_argument("--model", choices=MODELS, help="network (default alexnet; alexnet-small for the demo)")
     p.add_argument("--epochs", type=int, metavar="N", help="epochs to train in total (default 90)")
@@ -58,7 +59,11 @@ def register(subparsers):
     p.add_argument("--workers", type=int, metavar="W", help="background loader threads (default 2; 0 loads inline)")
     p.add_argument("--strict-data", action="store_true", default=None,
                    help="stop at the first unreadable image instead of skipping and counting it")
-    p.add_argument("--keep", type=int, metavar="K", help="how many recent checkpoints to keep (default 3)")
+    p.add_argument("--keep", type=int, metavar="K",
+                   help="how many recent checkpoints to keep, mid-epoch ones included (default 3; best.npz is kept apart)")
+    p.add_argument("--save-every", metavar="N|TIME",
+                   help="also save a resumable checkpoint inside epochs: every N steps (e.g. 500) or every "
+                        "TIME (e.g. 90s, 10m, 2h) since the last save (default: at the end of each epoch only)")
     p.add_argument("--stop-after-steps", type=int, metavar="N",
                    help="save a checkpoint and stop after N steps (to test or split up a run; resume continues exactly)")
     p.add_argument("--log-every", type=int, metavar="N", help="write a step line to log.jsonl every N steps (default 50)")
@@ -125,10 +130,13 @@ def _resume_target(resume, out):
     """(checkpoint path, run dir) for --resume [CKPT] and --out."""
     from alexnet.app.checkpoint import CheckpointDir
 
+    from alexnet.app.rundir import check_not_in_use
+
     target = resume or out
     if not target:
         raise UserError("--resume without a checkpoint needs --out RUN_DIR")
     if os.path.isdir(target):
+        check_not_in_use(out or target)  # a live run there matters more than what its checkpoints say
         latest = CheckpointDir(os.path.join(target, "checkpoints")).latest()
         if latest is None:
             raise UserError(f"{target} has no checkpoints to resume from")
@@ -145,17 +153,19 @@ def _resume_target(resume, out):
 
 def cmd_train(args):
     from alexnet.app import checkpoint as ckpt
+    from alexnet.app.rundir import check_not_in_use
     from alexnet.app.trainer import TrainConfig, Trainer
 
     given = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "device", "seed", "init",
                                             "input_scale", "dropout", "dropout_variant", "workers", "strict_data",
-                                            "keep", "log_every")}
+                                            "keep", "log_every", "save_every")}
     given = {k: v for k, v in given.items() if v is not None}
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise UserError(f"--stop-after-steps must be at least 1, got {args.stop_after_steps}")
     resume_state = None
     if args.resume is not None:
         path, run_dir = _resume_target(args.resume, args.out)
+        check_not_in_use(run_dir)  # a live run there matters more than what its checkpoints say
         arrays, meta = ckpt.load(path)
         if not isinstance(meta.get("config"), dict) or "step" not in meta:
             raise UserError(f"checkpoint {path} holds no training state to resume from")
@@ -171,7 +181,7 @@ def cmd_train(args):
             if key in given and given[key] != getattr(config, key):
                 raise UserError(f"--{key.replace('_', '-')} cannot change when resuming "
                                 f"(the run uses {getattr(config, key)})")
-        for key in ("epochs", "lr", "device", "workers", "strict_data", "keep", "log_every"):
+        for key in ("epochs", "lr", "device", "workers", "strict_data", "keep", "log_every", "save_every"):
             if key in given:
                 setattr(config, key, given[key])
         if args.data:
@@ -250,8 +260,10 @@ def cmd_eval(args):
     model, meta, mean = load_model(args.checkpoint, args.device)
     ds = open_dataset(args.data, model.resize_size, need_train=False)
     if ds.classes != meta["classes"]:
+        from alexnet.app.data import class_difference
+
         raise UserError(f"{args.data} has other classes than the checkpoint was trained on "
-                        f"({len(ds.classes)} vs {len(meta['classes'])})")
+                        f"({class_difference(ds.classes, meta['classes'], 'the data', 'the checkpoint')})")
     if ds.size < model.input_size:
         raise UserError(f"{args.data} holds {ds.size}x{ds.size} images, smaller than the {model.input_size} crops")
     t0 = time.perf_counter()
@@ -317,9 +329,10 @@ def cmd_plot(args):
     log_path = os.path.join(args.run_dir, "log.jsonl")
     if not os.path.isfile(log_path):
         raise UserError(f"{args.run_dir} is not a run directory (no log.jsonl)")
-    epochs = read_epoch_log(log_path)
+    epochs, skipped = read_epoch_log(log_path, count_skipped=True)
     if not epochs:
-        raise UserError(f"{log_path} has no finished epoch yet: nothing to plot")
+        raise UserError(f"{log_path} has no finished epoch yet: nothing to plot"
+                        + (f" ({skipped} unusable records skipped)" if skipped else ""))
     ckpts = CheckpointDir(os.path.join(args.run_dir, "checkpoints"))
     ckpt_path = args.checkpoint or (ckpts.best_path if os.path.isfile(ckpts.best_path) else ckpts.latest())
     if ckpt_path is None:
@@ -331,24 +344,53 @@ def cmd_plot(args):
     draw_curves(epochs, title=f"{meta['arch']}, {meta['num_classes']} classes").save(curves)
     filters = os.path.join(out_dir, "conv1_filters.png")
     draw_filters(model.state_dict()["conv1.W"]).save(filters)
+    if skipped:
+        print(f"skipped {skipped} records of {log_path} that are cut short, incomplete or not the trainer's")
     print(f"wrote {curves}")
     print(f"wrote {filters} (conv1 of {ckpt_path})")
     return 0
 
 
-def read_epoch_log(path):
+# What a plotted epoch record must hold, each a number.
+_EPOCH_FIELDS = ("train_loss", "val_loss", "train_top1", "val_top1", "val_top5", "lr")
+
+
+def read_epoch_log(path, count_skipped=False):
     """The epoch records of a log.jsonl, one per epoch: a resumed run may have logged an epoch
-    twice (once before a crash), and the later record is the one its checkpoints continue from."""
-    by_epoch = {}
-    with open(path) as f:
+    twice (once before a crash), and the later record is the one its checkpoints continue from.
+
+    Lines that are not usable epoch records are skipped: a line cut short by a crash, a record
+    with a field missing or not a number, anything written by someone else. Other record types
+    (step, checkpoint) are not skipped, just not epochs. With count_skipped, returns
+    (records, number of unusable lines)."""
+    by_epoch, skipped = {}, 0
+    with open(path, errors="replace") as f:
         for line in f:
+            if not line.strip():
+                continue
             try:
                 rec = json.loads(line)
             except ValueError:
-                continue  # a line cut short by a crash mid-write
-            if rec.get("type") == "epoch":
-                by_epoch[rec["epoch"]] = rec
-    return [by_epoch[e] for e in sorted(by_epoch)]
+                skipped += 1
+                continue
+            if not isinstance(rec, dict) or "type" not in rec:
+                skipped += 1
+            elif rec["type"] == "epoch":
+                if _is_epoch_record(rec):
+                    by_epoch[rec["epoch"]] = rec
+                else:
+                    skipped += 1
+    records = [by_epoch[e] for e in sorted(by_epoch)]
+    return (records, skipped) if count_skipped else records
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_epoch_record(rec):
+    return (isinstance(rec.get("epoch"), int) and not isinstance(rec["epoch"], bool)
+            and all(_is_number(rec.get(k)) for k in _EPOCH_FIELDS))
 
 
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]

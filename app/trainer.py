@@ -1,34 +1,43 @@
 """The training loop: epochs of SGD steps with background loading, validation, the LR schedule,
-checkpoints, exact resume, Ctrl-C and divergence handling.
+checkpoints, exact resume, signals and divergence handling.
 
-A run directory holds everything about one run:
+A run directory holds everything about one run, and one live process owns it (app/rundir.py):
 
+    RUN_DIR/.lock                  flock'ed for the run's life; the holder's pid, host, start time
     RUN_DIR/config.json            the hyperparameters and data path (what --resume restores)
     RUN_DIR/log.jsonl              one JSON object per line: {"type": "epoch", ...} after each
-                                   epoch's validation, {"type": "step", ...} every log_every steps
-    RUN_DIR/checkpoints/ckpt-<step>.npz   the last `keep` checkpoints (end of epoch, or where a run
-                                   was stopped); best.npz, the one with the highest val top-1
+                                   epoch's validation, {"type": "step", ...} every log_every steps,
+                                   {"type": "checkpoint", ...} for each save inside an epoch
+    RUN_DIR/checkpoints/ckpt-<step>.npz   the last `keep` checkpoints (end of epoch, --save-every,
+                                   or where a run was stopped); best.npz, the highest val top-1
     RUN_DIR/plots/                 written by `alexnet plot`
 
 Exactness of resume rests on three things: every random draw is either owned by the model (the
 dropout layers' mask counters, saved through ``model.rng_state()``) or a pure function of
 (seed, epoch, batch) in app/data.py; a checkpoint stores the position (epoch, next batch) and
 all optimizer/schedule state; the NumPy ops run on the same shapes in the same order. A run
-stopped after any step and resumed therefore ends with the same bits as one that never stopped.
+stopped after any step and resumed therefore ends with the same bits as one that never stopped,
+which is why a checkpoint can be written after any step: at the end of an epoch, every
+--save-every steps or minutes, on SIGINT/SIGTERM, or after --stop-after-steps.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import sys
+import threading
 import time
+import warnings
 from collections import deque
 
 import numpy as np
 
 from alexnet.app import checkpoint as ckpt
+from alexnet.app import rundir
 from alexnet.app.errors import UserError
 
 
@@ -55,6 +64,7 @@ class TrainConfig:
     input_scale: float = 1.0
     dropout: float = 0.5
     dropout_variant: str = "inverted"
+    save_every: str = None  # "500" (steps) or "10m" (minutes; also s, h); None: epoch ends only
     demo: bool = False
 
     def validate(self):
@@ -68,12 +78,12 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "momentum", "weight_decay"):
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise UserError(f"--lr must be a finite number > 0, got {self.lr:g}")
+        for name in ("momentum", "weight_decay"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
-        if self.lr == 0:
-            raise UserError("--lr must be greater than 0")
         if not math.isfinite(self.input_scale) or self.input_scale <= 0:
             raise UserError(f"--input-scale must be a finite number > 0, got {self.input_scale}")
         if self.workers < 0:
@@ -89,6 +99,8 @@ class TrainConfig:
             raise UserError(f"--log-every must be at least 1, got {self.log_every}")
         if self.keep < 1:
             raise UserError(f"--keep must be at least 1, got {self.keep}")
+        if self.save_every is not None:
+            parse_save_every(self.save_every)
         if self.device not in ("cpu", "cuda"):
             raise UserError(f"unknown device {self.device!r}: expected cpu or cuda")
         if self.device == "cuda":
@@ -106,6 +118,22 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def parse_save_every(text):
+    """--save-every: a number of steps ("500") or a time ("90s", "10m", "1.5h") -> (steps, seconds),
+    the other one None."""
+    value = str(text).strip().lower()
+    if re.fullmatch(r"\d+", value):
+        steps = int(value)
+        if steps >= 1:
+            return steps, None
+    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)", value)
+    if m:
+        seconds = float(m.group(1)) * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+        if seconds > 0:
+            return None, seconds
+    raise UserError(f"--save-every takes a number of steps (e.g. 500) or a time (e.g. 90s, 10m, 2h), got {text!r}")
+
+
 def softmax(logits):
     z = logits - logits.max(axis=1, keepdims=True)  # (N, K)
     e = np.exp(z)
@@ -119,10 +147,25 @@ def topk_correct(probs, labels, k):
     return int((top == labels[:, None]).any(axis=1).sum())
 
 
+@contextlib.contextmanager
+def quiet_numerics():
+    """No NumPy RuntimeWarnings for overflow, NaN or division by zero inside the block.
+
+    Training reports a non-finite loss itself, as one line that names the step and the last good
+    checkpoint; the warnings NumPy prints on the way there (LRN's squares, Winograd's products
+    overflowing) would only precede it. np.errstate covers this thread; the warnings filter
+    covers the layers' chunk threads (engine/parallel.py), which do not inherit errstate."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered",
+                                RuntimeWarning)
+        yield
+
+
 def evaluate(model, source, crop, mean, batch_size=128, ten_crop=False, workers=2, device="cpu",
-             progress=False, desc="val", scale=1.0):
+             progress=False, desc="val", scale=1.0, stop=None):
     """Loss, top-1 and top-5 accuracy of ``model`` on ``source`` (centre crop, or the average of the
-    softmax over the 10 views). Returns a dict with loss, top1, top5 (fractions) and count."""
+    softmax over the 10 views). Returns a dict with loss, top1, top5 (fractions) and count, or
+    None when ``stop()`` became true between batches (a signal: the caller saves and exits)."""
     from tqdm import tqdm
 
     from alexnet.engine import backend
@@ -132,51 +175,80 @@ def evaluate(model, source, crop, mean, batch_size=128, ten_crop=False, workers=
     loss_sum, c1, c5, n = 0.0, 0, 0, 0
     bar = tqdm(total=batches.num_batches, desc=desc, unit="batch", leave=False, disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
-    try:
-        for _, (views, labels), _ in Prefetcher(batches, range(batches.num_batches), workers):
-            bar.update(1)
-            if len(labels) == 0:
-                continue
-            probs = 0.0
-            for x in views:
-                logits = backend.to_numpy(model.forward(backend.to_device(x, device), keep_cache=False))
-                probs = probs + softmax(logits.astype(np.float64))
-            probs = probs / len(views)  # (N, K)
-            loss_sum += float(-np.log(probs[np.arange(len(labels)), labels] + 1e-12).sum())
-            c1 += topk_correct(probs, labels, 1)
-            c5 += topk_correct(probs, labels, 5)
-            n += len(labels)
-    finally:
-        bar.close()
+    with quiet_numerics():
+        loader = Prefetcher(batches, range(batches.num_batches), workers)
+        try:
+            for _, (views, labels), _ in loader:
+                bar.update(1)
+                if stop is not None and stop():
+                    return None
+                if len(labels) == 0:
+                    continue
+                probs = 0.0
+                for x in views:
+                    logits = backend.to_numpy(model.forward(backend.to_device(x, device), keep_cache=False))
+                    probs = probs + softmax(logits.astype(np.float64))
+                probs = probs / len(views)  # (N, K)
+                loss_sum += float(-np.log(probs[np.arange(len(labels)), labels] + 1e-12).sum())
+                c1 += topk_correct(probs, labels, 1)
+                c5 += topk_correct(probs, labels, 5)
+                n += len(labels)
+        finally:
+            loader.close()  # the loader threads end before the warnings filter is restored
+            bar.close()
     if n == 0:
         raise UserError("no validation image could be decoded")
     return {"loss": loss_sum / n, "top1": c1 / n, "top5": c5 / n, "count": n}
 
 
-class _Interrupt:
-    """SIGINT handler that asks the loop to stop after the current step; a second Ctrl-C stops
-    at once (KeyboardInterrupt) for a user who does not want to wait."""
+class _StopNow(KeyboardInterrupt):
+    """A second Ctrl-C: stop at once, without saving."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """SIGINT (Ctrl-C) and SIGTERM (docker stop, Kubernetes, Slurm's preemption and time limit)
+    ask the loop to save and stop after the current step; ``signum`` is the first one received.
+
+    A second Ctrl-C stops at once, unsaved, for a user who will not wait. A second SIGTERM is
+    ignored: a scheduler may send it to every process of a job, and cutting the save short would
+    lose what the first one asked to keep; SIGKILL is the way to stop at once."""
+
+    HANDLED = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
-        self._old = None
+        self.signum = None
+        self._old = {}
+
+    @property
+    def requested(self):
+        return self.signum is not None
 
     def __enter__(self):
-        import threading
-
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            for signum in self.HANDLED:
+                self._old[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        if self.signum is None:
+            self.signum = signum
+        elif signum == signal.SIGINT:
+            raise _StopNow(signum)
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
+        self._old = {}
         return False
+
+
+def signal_name(signum):
+    name = signal.Signals(signum).name
+    return f"{name} (Ctrl-C)" if signum == signal.SIGINT else name
 
 
 def _fmt_time(seconds):
@@ -194,7 +266,8 @@ class Trainer:
     """Sets up a run (data, model, optimizer, schedule, optional resume) and runs it.
 
     Everything that can fail on bad input happens in ``__init__``, before the run directory is
-    created; ``run()`` then trains and returns the process exit code (0 done, 130 interrupted).
+    created; ``run()`` then takes the run directory's lock, trains and returns the process exit
+    code (0 done, 128 + the signal's number when SIGINT or SIGTERM stopped it: 130, 143).
     ``stop_after_steps`` stops (and checkpoints) after that many steps of this invocation; it
     exists to test resume and to take a run apart into pieces.
     """
@@ -212,7 +285,10 @@ class Trainer:
         self.progress = progress
         self.log = log or (lambda msg: print(msg, flush=True))
         self.stop_after_steps = stop_after_steps
+        self.save_every = parse_save_every(config.save_every) if config.save_every is not None else None
         self.ckpts = ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints"), config.keep)
+        # Said first: a live run in the way matters more than anything else about this one.
+        rundir.check_not_in_use(run_dir)
 
         state = None
         if isinstance(resume, tuple):  # (path, arrays, meta) already read by the caller
@@ -239,7 +315,12 @@ class Trainer:
         self.best_top1, self.best_epoch = -1.0, 0
         self.epoch_stats = self._new_stats()
         self.resumed_from = None
+        self._resumed_step = 0
         self._stuck_run, self._stuck_warned = 0, False
+        self._pending, self._recent = self._no_pending(), deque()
+        self._clock = time.monotonic
+        self._last_save = None  # clock time of this session's last save (--save-every in minutes)
+        self._saved_path = None  # the checkpoint this session wrote last
         # on the GPU the loss is read every --log-every steps, not after each step (no host sync)
         self.read_every_step = config.device == "cpu"
         if state is not None:
@@ -267,13 +348,20 @@ class Trainer:
         return {"loss_sum": 0.0, "correct": 0, "seen": 0, "steps": 0, "time": 0.0, "wait": 0.0}
 
     def _restore(self, path, arrays, meta):
+        from alexnet.app.data import class_difference
+
         weights = ckpt.split(arrays, "model")
         ckpt.check_model(path, meta, weights, self.model)
         if meta.get("classes") != self.classes:
-            raise UserError(f"checkpoint {path} was trained on other classes than {self.config.data}")
+            raise UserError(f"checkpoint {path} was trained on other classes than {self.config.data} "
+                            f"({class_difference(meta.get('classes') or [], self.classes, 'the checkpoint', 'the data')})")
         if meta.get("train_size") != len(self.dataset.train):
             raise UserError(f"checkpoint {path} was trained on {meta.get('train_size')} images, "
                             f"{self.config.data} now has {len(self.dataset.train)}: resume would not be exact")
+        bad = _non_finite(arrays)
+        if bad:
+            raise UserError(f"checkpoint {path} has non-finite weights ({bad}): the run had already diverged "
+                            f"when it was saved; resume from an earlier checkpoint with a lower --lr")
         self.model.load_state_dict(weights)
         self.model.set_rng_state(meta["rng"])
         self.mean = arrays["data/mean"].astype(np.float32)
@@ -281,21 +369,22 @@ class Trainer:
         self.best_top1, self.best_epoch = meta.get("best_top1", -1.0), meta.get("best_epoch", 0)
         self.epoch_stats = meta["epoch_stats"]
         self.resumed_from = path
+        self._resumed_step = self.step
 
-    # ---- checkpoints -----------------------------------------------------------------------------
+    # ---- checkpoints and the run directory -------------------------------------------------------
 
-    def _save(self, is_best=False, val=None):
+    def _state(self, val=None):
+        """The arrays and metadata of a checkpoint at the current position."""
         from alexnet.engine import backend
 
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         opt = self.optimizer.state_dict()
         arrays.update({f"optim/{k}": backend.to_numpy(v) for k, v in opt["velocity"].items()})
         arrays["data/mean"] = np.asarray(self.mean, dtype=np.float32)
-        cfg_scale = self.config.input_scale
         meta = {
             "arch": self.model.arch, "num_classes": self.model.num_classes, "classes": self.classes,
             "input_size": self.model.input_size, "resize_size": self.model.resize_size,
-            "input_scale": cfg_scale, "dropout": self.config.dropout,
+            "input_scale": self.config.input_scale, "dropout": self.config.dropout,
             "dropout_variant": self.config.dropout_variant,
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "lr": opt["lr"], "schedule": self.schedule.state_dict(), "rng": self.model.rng_state(),
@@ -304,58 +393,148 @@ class Trainer:
             "val": val, "config": self.config.to_json(),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        return self.ckpts.save(self.step, arrays, meta, is_best=is_best)
+        return arrays, meta
+
+    def _save(self, is_best=False, val=None):
+        """Write a checkpoint of the current position. Every save point comes through here, so
+        every one first reads the steps' losses (on the GPU they are summed on the device: a NaN
+        must stop the run, not be saved) and refuses weights that the last update made
+        non-finite (the loss that would show it is only computed in the next step)."""
+        self._flush()
+        arrays, meta = self._state(val)
+        bad = _non_finite(arrays)
+        if bad:
+            self._diverged("non-finite", where=f"the weights ({bad})", at=f"epoch {self.epoch + 1}, step {self.step}")
+        target = self.ckpts.path_for(self.step)
+        try:
+            path = self.ckpts.save(self.step, arrays, meta, is_best=is_best)
+        except OSError as e:
+            raise self._write_failed(e, target, self._checkpoint_size(arrays)) from None
+        self._saved_path, self._last_save = path, self._clock()
+        return path
+
+    def _checkpoint_size(self, arrays):
+        """Bytes the next checkpoint takes: the size of the last one written, else an estimate."""
+        latest = self.ckpts.latest()
+        try:
+            return os.path.getsize(latest) if latest else ckpt.estimate_size(arrays)
+        except OSError:
+            return ckpt.estimate_size(arrays)
+
+    def _newest_good(self):
+        return self.ckpts.latest() or self.resumed_from
+
+    def _write_failed(self, error, path, needed):
+        """The UserError for a write that failed: the file, the space it needs, what survives."""
+        if isinstance(error.filename, str):
+            path = error.filename
+        return UserError(rundir.write_failed_message(path, error, needed, self._newest_good(), self._resume_hint))
 
     def _append_log(self, record):
-        with open(os.path.join(self.run_dir, "log.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        path = os.path.join(self.run_dir, "log.jsonl")
+        line = json.dumps(record)
+        try:
+            rundir.append_line(path, line)
+        except OSError as e:
+            raise self._write_failed(e, path, len(line) + 1) from None
 
     def _resume_hint(self, path):
         return f"alexnet train --resume {path}"
 
+    def _open_run(self):
+        """With the lock held: check again what __init__ checked without it (another trainer may
+        have written here in between), remove what killed writes left, write config.json."""
+        cfg = self.config
+        later = [p for p in self.ckpts.list() if ckpt.CheckpointDir.step_of(p) > self._resumed_step]
+        if later and self.resumed_from is None:
+            raise UserError(f"run directory {self.run_dir} already has checkpoints: continue it with "
+                            f"--resume {self.run_dir}, or choose another --out")
+        if later:
+            raise UserError(f"{self.run_dir} already has a later checkpoint ({os.path.basename(later[-1])}) "
+                            f"than {os.path.basename(self.resumed_from)}: continue from the latest, or give "
+                            f"--out NEW_RUN_DIR to branch off from this one")
+        count, size = rundir.remove_stale_temporaries(self.run_dir)
+        if count:
+            self.log(f"removed {count} temporary file{'s' * (count > 1)} ({rundir.fmt_bytes(size)}) left in "
+                     f"{self.run_dir} by writes that a kill cut short")
+        log_path = os.path.join(self.run_dir, "log.jsonl")
+        config_path = os.path.join(self.run_dir, "config.json")
+        try:
+            rundir.end_cut_line(log_path)
+            if self.resumed_from is None or not os.path.exists(config_path):
+                text = json.dumps(cfg.to_json(), indent=1).encode()
+                ckpt.atomic_write(config_path, lambda f: f.write(text))
+        except OSError as e:
+            raise self._write_failed(e, config_path, 4096) from None
+
     # ---- the loop ----------------------------------------------------------------------------------
 
     def run(self):
+        from alexnet.engine import workspace
+
         try:
-            return self._run()
+            with _Signals() as signals, rundir.RunLock(self.run_dir, self.log), quiet_numerics():
+                self._open_run()
+                return self._run(signals)
+        except _StopNow as e:
+            newest = self._newest_good()
+            self.log(f"second {signal_name(e.signum)}: stopped at once, without saving"
+                     + (f"; the newest checkpoint is {newest} (resume with: {self._resume_hint(newest)})"
+                        if newest else "; no checkpoint was written"))
+            return 128 + e.signum
         finally:
-            from alexnet.engine import workspace
             workspace.release()        # the pooled arrays of the training steps go back to the system
 
-    def _run(self):
-        cfg = self.config
-        os.makedirs(self.run_dir, exist_ok=True)
-        if self.resumed_from is None or not os.path.exists(os.path.join(self.run_dir, "config.json")):
-            with open(os.path.join(self.run_dir, "config.json"), "w") as f:
-                json.dump(cfg.to_json(), f, indent=1)
-        ds = self.dataset
+    def _announce(self):
+        cfg, ds = self.config, self.dataset
         self.log(f"data: {ds.root} ({ds.kind}), {len(self.classes)} classes, {len(ds.train)} train / "
-                 f"{len(ds.val)} val images" + (f", {len(ds.skipped)} non-image files skipped" if ds.skipped else ""))
+                 f"{len(ds.val)} val images" + (f", {len(ds.skipped)} files skipped (e.g. {ds.skipped[0][0]}: "
+                                                f"{ds.skipped[0][1]})" if ds.skipped else ""))
         self.log(f"model: {cfg.model} ({self.model.num_params():,} parameters, init {cfg.init}) on {cfg.device}; "
                  f"batch {cfg.batch_size}, lr {self.optimizer.lr:g}, momentum {cfg.momentum:g}, "
                  f"weight decay {cfg.weight_decay:g}, {cfg.epochs} epochs")
         if self.resumed_from:
             self.log(f"resumed from {self.resumed_from} at epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
         self.log(f"run directory: {self.run_dir}")
+
+    def _run(self, signals):
+        cfg = self.config
+        self._announce()
         t_start = time.perf_counter()
         start_step = self.step
-        with _Interrupt() as interrupt:
-            while self.epoch < cfg.epochs:
-                stopped = self._train_epoch(interrupt, start_step)
-                if stopped is not None:
-                    return stopped
-                path = self._end_epoch()
-                if interrupt.requested and self.epoch < cfg.epochs:
-                    # Ctrl-C during validation: the epoch's checkpoint is the place to stop.
-                    self.log(f"interrupted after epoch {self.epoch}; saved {path}")
-                    self.log(f"resume with: {self._resume_hint(path)}")
-                    return 130
+        self._last_save = self._clock()
+        while self.epoch < cfg.epochs:
+            if signals.requested:
+                # Before the first step, or while the last epoch's checkpoint was being written.
+                if self.step > start_step:
+                    return self._interrupted(signals, f"after epoch {self.epoch}", self._saved_path)
+                return self._interrupted(signals, "before the first step")
+            stopped = self._train_epoch(signals, start_step)
+            if stopped is not None:
+                return stopped
+            if not self._end_epoch(signals):
+                # A signal during validation: the epoch's steps are all done; save them and
+                # validate on resume (the loop finds no batch left and goes straight to it).
+                return self._interrupted(signals, f"during the validation of epoch {self.epoch + 1}", self._save())
         self._summary(time.perf_counter() - t_start)
         return 0
 
-    def _train_epoch(self, interrupt, start_step):
+    def _interrupted(self, signals, where, path=None):
+        """Say where a signal stopped the run and how to continue; the exit code 128 + signum."""
+        name = signal_name(signals.signum)
+        if path is not None:
+            self.log(f"interrupted by {name} {where}; saved {path}")
+        else:
+            path = self._newest_good()
+            self.log(f"interrupted by {name} {where}: nothing new to save"
+                     + ("" if path else " (no checkpoint was written)"))
+        if path is not None:
+            self.log(f"resume with: {self._resume_hint(path)}")
+        return 128 + signals.signum
+
+    def _train_epoch(self, signals, start_step):
         """Train from (self.epoch, self.batch) to the end of the epoch. Returns None when the
-        epoch is done, or an exit code when the run stopped (Ctrl-C or stop_after_steps).
+        epoch is done, or an exit code when the run stopped (a signal or stop_after_steps).
 
         On the GPU a step never waits for the device: the loss and the count of correct
         predictions are summed on the device and read (and checked for NaN) every --log-every
@@ -363,15 +542,12 @@ class Trainer:
         from tqdm import tqdm
 
         from alexnet.app.data import Prefetcher, TrainBatches
-        from alexnet.engine import backend
 
         cfg = self.config
         batches = TrainBatches(self.dataset.train, cfg.batch_size, self.model.input_size, self.mean,
                                cfg.seed, self.epoch, cfg.input_scale)
         self._recent = deque()
         self._pending = self._no_pending()
-        on_device = not self.read_every_step
-        stats = self.epoch_stats
         bar = tqdm(total=batches.num_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not self.progress, file=sys.stderr, dynamic_ncols=True, leave=True)
         loader = Prefetcher(batches, range(self.batch, batches.num_batches), cfg.workers)
@@ -381,55 +557,86 @@ class Trainer:
                 if len(labels) == 0:
                     self.batch = b + 1
                     continue
-                labels_dev = backend.to_device(labels, cfg.device)
-                logits = self.model.forward(backend.to_device(x, cfg.device), train=True)
-                loss = self.criterion.forward(logits, labels_dev)
-                if not on_device and not math.isfinite(loss):
-                    self._diverged(loss)
-                self.model.backward(self.criterion.backward(), need_dx=False)
-                self.optimizer.step()
-                self.step += 1
+                self._train_step(x, labels)
                 self.batch = b + 1
                 now = time.perf_counter()
-                stats["time"] += now - t_last
-                stats["wait"] += wait
+                self.epoch_stats["time"] += now - t_last
+                self.epoch_stats["wait"] += wait
                 t_last = now
-                pending = self._pending
-                pending["loss"] = pending["loss"] + loss                     # a device scalar on the GPU
-                pending["loss_n"] = pending["loss_n"] + loss * len(labels)
-                pending["correct"] = pending["correct"] + (logits.argmax(axis=1) == labels_dev).sum()
-                pending["seen"] += len(labels)
-                pending["steps"] += 1
                 log_now = self.step % cfg.log_every == 0
                 stop_now = self.stop_after_steps is not None and self.step - start_step >= self.stop_after_steps
-                if not on_device or log_now or stop_now or interrupt.requested:
+                save_now = self._periodic_save_due(batches.num_batches)
+                if self.read_every_step or log_now or stop_now or save_now or signals.requested:
                     self._flush()
-                    bar.set_postfix_str(
-                        f"loss {stats['loss_sum'] / stats['seen']:.3f}, "
-                        f"{stats['seen'] / max(stats['time'], 1e-9):.0f} img/s, "
-                        f"data wait {100 * stats['wait'] / max(stats['time'], 1e-9):.0f}%", refresh=False)
+                    bar.set_postfix_str(self._bar_text(), refresh=False)
                 bar.update(1)
                 if log_now:
                     self._append_log({"type": "step", "epoch": self.epoch + 1, "batch": self.batch, "step": self.step,
                                       "loss": self._recent_loss(), "lr": self.optimizer.lr})
-                if interrupt.requested or stop_now:
+                if signals.requested or stop_now:
                     loader.close()
                     bar.close()
-                    self._flush()              # a Ctrl-C may land after this step's flush decision
-                    path = self._save()
-                    where = f"epoch {self.epoch + 1}, batch {self.batch}/{batches.num_batches}, step {self.step}"
-                    if interrupt.requested:
-                        self.log(f"interrupted at {where}; saved {path}")
-                        self.log(f"resume with: {self._resume_hint(path)}")
-                        return 130
-                    self.log(f"stopped after {self.stop_after_steps} steps at {where}; saved {path}")
-                    self.log(f"resume with: {self._resume_hint(path)}")
-                    return 0
+                    return self._stop_mid_epoch(signals, batches.num_batches)
+                if save_now:
+                    self._save_mid_epoch(f"--save-every {cfg.save_every}")
             self._flush()
         finally:
             loader.close()
             bar.close()
         return None
+
+    def _train_step(self, x, labels):
+        """One SGD step; its loss and correct count join the pending sums (device scalars on the GPU)."""
+        from alexnet.engine import backend
+
+        device = self.config.device
+        labels_dev = backend.to_device(labels, device)
+        logits = self.model.forward(backend.to_device(x, device), train=True)
+        loss = self.criterion.forward(logits, labels_dev)
+        if self.read_every_step and not math.isfinite(loss):
+            self._diverged(loss)
+        self.model.backward(self.criterion.backward(), need_dx=False)
+        self.optimizer.step()
+        self.step += 1
+        pending = self._pending
+        pending["loss"] = pending["loss"] + loss
+        pending["loss_n"] = pending["loss_n"] + loss * len(labels)
+        pending["correct"] = pending["correct"] + (logits.argmax(axis=1) == labels_dev).sum()
+        pending["seen"] += len(labels)
+        pending["steps"] += 1
+
+    def _bar_text(self):
+        stats = self.epoch_stats
+        busy = max(stats["time"], 1e-9)
+        return (f"loss {stats['loss_sum'] / max(stats['seen'], 1):.3f}, {stats['seen'] / busy:.0f} img/s, "
+                f"data wait {100 * stats['wait'] / busy:.0f}%")
+
+    def _periodic_save_due(self, num_batches):
+        """--save-every: every N global steps (the same steps whatever the run's sessions), or
+        when N seconds have passed since this session's last save. Not at an epoch's last batch:
+        the end of the epoch saves right after validation."""
+        if self.save_every is None or self.batch >= num_batches:
+            return False
+        steps, seconds = self.save_every
+        if steps is not None:
+            return self.step % steps == 0
+        return self._clock() - self._last_save >= seconds
+
+    def _save_mid_epoch(self, why):
+        path = self._save()
+        self._append_log({"type": "checkpoint", "epoch": self.epoch + 1, "batch": self.batch, "step": self.step,
+                          "path": path, "why": why})
+        return path
+
+    def _stop_mid_epoch(self, signals, num_batches):
+        where = f"at epoch {self.epoch + 1}, batch {self.batch}/{num_batches}, step {self.step}"
+        if signals.requested:
+            path = self._save_mid_epoch(signal.Signals(signals.signum).name)
+            return self._interrupted(signals, where, path)
+        path = self._save_mid_epoch("--stop-after-steps")
+        self.log(f"stopped after {self.stop_after_steps} steps {where}; saved {path}")
+        self.log(f"resume with: {self._resume_hint(path)}")
+        return 0
 
     @staticmethod
     def _no_pending():
@@ -485,18 +692,28 @@ class Trainer:
 
     def _diverged(self, loss, where="the loss", at=None):
         latest = self.ckpts.latest()
-        keep = (f"the last good checkpoint is {latest} (resume from it with a lower --lr: "
-                f"{self._resume_hint(latest)} --lr {self.optimizer.lr / 10:g})") if latest else \
-            "no checkpoint was written yet; try a lower --lr"
+        lower = f"--lr {self.optimizer.lr / 10:g}"
+        if latest:
+            keep = (f"the last good checkpoint is {latest} (resume from it with a lower --lr: "
+                    f"{self._resume_hint(latest)} {lower})")
+        elif self.resumed_from:
+            keep = (f"this session has written no checkpoint; the last good one is the checkpoint it resumed "
+                    f"from, {self.resumed_from} (try: {self._resume_hint(self.resumed_from)} {lower})")
+        else:
+            keep = "no checkpoint was written yet; try a lower --lr"
         at = at or f"epoch {self.epoch + 1}, step {self.step + 1}"
         raise UserError(f"training diverged: {where} became {loss} at {at}; stopped without saving. {keep}")
 
-    def _end_epoch(self):
+    def _end_epoch(self, signals):
+        """Validate, log and checkpoint the finished epoch. Returns False when a signal cut the
+        validation short (nothing logged or saved yet)."""
         cfg = self.config
         stats = self.epoch_stats
         val = evaluate(self.model, self.dataset.val, self.model.input_size, self.mean,
                        batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device, progress=self.progress,
-                       scale=cfg.input_scale)
+                       scale=cfg.input_scale, stop=lambda: signals.requested)
+        if val is None:
+            return False
         if not math.isfinite(val["loss"]):
             # Weights gone to inf/NaN in the epoch's last steps must not become a checkpoint.
             self._diverged(val["loss"], where="the validation loss")
@@ -518,8 +735,11 @@ class Trainer:
             "unreadable_images": bad, "time": time.time(),
         }
         self.epoch_stats = self._new_stats()
-        path = self._save(is_best=is_best, val=val)
+        # The record goes first: should the checkpoint then fail (a full disk), the resumed run
+        # redoes this epoch and logs it again, and readers keep an epoch's last record. The other
+        # order would leave a checkpoint whose epoch the log never mentions.
         self._append_log(record)
+        self._save(is_best=is_best, val=val)
         self.log(f"epoch {self.epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f} top-1 "
                  f"{100 * record['train_top1']:.1f}% | val loss {val['loss']:.4f} top-1 {100 * val['top1']:.1f}% "
                  f"top-5 {100 * val['top5']:.1f}% | lr {lr_used:g} | {record['images_per_s']:.0f} img/s, "
@@ -528,7 +748,7 @@ class Trainer:
                  + (" | best" if is_best else ""))
         if dropped:
             self.log(f"validation error stopped improving: learning rate divided by 10 to {self.optimizer.lr:g}")
-        return path
+        return True
 
     def _summary(self, seconds):
         ds = self.dataset
@@ -542,3 +762,15 @@ class Trainer:
         self.log(f"checkpoints: {self.ckpts.directory} (best: {self.ckpts.best_path})")
         self.log(f"evaluate with 10 crops: alexnet eval --checkpoint {self.ckpts.best_path} --data {ds.root} --ten-crop")
         self.log(f"plot the curves and conv1 filters: alexnet plot {self.run_dir}")
+
+
+def _non_finite(arrays):
+    """'conv1.W: 12 of 34848 NaN/inf, ...' for the weights and momentum buffers that are not all
+    finite; '' when every one is."""
+    bad = []
+    for name, a in arrays.items():
+        if name.startswith(("model/", "optim/")) and np.issubdtype(a.dtype, np.floating):
+            count = a.size - int(np.count_nonzero(np.isfinite(a)))
+            if count:
+                bad.append(f"{name}: {count} of {a.size} NaN/inf")
+    return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")

@@ -16,6 +16,7 @@ the batch grows.
 ALEXNET_THREADS sets the number of threads (default: the CPU count; 1 turns this off and leaves
 BLAS as it was); ALEXNET_BATCH_GRAIN overrides BATCH_GRAIN.
 """
+import contextvars
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -119,7 +120,10 @@ def run_chunks(fn, n, grain=None):
             _local.inside = False
 
     helpers = min(threads, len(bounds)) - 1       # ALEXNET_THREADS=1: the chunks run in turn here
-    futures = [_get_pool(threads).submit(worker) for _ in range(helpers)] if helpers else []
+    # each helper runs in a copy of the caller's context, so settings that live in context
+    # variables (np.errstate among them) hold in the chunks as they do in the caller
+    pool = _get_pool(threads) if helpers else None
+    futures = [pool.submit(contextvars.copy_context().run, worker) for _ in range(helpers)]
     error = None
     try:
         worker()                       # the calling thread takes chunks too

@@ -104,3 +104,32 @@ def test_keeps_the_last_k_and_links_best(tmp_path):
     d.save(5, _arrays(5.0), {"step": 5}, is_best=True)
     assert ckpt.load(d.best_path)[1]["step"] == 5
     assert sorted(os.listdir(d.directory)) == ["best.npz", "ckpt-00000004.npz", "ckpt-00000005.npz"]
+
+
+def test_a_file_that_is_no_archive_is_not_a_checkpoint(tmp_path):
+    rand = tmp_path / "random.npz"
+    rand.write_bytes(np.random.default_rng(0).bytes(5000))
+    np.save(tmp_path / "array.npy", np.ones(3))
+    (tmp_path / "pickle.npz").write_bytes(b"\x80\x04\x95 a pickle, or so it says")
+    for path in (rand, tmp_path / "array.npy", tmp_path / "pickle.npz"):
+        with pytest.raises(UserError) as e:
+            ckpt.load(str(path))
+        assert str(e.value) == f"{path} is not an alexnet checkpoint (not an .npz archive)"
+    # A file cut short inside the zip signature is a truncated checkpoint, not a foreign file.
+    (tmp_path / "cut.npz").write_bytes(b"PK\x03")
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        ckpt.load(str(tmp_path / "cut.npz"))
+
+
+def test_a_failed_write_names_the_file_not_its_temporary(tmp_path, monkeypatch):
+    import errno
+
+    def full(f, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    path = str(tmp_path / "c.npz")
+    with pytest.raises(OSError) as e:
+        ckpt.save(path, _arrays(1.0), {"step": 1})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == path
+    assert os.listdir(tmp_path) == []

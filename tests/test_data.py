@@ -114,6 +114,80 @@ def test_bad_files_are_skipped_and_counted(tmp_path):
         strict.train.load(np.arange(len(strict.train)))
 
 
+def test_links_that_lead_nowhere_are_counted_not_fatal(tmp_path):
+    root = make_folder(tmp_path / "d")
+    cdir = os.path.join(root, "train", "a")
+    os.symlink("loop.jpg", os.path.join(cdir, "loop.jpg"))          # points to itself
+    os.symlink("missing.jpg", os.path.join(cdir, "dangling.jpg"))   # points nowhere
+    os.mkfifo(os.path.join(cdir, "pipe.jpg"))                       # would block a reader for ever
+    os.symlink(".", os.path.join(cdir, "again"))                    # a folder linked into itself
+    ds = data.open_dataset(root, 20)
+    assert len(ds.train) == 3 * 4 + 2
+    assert sorted((os.path.basename(p), r) for p, r in ds.skipped) == [
+        ("again", "folder already read (a symbolic link loop)"), ("pipe.jpg", "not a regular file")]
+    imgs, labels = ds.train.load(np.arange(len(ds.train)))
+    assert len(imgs) == 12
+    bad = {os.path.basename(p): reason for p, reason in ds.train.bad.items()}
+    assert sorted(bad) == ["dangling.jpg", "loop.jpg"]
+    assert "Too many levels of symbolic links" in bad["loop.jpg"] and "No such file" in bad["dangling.jpg"]
+
+
+def test_images_in_subfolders_belong_to_their_class(tmp_path):
+    root = make_folder(tmp_path / "d")
+    rgb = np.full((24, 24, 3), 50, np.uint8)
+    _save(os.path.join(root, "train", "b", "extra", "deeper", "x.png"), rgb)
+    _save(os.path.join(root, "train", "b", "extra", "y.png"), rgb)
+    _save(os.path.join(root, "train", "b", ".hidden", "z.png"), rgb)  # hidden folders stay out
+    ds = data.open_dataset(root, 20)
+    names = [os.path.relpath(p, os.path.join(root, "train")) for p in ds.train.paths]
+    assert names == ["a/0.jpg", "a/1.jpg", "a/2.jpg", "a/3.jpg", "b/0.jpg", "b/1.jpg", "b/2.jpg", "b/3.jpg",
+                     "b/extra/deeper/x.png", "b/extra/y.png", "c/0.jpg", "c/1.jpg", "c/2.jpg", "c/3.jpg"]
+    assert ds.train.labels.tolist() == [0] * 4 + [1] * 6 + [2] * 4
+    # A class folder whose images all sit in subfolders is not empty.
+    os.makedirs(os.path.join(root, "val", "b", "sub"))
+    for name in os.listdir(os.path.join(root, "val", "b")):
+        if name.endswith(".jpg"):
+            os.replace(os.path.join(root, "val", "b", name), os.path.join(root, "val", "b", "sub", name))
+    assert len(data.open_dataset(root, 20).val) == 6
+
+
+def test_float_tiff_is_scaled_or_refused_with_the_reason(tmp_path):
+    ramp = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    Image.fromarray(ramp).save(tmp_path / "f.tif")
+    assert Image.open(tmp_path / "f.tif").mode == "F"
+    out = data.decode_image(tmp_path / "f.tif", 32).astype(int)
+    assert np.abs(out[..., 0] - np.round(ramp * 255)).max() <= 1 and out.max() == 255  # not black
+    Image.fromarray(ramp * 300).save(tmp_path / "big.tif")
+    with pytest.raises(ValueError, match=r"floating-point image with values in \[0, 300\]: only 0..1 is understood"):
+        data.decode_image(tmp_path / "big.tif", 32)
+    nan = ramp.copy()
+    nan[0, 0] = np.nan
+    Image.fromarray(nan).save(tmp_path / "nan.tif")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        data.decode_image(tmp_path / "nan.tif", 32)
+
+
+def test_large_images_decode_without_pillow_warning_up_to_its_error_limit(tmp_path, monkeypatch, recwarn):
+    """Pillow's decompression-bomb guard, scaled down: a limit of 1000 pixels warns above 1000
+    and refuses above 2000. The warning band decodes quietly; beyond it, the file is unreadable
+    with Pillow's reason."""
+    import warnings
+
+    from PIL import Image as PILImage
+
+    warnings.simplefilter("always")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)
+    root = make_folder(tmp_path / "d", n_train=1, n_val=1, size=8)
+    _save(os.path.join(root, "train", "a", "large.png"), np.full((36, 40, 3), 9, np.uint8))   # 1440 pixels
+    _save(os.path.join(root, "train", "a", "huge.png"), np.full((50, 50, 3), 9, np.uint8))    # 2500 pixels
+    ds = data.open_dataset(root, 8, mean_samples=0)
+    imgs, _ = ds.train.load(np.arange(len(ds.train)))
+    assert len(imgs) == 4
+    assert list(map(os.path.basename, ds.train.bad)) == ["huge.png"]
+    assert "exceeds limit of 2000 pixels" in next(iter(ds.train.bad.values()))
+    assert [w for w in recwarn if issubclass(w.category, PILImage.DecompressionBombWarning)] == []
+
+
 def test_folder_errors(tmp_path):
     with pytest.raises(UserError, match="not found"):
         data.open_dataset(str(tmp_path / "missing"), 20)

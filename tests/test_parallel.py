@@ -93,3 +93,16 @@ def test_a_failed_chunk_stops_the_others_from_starting(monkeypatch):
     monkeypatch.setenv("ALEXNET_THREADS", "0")
     with pytest.raises(ValueError, match="ALEXNET_THREADS must be a positive integer, got '0'"):
         run_chunks(slow_then_fail, 4)
+
+
+def test_chunks_run_under_the_callers_errstate(monkeypatch):
+    """np.errstate lives in a context variable: the helper threads get a copy of the caller's."""
+    import warnings
+    monkeypatch.setenv("ALEXNET_THREADS", "2")
+    big = np.full(64, 1e38, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(over="ignore"):
+            run_chunks(lambda lo, hi: big[lo:hi] * np.float32(10), len(big), grain=1)
+        with pytest.raises(RuntimeWarning), np.errstate(over="warn"):
+            run_chunks(lambda lo, hi: big[lo:hi] * np.float32(10), len(big), grain=1)

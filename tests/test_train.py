@@ -165,7 +165,9 @@ def test_refuses_to_overwrite_a_run_and_validates_first(tiny, tmp_path):
     with pytest.raises(UserError, match="already at epoch 1 of 1; pass a larger --epochs"):
         Trainer(_config(tiny, epochs=1), run, resume=finished, progress=False)
     for data, bad, msg in ((tiny, dict(batch_size=0), "--batch-size must be at least 1"),
-                           (tiny, dict(lr=-0.1), "--lr must be a finite number >= 0"),
+                           (tiny, dict(lr=-0.1), "--lr must be a finite number > 0, got -0.1"),
+                           (tiny, dict(lr=0.0), "--lr must be a finite number > 0, got 0"),
+                           (tiny, dict(lr=float("nan")), "--lr must be a finite number > 0, got nan"),
                            (str(tmp_path / "nope"), {}, "not found")):
         fresh = str(tmp_path / f"fresh{len(msg)}")
         with pytest.raises(UserError, match=msg):
@@ -212,3 +214,34 @@ def test_loss_falls_on_the_demo_data(tmp_path):
     assert len(losses) == 10
     assert losses[0] > 2.3  # ln(10) = 2.303: chance at the start
     assert losses[-1] < 2.15 and losses[-1] < losses[0] - 0.3, losses
+
+
+def test_divergence_names_the_checkpoint_a_session_resumed_from(tiny, tmp_path):
+    run = str(tmp_path / "run")
+    assert Trainer(_config(tiny), run, stop_after_steps=3, progress=False, log=lambda m: None).run() == 0
+    start = ckpt.CheckpointDir(os.path.join(run, "checkpoints")).latest()
+    branch = str(tmp_path / "branch")  # nothing written there yet when the loss goes
+    t = Trainer(_config(tiny), branch, resume=start, progress=False, log=lambda m: None)
+    t.criterion.forward = lambda logits, labels: float("nan")
+    with pytest.raises(UserError) as e:
+        t.run()
+    assert "no checkpoint was written yet" not in str(e.value)
+    assert str(e.value).endswith(f"this session has written no checkpoint; the last good one is the checkpoint it "
+                                 f"resumed from, {start} (try: alexnet train --resume {start} --lr 0.001)")
+
+
+def test_weights_made_non_finite_by_the_last_update_are_not_saved(tiny, tmp_path, monkeypatch):
+    run = str(tmp_path / "run")
+    t = Trainer(_config(tiny), run, stop_after_steps=2, progress=False, log=lambda m: None)
+    real_step = t.optimizer.step
+
+    def step_to_inf():
+        real_step()
+        if t.step == 1:  # the update of step 2: its loss was finite, the weights it leaves are not
+            t.model.layers[0].params["W"][0, 0, 0, 0] = np.inf
+
+    monkeypatch.setattr(t.optimizer, "step", step_to_inf)
+    with pytest.raises(UserError, match=r"training diverged: the weights \(model/conv1.W: 1 of \d+ NaN/inf\) became "
+                                        r"non-finite at epoch 1, step 2; stopped without saving"):
+        t.run()
+    assert ckpt.CheckpointDir(os.path.join(run, "checkpoints")).list() == []

@@ -213,3 +213,48 @@ def test_resuming_an_older_checkpoint_must_branch_into_a_new_run(trained, tmp_pa
     want, _ = ckpt.load(os.path.join(run, "checkpoints", "ckpt-00000006.npz"))
     assert meta["epoch"] == 2
     assert all(np.array_equal(got[k], want[k]) for k in want)  # the branch replays the same steps
+
+
+def test_plot_skips_and_counts_records_it_cannot_use(trained, tmp_path, capsys):
+    import shutil
+
+    data, run = trained
+    copy = str(tmp_path / "run")
+    shutil.copytree(run, copy)
+    with open(os.path.join(copy, "log.jsonl"), "a") as f:
+        f.write('{"type": "epoch", "epoch": 3}\n')                      # incomplete
+        f.write('[1, 2]\n')                                             # not a record
+        f.write('"some text"\n')
+        f.write('{"no_type": true}\n')                                  # someone else's
+        f.write('{"type": "epoch", "epoch": 4, "train_loss": "x", "val_loss": 1, "train_top1": 0, '
+                '"val_top1": 0, "val_top5": 0, "lr": 0.1}\n')          # a field that is not a number
+        f.write('{"type": "epoch", "epoch": 5, "train_lo')              # cut short by a crash
+    assert main(["plot", copy]) == 0
+    out = capsys.readouterr()
+    assert out.err == ""
+    assert f"skipped 6 records of {copy}/log.jsonl that are cut short, incomplete or not the trainer's" in out.out
+    assert os.path.isfile(os.path.join(copy, "plots", "curves.png"))
+
+
+def test_eval_on_other_classes_names_them(trained, tmp_path, capsys):
+    data, run = trained
+    other = make_folder(tmp_path / "other", classes=("a", "b", "x"), n_train=1, n_val=1, size=20)
+    rc = main(["eval", "--checkpoint", os.path.join(run, "checkpoints", "best.npz"), "--data", other, "--no-progress"])
+    line = _one_error_line(capsys, rc)
+    assert line.endswith("has other classes than the checkpoint was trained on (only in the data: x; "
+                         "only in the checkpoint: c)"), line
+
+
+def test_resuming_a_checkpoint_with_nan_weights_says_so(trained, tmp_path, capsys):
+    data, run = trained
+    arrays, meta = ckpt.load(os.path.join(run, "checkpoints", "ckpt-00000003.npz"))
+    arrays["model/conv1.W"] = arrays["model/conv1.W"].copy()
+    arrays["model/conv1.W"][0, 0, 0, :2] = [np.nan, np.inf]
+    bad = str(tmp_path / "bad" / "checkpoints" / "ckpt-00000003.npz")
+    os.makedirs(os.path.dirname(bad))
+    ckpt.save(bad, arrays, meta)
+    rc = main(["train", "--resume", bad, "--no-progress"])
+    line = _one_error_line(capsys, rc)
+    assert line == (f"alexnet: error: checkpoint {bad} has non-finite weights (model/conv1.W: 2 of "
+                    f"{arrays['model/conv1.W'].size} NaN/inf): the run had already diverged when it was saved; "
+                    f"resume from an earlier checkpoint with a lower --lr")
