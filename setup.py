@@ -16,7 +16,8 @@ setup(
     python_requires=">=3.10",
     packages=[f"alexnet.{floor}" for floor in FLOORS],
     package_dir={f"alexnet.{floor}": floor for floor in FLOORS},
-    package_data={"alexnet.kernels": ["*.cu", "harness/*.h"]},
+    # the ImageNet class names travel with the package: imported checkpoints name their classes
+    package_data={"alexnet.kernels": ["*.cu", "harness/*.h"], "alexnet.app": ["imagenet_classes.txt"]},
     install_requires=["numpy>=1.24", "pillow>=9", "tqdm>=4.60", "threadpoolctl>=3"],
     extras_require={
         # CuPy 14 for CUDA 13 supports NumPy 2; [ctk] brings the CUDA headers and NVRTC that
@@ -25,6 +26,10 @@ setup(
         # NVRTC compiles every kernel in the tests, no GPU needed
         "test": ["pytest>=7", "nvidia-cuda-nvrtc>=13"],
         "ref": ["torch"],
+        # `alexnet export --onnx`, and ONNX Runtime to run what it writes (the export tests do)
+        "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
+        # `alexnet import` of Caffe's .caffemodel files (torchvision's .pth needs nothing extra)
+        "caffe": ["protobuf>=4.21"],
     },
     entry_points={"console_scripts": ["alexnet=alexnet.app.cli:main"]},
 )

@@ -168,13 +168,15 @@ def load_model(path, device="cpu"):
 
     Returns (model, meta, mean). Used by eval, predict and plot, which have no config of their own.
     """
-    from alexnet.models.alexnet import build_model
+    from alexnet.models.registry import build_model
 
     arrays, meta = load(path)
     try:
-        # the dropout variant decides what inference multiplies by (older checkpoints: inverted)
+        # the dropout variant decides what inference multiplies by (older checkpoints: inverted),
+        # the architecture options which layers there are
         model = build_model(meta["arch"], meta["num_classes"], dropout=meta.get("dropout", 0.5),
-                            dropout_variant=meta.get("dropout_variant", "inverted"))
+                            dropout_variant=meta.get("dropout_variant", "inverted"),
+                            **meta.get("model_options", {}))
     except (KeyError, ValueError) as e:
         raise UserError(f"checkpoint {path} names no model this version can build ({e})") from None
     weights = split(arrays, "model")

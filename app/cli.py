@@ -1,5 +1,6 @@
 """The `alexnet` command line: summary, and the subcommands of the other modules (gradcheck in
-app/gradcheck.py, train/prepare/eval/predict/plot in app/train_cli.py, kernels in app/kernels_cli.py).
+app/gradcheck.py, train/prepare/eval/predict/plot in app/train_cli.py, kernels in app/kernels_cli.py,
+import/export in app/import_cli.py).
 
 Every error a user can cause ends as one line on stderr and a non-zero exit, never a traceback.
 """
@@ -11,13 +12,15 @@ from alexnet.app.errors import UserError
 
 def cmd_summary(args):
     from alexnet.layers import Conv2d
-    from alexnet.models.alexnet import AlexNet, AlexNetSmall
+    from alexnet.models.alexnet import AlexNet
+    from alexnet.models.registry import build_model
     if args.model == "alexnet":
         model = AlexNet(args.classes, groups=args.groups)
     else:
-        model = AlexNetSmall(args.classes)
+        model = build_model(args.model, args.classes)
     in_shape = (3, model.input_size, model.input_size)
-    towers = "one tower" if args.groups == 1 and args.model == "alexnet" else "two towers"
+    one = (args.groups == 1 and args.model == "alexnet") or args.model == "alexnet-tv"
+    towers = "one tower" if one else "two towers"
     print(f"{model.arch} ({towers}), input "
           f"{'x'.join(map(str, in_shape))}, {args.classes} classes")
     print(f"{'layer':<9} {'type':<48} {'output':>14} {'params':>12} {'mult-adds':>14}")
@@ -42,13 +45,15 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="alexnet", description="AlexNet from scratch on NumPy and CuPy")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("summary", help="print the network layer by layer with parameters and multiply-adds")
-    p.add_argument("--model", choices=("alexnet", "alexnet-small"), default="alexnet")
+    p.add_argument("--model", choices=("alexnet", "alexnet-small", "alexnet-tv"), default="alexnet",
+                   help="alexnet-tv: torchvision's AlexNet (models/torchvision.py)")
     p.add_argument("--classes", type=int, default=1000, help="number of classes (default 1000)")
     p.add_argument("--groups", type=int, choices=(1, 2), default=2, help="2: the paper's two towers")
     p.set_defaults(func=cmd_summary)
     p = sub.add_parser("gradcheck", help="check every layer's gradients against finite differences")
     p.set_defaults(func=cmd_gradcheck)
-    for module in ("alexnet.app.train_cli", "alexnet.app.kernels_cli", "alexnet.app.inspect"):
+    for module in ("alexnet.app.train_cli", "alexnet.app.kernels_cli", "alexnet.app.inspect",
+                   "alexnet.app.experiments", "alexnet.app.import_cli"):
         try:
             __import__(module, fromlist=["register"]).register(sub)
         except ModuleNotFoundError as e:

@@ -574,11 +574,19 @@ class Prefetcher:
             self._pool = None
 
 
+AUGMENTATIONS = ("paper", "crops", "none")
+
+
 class TrainBatches:
     """The training batches of one epoch: order, indices and augmentation fixed by (seed, epoch).
-    ``scale`` multiplies the mean-subtracted pixels (1: the paper's 0..255 range)."""
+    ``scale`` multiplies the mean-subtracted pixels (1: the paper's 0..255 range). ``augment``:
+    "paper" (random crops, flips and PCA lighting, section 4.1), "crops" (crops and flips, no
+    lighting) or "none" (the centre crop, as at test time)."""
 
-    def __init__(self, source, batch_size, crop, mean, seed, epoch, scale=1.0):
+    def __init__(self, source, batch_size, crop, mean, seed, epoch, scale=1.0, augment="paper"):
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
+        self.augment = augment
         self.scale = scale
         self.source = source
         self.batch_size = batch_size
@@ -592,10 +600,35 @@ class TrainBatches:
     def __call__(self, b):
         idx = self.order[b * self.batch_size : (b + 1) * self.batch_size]
         imgs, labels = self.source.load(idx)
-        x = augment_batch(imgs, batch_rng(self.seed, self.epoch, b), self.crop, self.mean)
+        if self.augment == "none":
+            x = center_crop_batch(imgs, self.crop, self.mean)
+        else:
+            x = augment_batch(imgs, batch_rng(self.seed, self.epoch, b), self.crop, self.mean,
+                              lighting=LIGHTING_STD if self.augment == "paper" else 0.0)
         if self.scale != 1.0:
             x *= np.float32(self.scale)
         return x, labels
+
+
+class SubsetSource:
+    """`count` samples of a split, spread evenly over it (every class keeps its share), in its
+    order: a smaller training set for quick experiments (TrainConfig.max_train)."""
+
+    def __init__(self, source, count):
+        self.source = source
+        self.indices = np.unique(np.linspace(0, len(source) - 1, count).round().astype(np.int64))
+        self.labels = np.asarray(source.labels)[self.indices]
+        self.size = source.size
+
+    def __len__(self):
+        return len(self.indices)
+
+    @property
+    def bad(self):
+        return getattr(self.source, "bad", {})
+
+    def load(self, indices):
+        return self.source.load(self.indices[np.asarray(indices)])
 
 
 def num_batches(n, batch_size):

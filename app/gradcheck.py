@@ -5,7 +5,7 @@ exaggerated settings, inputs kept away from kinks) that the command and tests/te
 """
 import numpy as np
 
-from alexnet.layers import LRN, Conv2d, Dense, Dropout, MaxPool2d, ReLU, Tanh
+from alexnet.layers import LRN, AdaptiveAvgPool2d, Conv2d, Dense, Dropout, MaxPool2d, ReLU, Tanh
 
 
 def distinct_values(rng, shape, spacing=0.01):
@@ -57,6 +57,8 @@ def standard_layer_cases():
         ("lrn n3 a.5 b1.3 k1.5", lambda: LRN(3, 0.5, 1.3, 1.5), normal((2, 4, 2, 3))),
         ("maxpool 3/2 overlapping", lambda: MaxPool2d(3, 2), lambda rng: distinct_values(rng, (2, 3, 9, 9))),
         ("maxpool 3/2 odd 8x7", lambda: MaxPool2d(3, 2), lambda rng: distinct_values(rng, (1, 2, 8, 7))),
+        ("adaptive avgpool 7x5->3x2 overlap", lambda: AdaptiveAvgPool2d((3, 2)), normal((2, 3, 7, 5))),
+        ("adaptive avgpool 3x4->5x6 repeat", lambda: AdaptiveAvgPool2d((5, 6)), normal((1, 2, 3, 4))),
         ("dense 7->5", dense(7, 5), normal((3, 7))),
         ("dropout p=0.5 (mask fixed)", lambda: Dropout(0.5, seed=3), normal((4, 6))),
         ("dropout p=0.3 paper variant", lambda: Dropout(0.3, seed=4, variant="paper"), normal((4, 6))),

@@ -118,6 +118,18 @@ def check_pool(rt, rng):
                   {"out": ("maxpool_forward",), "dx": ("maxpool_backward",)})
 
 
+def check_avgpool(rt, rng):
+    from alexnet.layers import AdaptiveAvgPool2d
+    kernels = {"out": ("avgpool_forward",), "dx": ("avgpool_backward",)}
+    rows = []
+    # overlapping bins (7 rows into 3, 10 columns into 4), bins that repeat pixels (more outputs than
+    # inputs), and torchvision's AlexNet at 224 (6x6 into 6x6: the identity)
+    for shape, size in (((2, 3, 7, 10), (3, 4)), ((1, 2, 3, 5), (4, 7)), ((2, 3, 6, 6), (6, 6))):
+        label = f"AdaptiveAvgPool2d {shape[2]}x{shape[3]} -> {size[0]}x{size[1]}"
+        rows += _layer(rt, rng, label, lambda: AdaptiveAvgPool2d(size), rng.standard_normal(shape), kernels)
+    return rows
+
+
 def check_flatten(rt, rng):
     from alexnet.layers import Flatten
     return _layer(rt, rng, "Flatten", Flatten, rng.standard_normal((2, 3, 4, 5)), {"out": (), "dx": ()})
@@ -247,7 +259,7 @@ def check_network(rt, make_net, x, labels, tol=1e-4):
 
 
 CHECKS = {"conv": check_conv, "dense": check_dense, "relu": check_relu, "tanh": check_tanh, "lrn": check_lrn,
-          "pool": check_pool,
+          "pool": check_pool, "avgpool": check_avgpool,
           "flatten": check_flatten, "dropout": check_dropout, "softmax_xent": check_softmax_xent, "sgd": check_sgd,
           "sgemm": check_sgemm}
 

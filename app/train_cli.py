@@ -4,23 +4,40 @@
 functions so that ``alexnet --help`` and the other subcommands start fast.
 """
 
+import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 
 from alexnet.app.errors import UserError
+from alexnet.app.recipes import CHOICES as RECIPE_CHOICES
+from alexnet.models.registry import MODEL_NAMES
 
-MODELS = ("alexnet", "alexnet-small")
+# The demo: alexnet-small on the built-in dataset (5,000 training images, so --recipe auto picks
+# the small-data recipe, app/recipes.py), 25 epochs: ~86% top-1 in about 3 minutes on two cores.
+DEMO = {"model": "alexnet-small", "epochs": 25}
 
-# The demo's own defaults. The paper's recipe (N(0, 0.01) weights on raw 0..255 pixels, batch 128,
-# patience 1) sits at chance level for many epochs on 5,000 small images (measured: still at
-# ln(10) after 4 epochs with the paper and caffe presets). The he preset on pixels scaled to
-# about unit spread (1/64) leaves chance in epoch 2 without dropout, around epoch 7 with the
-# paper's 0.5; 25 epochs then reach ~86% top-1 in about 5 minutes on two cores.
-DEMO = {"model": "alexnet-small", "epochs": 25, "batch_size": 64, "lr": 0.01, "init": "he",
-        "input_scale": 1 / 64, "dropout": 0.0, "patience": 2}
+
+def _pool(text):
+    """--pool K/S, e.g. 3/2 (the paper's overlapping pooling) or 2/2."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise argparse.ArgumentTypeError(f"expected KERNEL/STRIDE such as 3/2, got {text!r}")
+    return (int(m.group(1)), int(m.group(2)))
+
+
+def _epochs(text):
+    """--lr-drops 30,60: epochs after which the learning rate is divided by 10."""
+    try:
+        epochs = tuple(int(e) for e in text.split(","))
+    except ValueError:
+        epochs = ()
+    if not epochs or min(epochs) < 1:
+        raise argparse.ArgumentTypeError(f"expected epoch numbers >= 1 such as 30,60, got {text!r}")
+    return epochs
 
 
 def register(subparsers):
@@ -28,19 +45,23 @@ def register(subparsers):
         "train", help="train AlexNet (no arguments: the small model on the built-in demo dataset)",
         description="Train on DIR (train/<class>/* and val/<class>/* images, or a dataset written by "
                     "'alexnet prepare'). Without --data, generates the built-in demo dataset once (a cache "
-                    "folder, $ALEXNET_CACHE) and trains alexnet-small on it in a few minutes on a CPU, "
-                    f"with the demo's own defaults: {DEMO['epochs']} epochs, batch {DEMO['batch_size']}, "
-                    f"lr {DEMO['lr']}, --init {DEMO['init']}, --input-scale {DEMO['input_scale']:g} (1/64), "
-                    f"--dropout {DEMO['dropout']:g}, plateau patience {DEMO['patience']} (the paper's init and "
-                    "dropout stay at chance for many epochs on so little data). With --data the "
-                    "defaults are the paper's: batch 128, lr 0.01, momentum 0.9, weight decay 5e-4, LR divided "
-                    "by 10 when the validation error stops improving (at most 3 times), 90 epochs, paper init. "
+                    "folder, $ALEXNET_CACHE) and trains alexnet-small on it for "
+                    f"{DEMO['epochs']} epochs, a few minutes on a CPU. The settings that decide whether a run "
+                    "learns come as a recipe (app/recipes.py): with the default --recipe auto, a training set "
+                    "under 50,000 images gets 'small' (He init, pixels scaled by 1/64, no dropout, batch 64, "
+                    "plateau patience 2, 30 epochs), a larger one 'large' (the same with dropout 0.5, batch 128, "
+                    "patience 1, 90 epochs); '--recipe paper' is the paper's exact recipe (its init with bias 1, "
+                    "0..255 pixels, the paper's dropout 0.5, batch 128, 90 epochs). Always: lr 0.01, momentum 0.9, "
+                    "weight decay 5e-4, LR divided by 10 when the validation error stops improving (at most 3 "
+                    "times). Any flag below overrides its recipe's value. "
                     "Ctrl-C or SIGTERM saves a checkpoint and prints the command that resumes exactly where it "
                     "stopped (exit status 130 or 143); one process at a time may train in a run directory.")
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the built-in demo dataset)")
-    p.add_argument("--model", choices=MODELS, help="network (default alexnet; alexnet-small for the demo)")
-    p.add_argument("--epochs", type=int, metavar="N", help="epochs to train in total (default 90)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="images per step (default 128)")
+    p.add_argument("--model", choices=MODEL_NAMES, help="network (default alexnet; alexnet-small for the demo)")
+    p.add_argument("--recipe", choices=RECIPE_CHOICES,
+                   help="auto (default): small or large by the training set's size; paper: the paper's exact recipe")
+    p.add_argument("--epochs", type=int, metavar="N", help="epochs to train in total (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="images per step (default: the recipe's)")
     p.add_argument("--lr", type=float, metavar="LR", help="initial learning rate (default 0.01)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="where to train (default cpu)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<date>-<time>-<model>)")
@@ -48,14 +69,29 @@ def register(subparsers):
                    help="continue a run from a checkpoint file, a run directory (its latest checkpoint), "
                         "or with no value the latest checkpoint of --out")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the init, data order, augmentation and dropout (default 0)")
-    p.add_argument("--init", choices=("paper", "caffe", "he"), help="weight init preset (default paper)")
+    p.add_argument("--init", choices=("paper", "caffe", "he", "lecun"), help="weight init preset (default: the recipe's)")
     p.add_argument("--input-scale", type=float, metavar="X",
-                   help="multiply mean-subtracted pixels by X (default 1: the paper's 0..255 range; "
-                        "the demo uses 0.015625 = 1/64 for the he init)")
-    p.add_argument("--dropout", type=float, metavar="P", help="dropout probability in fc6/fc7 (default 0.5, the paper's)")
+                   help="multiply mean-subtracted pixels by X (1: the paper's 0..255 range; the small and large "
+                        "recipes use 0.015625 = 1/64, about unit spread)")
+    p.add_argument("--dropout", type=float, metavar="P", help="dropout probability in fc6/fc7 (default: the recipe's)")
     p.add_argument("--dropout-variant", choices=("inverted", "paper"),
-                   help="inverted (default): kept units scaled by 1/(1-p) while training; paper: unscaled while "
+                   help="inverted: kept units scaled by 1/(1-p) while training; paper: unscaled while "
                         "training, outputs times (1-p) at test, which trains as the paper did (layers/dropout.py)")
+    p.add_argument("--patience", type=int, metavar="E",
+                   help="epochs without a better validation error before the LR is divided by 10 (default: the recipe's)")
+    p.add_argument("--rescale-velocity", action=argparse.BooleanOptionalAction, default=None,
+                   help="when the LR drops, scale the momentum buffer with it (PyTorch's rule; the small and large "
+                        "recipes) or keep it (the paper's rule: the weights travel on at the old rate for ~10 steps)")
+    p.add_argument("--lr-drops", type=_epochs, metavar="E1,E2",
+                   help="divide the LR by 10 after these epochs instead of on plateaus")
+    arch = p.add_argument_group("the paper's design choices (to take one out and measure it)")
+    arch.add_argument("--lrn", action=argparse.BooleanOptionalAction, default=None, help="local response normalization (default on)")
+    arch.add_argument("--pool", type=_pool, metavar="K/S", help="max-pool window/stride (default 3/2, overlapping)")
+    arch.add_argument("--groups", type=int, choices=(1, 2), help="2: two towers (default), 1: one tower")
+    arch.add_argument("--activation", choices=("relu", "tanh"), help="the nonlinearity (default relu)")
+    arch.add_argument("--augment", choices=("paper", "crops", "none"),
+                      help="paper: random crops, flips, PCA lighting (default); crops: without lighting; none: centre crop")
+    arch.add_argument("--max-train", type=int, metavar="N", help="train on N of the training images, evenly spread")
     p.add_argument("--workers", type=int, metavar="W", help="background loader threads (default 2; 0 loads inline)")
     p.add_argument("--strict-data", action="store_true", default=None,
                    help="stop at the first unreadable image instead of skipping and counting it")
@@ -77,7 +113,7 @@ def register(subparsers):
                     "training mean. Training reads the shards through memory maps. DST appears only when complete.")
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
-    p.add_argument("--model", choices=MODELS, default="alexnet",
+    p.add_argument("--model", choices=MODEL_NAMES, default="alexnet",
                    help="size the images for this model: 256 for alexnet, 73 for alexnet-small (default alexnet)")
     p.add_argument("--size", type=int, metavar="S", help="image side, overriding --model")
     p.add_argument("--workers", type=int, default=2, metavar="W", help="decoding threads (default 2)")
@@ -156,9 +192,11 @@ def cmd_train(args):
     from alexnet.app.rundir import check_not_in_use
     from alexnet.app.trainer import TrainConfig, Trainer
 
-    given = {k: getattr(args, k) for k in ("model", "epochs", "batch_size", "lr", "device", "seed", "init",
+    given = {k: getattr(args, k) for k in ("model", "recipe", "epochs", "batch_size", "lr", "device", "seed", "init",
                                             "input_scale", "dropout", "dropout_variant", "workers", "strict_data",
-                                            "keep", "log_every", "save_every")}
+                                            "keep", "log_every", "save_every", "patience", "rescale_velocity",
+                                            "lr_drops", "lrn", "pool", "groups", "activation", "augment",
+                                            "max_train")}
     given = {k: v for k, v in given.items() if v is not None}
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise UserError(f"--stop-after-steps must be at least 1, got {args.stop_after_steps}")
@@ -177,8 +215,9 @@ def cmd_train(args):
                             f"to branch off from this one")
         config = TrainConfig.from_json(meta["config"])
         # What fixes the computation cannot change mid-run; the rest can.
-        for key in ("model", "batch_size", "seed", "init", "input_scale", "dropout", "dropout_variant"):
-            if key in given and given[key] != getattr(config, key):
+        for key in ("model", "recipe", "batch_size", "seed", "init", "input_scale", "dropout", "dropout_variant",
+                    "rescale_velocity", "lr_drops", "lrn", "pool", "groups", "activation", "augment", "max_train"):
+            if key in given and given[key] != getattr(config, key) and not (key == "recipe" and given[key] == "auto"):
                 raise UserError(f"--{key.replace('_', '-')} cannot change when resuming "
                                 f"(the run uses {getattr(config, key)})")
         for key in ("epochs", "lr", "device", "workers", "strict_data", "keep", "log_every", "save_every"):
@@ -214,7 +253,9 @@ def cmd_train(args):
 def cmd_prepare(args):
     from alexnet.app.data import prepare_dataset
 
-    size = args.size if args.size is not None else {"alexnet": 256, "alexnet-small": 73}[args.model]
+    from alexnet.models.registry import sizes
+
+    size = args.size if args.size is not None else sizes(args.model)[1]
     if size < 8:
         raise UserError(f"--size must be at least 8, got {size}")
     if args.workers < 0:

@@ -43,40 +43,87 @@ from alexnet.app.errors import UserError
 
 @dataclasses.dataclass
 class TrainConfig:
-    """What defines a run; stored as config.json. Defaults are the paper's (section 5)."""
+    """What defines a run; stored as config.json.
+
+    The settings a recipe decides (app/recipes.py: init, input_scale, dropout, dropout_variant,
+    batch_size, patience, epochs, rescale_velocity) default to None, "the recipe's"; `resolve`
+    fills them once the training set's size is known. A resolved config (config.json, the
+    checkpoints) has none left, so a resumed run never re-chooses."""
 
     data: str
     model: str = "alexnet"
-    epochs: int = 90
-    batch_size: int = 128
+    recipe: str = "auto"
+    epochs: int = None
+    batch_size: int = None
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    init: str = "paper"
+    init: str = None
     seed: int = 0
     device: str = "cpu"
     workers: int = 2
     strict_data: bool = False
     keep: int = 3
-    patience: int = 1
+    patience: int = None
     max_drops: int = 3
     log_every: int = 50
-    input_scale: float = 1.0
-    dropout: float = 0.5
-    dropout_variant: str = "inverted"
+    input_scale: float = None
+    dropout: float = None
+    dropout_variant: str = None
+    rescale_velocity: bool = None
     save_every: str = None  # "500" (steps) or "10m" (minutes; also s, h); None: epoch ends only
+    # the paper's design choices, so that each can be taken out (alexnet experiment ablations)
+    lrn: bool = True
+    pool: tuple = (3, 2)
+    groups: int = 2
+    activation: str = "relu"
+    augment: str = "paper"
+    lr_drops: tuple = ()  # epochs after which the LR is divided by 10; empty: on plateaus (the paper's)
+    max_train: int = 0  # train on this many images of the training set (evenly spread); 0: all
     demo: bool = False
 
+    def resolve(self, train_size):
+        """Fill the settings left to the recipe (`recipe` becomes the one `auto` chose)."""
+        from alexnet.app import recipes
+
+        self.recipe = recipes.resolve(self.recipe, train_size)
+        for key, value in recipes.settings(self.recipe).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.validate()
+
+    def model_options(self):
+        """The architecture options that differ from the paper's, for models.build_model."""
+        defaults = {"lrn": True, "pool": (3, 2), "groups": 2, "activation": "relu"}
+        chosen = {"lrn": self.lrn, "pool": tuple(self.pool), "groups": self.groups, "activation": self.activation}
+        return {k: v for k, v in chosen.items() if v != defaults[k]}
+
     def validate(self):
-        """Reject impossible values with one clear line, before anything touches the disk."""
-        if self.model not in ("alexnet", "alexnet-small"):
-            raise UserError(f"unknown model {self.model!r}: expected alexnet or alexnet-small")
+        """Reject impossible values with one clear line, before anything touches the disk; settings
+        still left to the recipe (None) are checked once resolved."""
+        from alexnet.app import recipes
+        from alexnet.app.data import AUGMENTATIONS
+        from alexnet.models.alexnet import check_options
+        from alexnet.models.registry import MODEL_NAMES
+
+        if self.model not in MODEL_NAMES:
+            raise UserError(f"unknown model {self.model!r}: expected one of {', '.join(MODEL_NAMES)}")
+        if self.recipe not in recipes.CHOICES:
+            raise UserError(f"unknown --recipe {self.recipe!r}: expected one of {', '.join(recipes.CHOICES)}")
+        if self.augment not in AUGMENTATIONS:
+            raise UserError(f"unknown --augment {self.augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
+        if self.max_train < 0 or any(int(e) < 1 for e in self.lr_drops):
+            raise UserError("--max-train must be >= 0 and --lr-drops epochs >= 1")
+        try:
+            check_options(self.groups, tuple(self.pool), self.activation)
+        except ValueError as e:
+            raise UserError(f"--{str(e)}") from None
         from alexnet.engine.init import PRESETS
 
-        if self.init not in PRESETS:
+        if self.init is not None and self.init not in PRESETS:
             raise UserError(f"unknown init preset {self.init!r}: expected one of {', '.join(PRESETS)}")
         for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise UserError(f"--lr must be a finite number > 0, got {self.lr:g}")
@@ -84,15 +131,17 @@ class TrainConfig:
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
-        if not math.isfinite(self.input_scale) or self.input_scale <= 0:
+        if self.input_scale is not None and (not math.isfinite(self.input_scale) or self.input_scale <= 0):
             raise UserError(f"--input-scale must be a finite number > 0, got {self.input_scale}")
         if self.workers < 0:
             raise UserError(f"--workers must be >= 0, got {self.workers}")
-        if not 0.0 <= self.dropout < 1.0:
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.patience is not None and self.patience < 1:
+            raise UserError(f"--patience must be at least 1, got {self.patience}")
         from alexnet.layers.dropout import VARIANTS
 
-        if self.dropout_variant not in VARIANTS:
+        if self.dropout_variant is not None and self.dropout_variant not in VARIANTS:
             raise UserError(f"unknown --dropout-variant {self.dropout_variant!r}: expected one of "
                             f"{', '.join(VARIANTS)}")
         if self.log_every < 1:
@@ -115,7 +164,14 @@ class TrainConfig:
     @classmethod
     def from_json(cls, d):
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        d = {k: v for k, v in d.items() if k in names}
+        if "recipe" not in d:
+            # written before recipes existed: its settings are all there, and it ran with the
+            # paper's update rule and dropout scaling
+            d.update(recipe="paper", rescale_velocity=False)
+            d.setdefault("dropout_variant", "inverted")
+        d["pool"], d["lr_drops"] = tuple(d.get("pool", (3, 2))), tuple(d.get("lr_drops", ()))
+        return cls(**d)
 
 
 def parse_save_every(text):
@@ -274,10 +330,10 @@ class Trainer:
 
     def __init__(self, config, run_dir, resume=None, stop_after_steps=None, progress=True, log=None,
                  lr_override=None):
-        from alexnet.app.data import open_dataset, peek_classes
+        from alexnet.app.data import SubsetSource, open_dataset, peek_classes
         from alexnet.engine.loss import SoftmaxCrossEntropy
-        from alexnet.engine.optim import SGD, PlateauSchedule
-        from alexnet.models.alexnet import AlexNet, AlexNetSmall
+        from alexnet.engine.optim import SGD, MilestoneSchedule, PlateauSchedule
+        from alexnet.models import registry
 
         config.validate()
         self.config = config
@@ -300,14 +356,18 @@ class Trainer:
                             f"--resume {run_dir}, or choose another --out")
 
         classes = peek_classes(config.data)
-        build = AlexNet if config.model == "alexnet" else AlexNetSmall
-        self.model = build(len(classes), init=config.init, seed=config.seed, dropout=config.dropout,
-                           dropout_variant=config.dropout_variant)
-        self.dataset = open_dataset(config.data, self.model.resize_size, strict=config.strict_data)
+        input_size, resize_size = registry.sizes(config.model)
+        self.dataset = open_dataset(config.data, resize_size, strict=config.strict_data)
+        if 0 < config.max_train < len(self.dataset.train):
+            self.dataset.train = SubsetSource(self.dataset.train, config.max_train)
+        config.resolve(len(self.dataset.train))       # the recipe's settings, for this much data
+        self.model = registry.build_model(config.model, len(classes), init=config.init, seed=config.seed,
+                                          dropout=config.dropout, dropout_variant=config.dropout_variant,
+                                          **config.model_options())
         self.classes = self.dataset.classes
-        if self.dataset.size < self.model.input_size:
+        if self.dataset.size < input_size:
             raise UserError(f"{config.data} holds {self.dataset.size}x{self.dataset.size} images, smaller than "
-                            f"{config.model}'s {self.model.input_size}x{self.model.input_size} crops "
+                            f"{config.model}'s {input_size}x{input_size} crops "
                             f"(prepare it with --model {config.model})")
         self.mean = self.dataset.mean
         self.optimizer = None
@@ -327,9 +387,12 @@ class Trainer:
             self._restore(resume, *state)
         self.model.to(config.device)
         self.optimizer = SGD(self.model, lr=config.lr, momentum=config.momentum,
-                             weight_decay=config.weight_decay)
-        self.schedule = PlateauSchedule(self.optimizer, factor=0.1, patience=config.patience,
-                                        max_drops=config.max_drops)
+                             weight_decay=config.weight_decay, rescale_velocity=config.rescale_velocity)
+        if config.lr_drops:
+            self.schedule = MilestoneSchedule(self.optimizer, config.lr_drops)
+        else:
+            self.schedule = PlateauSchedule(self.optimizer, factor=0.1, patience=config.patience,
+                                            max_drops=config.max_drops)
         if state is not None:
             arrays, meta = state
             self.optimizer.load_state_dict({"lr": meta["lr"], "velocity": ckpt.split(arrays, "optim")})
@@ -385,7 +448,7 @@ class Trainer:
             "arch": self.model.arch, "num_classes": self.model.num_classes, "classes": self.classes,
             "input_size": self.model.input_size, "resize_size": self.model.resize_size,
             "input_scale": self.config.input_scale, "dropout": self.config.dropout,
-            "dropout_variant": self.config.dropout_variant,
+            "dropout_variant": self.config.dropout_variant, "model_options": self.config.model_options(),
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
             "lr": opt["lr"], "schedule": self.schedule.state_dict(), "rng": self.model.rng_state(),
             "data_seed": self.config.seed, "train_size": len(self.dataset.train),
@@ -545,7 +608,7 @@ class Trainer:
 
         cfg = self.config
         batches = TrainBatches(self.dataset.train, cfg.batch_size, self.model.input_size, self.mean,
-                               cfg.seed, self.epoch, cfg.input_scale)
+                               cfg.seed, self.epoch, cfg.input_scale, augment=cfg.augment)
         self._recent = deque()
         self._pending = self._no_pending()
         bar = tqdm(total=batches.num_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
@@ -572,7 +635,7 @@ class Trainer:
                 bar.update(1)
                 if log_now:
                     self._append_log({"type": "step", "epoch": self.epoch + 1, "batch": self.batch, "step": self.step,
-                                      "loss": self._recent_loss(), "lr": self.optimizer.lr})
+                                      "lr": self.optimizer.lr, **self._recent_means()})
                 if signals.requested or stop_now:
                     loader.close()
                     bar.close()
@@ -658,19 +721,20 @@ class Trainer:
         stats["correct"] += int(pending["correct"])
         stats["seen"] += pending["seen"]
         stats["steps"] += pending["steps"]
-        self._recent.append((loss_sum, pending["steps"]))
+        self._recent.append((loss_sum, pending["steps"], int(pending["correct"]), pending["seen"]))
         self._watch_stuck(loss_sum / pending["steps"], math.log(self.model.num_classes), pending["steps"])
 
-    def _recent_loss(self):
-        """Mean loss per step over the last --log-every steps (as flushed)."""
-        total, steps = 0.0, 0
-        for loss_sum, n in reversed(self._recent):
+    def _recent_means(self):
+        """{"loss": mean loss per step, "train_top1": share of correct predictions} over the last
+        --log-every steps (as flushed; the training-mode forward's, dropout and augmentation on)."""
+        loss, steps, correct, seen = 0.0, 0, 0, 0
+        for entry in reversed(self._recent):
             if steps >= self.config.log_every:
                 break
-            total, steps = total + loss_sum, steps + n
+            loss, steps, correct, seen = loss + entry[0], steps + entry[1], correct + entry[2], seen + entry[3]
         while len(self._recent) > self.config.log_every:
             self._recent.popleft()
-        return total / max(steps, 1)
+        return {"loss": loss / max(steps, 1), "train_top1": correct / max(seen, 1)}
 
     def _watch_stuck(self, loss, ln_classes, steps=1):
         """Warn once when the loss has sat at ln(classes), chance level, for a long stretch: the
@@ -718,7 +782,7 @@ class Trainer:
             # Weights gone to inf/NaN in the epoch's last steps must not become a checkpoint.
             self._diverged(val["loss"], where="the validation loss")
         lr_used = self.optimizer.lr
-        dropped = self.schedule.step(1.0 - val["top1"])
+        dropped = self.schedule.step(1.0 - val["top1"], epoch=self.epoch + 1)
         self.epoch += 1
         self.batch = 0
         is_best = val["top1"] > self.best_top1

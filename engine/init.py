@@ -7,10 +7,12 @@
   where the paper has 1, else 0. Starts more reliably.
 - `he`: weights N(0, 2 / fan_in), biases 0 (He et al. 2015). Not from the paper; small nets
   trained for a few minutes (the CPU demo) start fastest with it.
+- `lecun`: weights N(0, 1 / fan_in), biases 0 (LeCun et al. 1998): half He's variance, a scale at
+  which tanh and ReLU networks both start well (models/convnet4.py compares the two from it).
 """
 import numpy as np
 
-PRESETS = ("paper", "caffe", "he")
+PRESETS = ("paper", "caffe", "he", "lecun")
 _BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
 
@@ -24,8 +26,8 @@ def init_weights(model, preset="paper", seed=0):
             continue
         W, b = layer.params["W"], layer.params["b"]
         fan_in = int(np.prod(W.shape[1:]))
-        if preset == "he":
-            std, bias = np.sqrt(2.0 / fan_in), 0.0
+        if preset in ("he", "lecun"):
+            std, bias = np.sqrt((2.0 if preset == "he" else 1.0) / fan_in), 0.0
         elif preset == "caffe":
             std = 0.005 if layer.name in ("fc6", "fc7") else 0.01
             bias = 0.1 if layer.name in _BIAS_ONE else 0.0

@@ -21,7 +21,8 @@ Reference loop: layers/reference.py sgd_step. On the CPU the update walks each t
 sized blocks on every core; on the GPU one launch of kernels/sgd.cu updates every tensor.
 
 Schedules: `PlateauSchedule` is the paper's "divide the learning rate by 10 when the validation
-error stops improving", at most 3 times; `StepSchedule` divides by a factor every `step_size` epochs.
+error stops improving", at most 3 times; `MilestoneSchedule` divides by 10 after given epochs;
+`StepSchedule` divides by a factor every `step_size` epochs.
 """
 from collections import OrderedDict
 
@@ -165,7 +166,7 @@ class PlateauSchedule:
         self.bad_epochs = 0
         self.drops = 0
 
-    def step(self, val_error):
+    def step(self, val_error, epoch=None):
         """Record one epoch's validation error; returns True when it divided the LR."""
         if val_error < self.best - self.threshold:
             self.best = float(val_error)
@@ -189,6 +190,30 @@ class PlateauSchedule:
             setattr(self, key, float(state[key]))
         for key in ("patience", "max_drops", "bad_epochs", "drops"):
             setattr(self, key, int(state[key]))
+
+
+class MilestoneSchedule:
+    """Divide the LR by 1/factor at the end of each of the given epochs (1-based), whatever the
+    validation error does: a drop at a known place, for experiments that study it."""
+
+    def __init__(self, optimizer, milestones, factor=0.1):
+        if not 0 < factor < 1 or any(int(m) < 1 for m in milestones):
+            raise ValueError(f"MilestoneSchedule: need epochs >= 1 and 0 < factor < 1, got {milestones!r}, {factor!r}")
+        self.optimizer = optimizer
+        self.milestones, self.factor = sorted(int(m) for m in milestones), float(factor)
+
+    def step(self, val_error, epoch=None):
+        """`epoch` (1-based) has just ended; returns True when it divided the LR."""
+        if epoch in self.milestones:
+            self.optimizer.lr *= self.factor
+            return True
+        return False
+
+    def state_dict(self):
+        return {"kind": "milestones", "milestones": self.milestones, "factor": self.factor}
+
+    def load_state_dict(self, state):
+        self.milestones, self.factor = [int(m) for m in state["milestones"]], float(state["factor"])
 
 
 class StepSchedule:

@@ -136,6 +136,26 @@ def maxpool_backward(rt, dout, argmax, x_shape, kernel_size, stride, who="maxpoo
     return dx
 
 
+# ---- adaptive average pooling --------------------------------------------------------------------
+def avgpool_forward(rt, x, output_size, who="avgpool"):
+    """-> out (N, C, OH, OW), each the mean of its PyTorch-rule bin (avgpool.cu)."""
+    check_array(rt, who, "x", x)
+    N, C, H, W = x.shape
+    OH, OW = output_size
+    out = rt.xp.empty((N, C, OH, OW), np.float32)
+    _launch(rt, "avgpool", "avgpool_forward", out.size, (x, out, *_ints(N * C, H, W, OH, OW)))
+    return out
+
+
+def avgpool_backward(rt, dout, x_shape, who="avgpool"):
+    check_array(rt, who, "dout", dout)
+    N, C, H, W = x_shape
+    OH, OW = dout.shape[2:]
+    dx = rt.xp.empty(x_shape, np.float32)
+    _launch(rt, "avgpool", "avgpool_backward", dx.size, (dout, dx, *_ints(N * C, H, W, OH, OW)))
+    return dx
+
+
 # ---- dropout -------------------------------------------------------------------------------------
 def _dropout_args(p, seed, step, scale):
     if not 0.0 <= p < 1.0:

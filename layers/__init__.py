@@ -2,6 +2,7 @@
 
 reference.py holds the plain-loop version of every forward and backward pass (the oracle of the tests).
 """
+from alexnet.layers.avgpool import AdaptiveAvgPool2d
 from alexnet.layers.conv import Conv2d
 from alexnet.layers.dense import Dense
 from alexnet.layers.dropout import Dropout
@@ -11,4 +12,4 @@ from alexnet.layers.pool import MaxPool2d
 from alexnet.layers.relu import ReLU
 from alexnet.layers.tanh import Tanh
 
-__all__ = ["Conv2d", "Dense", "Dropout", "Flatten", "LRN", "MaxPool2d", "ReLU", "Tanh"]
+__all__ = ["AdaptiveAvgPool2d", "Conv2d", "Dense", "Dropout", "Flatten", "LRN", "MaxPool2d", "ReLU", "Tanh"]

@@ -15,6 +15,7 @@ returns NumPy arrays and keeps nothing between calls; a backward takes what its 
     tanh_forward(x) -> out                     tanh_backward(x, dout) -> dx
     lrn_forward(x, size, alpha, beta, k)       lrn_backward(x, dout, size, alpha, beta, k) -> dx
     maxpool_forward(x, K, S) -> out            maxpool_backward(x, dout, K, S) -> dx
+    adaptive_avgpool_forward(x, (OH, OW))      adaptive_avgpool_backward(x, dout, (OH, OW)) -> dx
     dense_forward(x, W, b) -> out              dense_backward(x, W, dout) -> dx, dW, db
     dropout_forward(x, keep, p, train, variant)            dropout_backward(dout, keep, p, train, variant)
     softmax_xent_forward(logits, labels) -> loss           softmax_xent_backward(logits, labels) -> dlogits
@@ -268,3 +269,43 @@ def sgd_step(w, g, v, lr, momentum=0.9, weight_decay=5e-4, lr_mult=1.0, decay_mu
                     - (lr * lr_mult) * g[i])
         w_new[i] = w[i] + v_new[i]
     return w_new, v_new
+
+
+# ---- adaptive average pooling (layers/avgpool.py) ------------------------------------------------------
+def _bin(i, size, out_size):
+    """rows (or columns) of output bin i: floor(i size / out_size) .. ceil((i + 1) size / out_size) - 1"""
+    return range(math.floor(i * size / out_size), math.ceil((i + 1) * size / out_size))
+
+
+def adaptive_avgpool_forward(x, output_size):
+    """out[n, c, i, j] = sum_{h in rows(i), w in cols(j)} x[n, c, h, w] / (|rows(i)| |cols(j)|)"""
+    N, C, H, W = x.shape
+    OH, OW = output_size
+    out = np.zeros((N, C, OH, OW), x.dtype)
+    for n in range(N):
+        for c in range(C):
+            for i in range(OH):
+                for j in range(OW):
+                    rows, cols = _bin(i, H, OH), _bin(j, W, OW)
+                    total = 0.0
+                    for h in rows:
+                        for w in cols:
+                            total += x[n, c, h, w]
+                    out[n, c, i, j] = total / (len(rows) * len(cols))
+    return out
+
+
+def adaptive_avgpool_backward(x, dout, output_size):
+    """dx[n, c, h, w] = sum over the bins (i, j) holding (h, w) of dout[n, c, i, j] / (|rows(i)| |cols(j)|)"""
+    N, C, H, W = x.shape
+    OH, OW = output_size
+    dx = np.zeros(x.shape, dout.dtype)
+    for n in range(N):
+        for c in range(C):
+            for i in range(OH):
+                for j in range(OW):
+                    rows, cols = _bin(i, H, OH), _bin(j, W, OW)
+                    for h in rows:
+                        for w in cols:
+                            dx[n, c, h, w] += dout[n, c, i, j] / (len(rows) * len(cols))
+    return dx

@@ -29,13 +29,15 @@ from alexnet.engine.init import init_weights
 from alexnet.engine.net import Sequential
 from alexnet.layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU, Tanh
 
-MODEL_NAMES = ("alexnet", "alexnet-small")
+# (input size, resize size): random input_size crops of images brought to resize_size (227 of 256:
+# the paper's 224 only works out with 227, (227 - 11) / 4 + 1 = 55)
+SIZES = {"alexnet": (227, 256), "alexnet-small": (64, 73)}
 
 
 ACTIVATIONS = {"relu": ReLU, "tanh": Tanh}
 
 
-def _check_options(groups, pool, activation):
+def check_options(groups, pool, activation):
     if groups not in (1, 2):
         raise ValueError(f"groups must be 1 or 2, got {groups!r}")
     if activation not in ACTIVATIONS:
@@ -95,7 +97,7 @@ def AlexNet(num_classes=1000, groups=2, init="paper", seed=0, dropout=0.5, dropo
             lrn=True, pool=(3, 2), activation="relu"):
     """The paper's network; groups=2 is the two-tower model, groups=1 the one-tower one."""
     _check_classes(num_classes)
-    _check_options(groups, pool, activation)
+    check_options(groups, pool, activation)
     convs = [(96, 11, 4, 0, 1, True, True),
              (256, 5, 1, 2, groups, True, True),
              (384, 3, 1, 1, 1, False, False),
@@ -104,14 +106,14 @@ def AlexNet(num_classes=1000, groups=2, init="paper", seed=0, dropout=0.5, dropo
     options = dict(groups=groups, lrn=lrn, pool=tuple(pool), activation=activation)
     net = _build((convs, (4096, 4096), (3, 227)), num_classes, init, seed, dropout, dropout_variant,
                  lrn, tuple(pool), activation)
-    return _finish(net, "alexnet", num_classes, 227, 256, options)
+    return _finish(net, "alexnet", num_classes, *SIZES["alexnet"], options)
 
 
 def AlexNetSmall(num_classes=10, init="paper", seed=0, dropout=0.5, dropout_variant="inverted", groups=2,
                  lrn=True, pool=(3, 2), activation="relu"):
     """AlexNet's layer sequence for 64x64 inputs (resize 73, crop 64): ~14M multiply-adds/image."""
     _check_classes(num_classes)
-    _check_options(groups, pool, activation)
+    check_options(groups, pool, activation)
     convs = [(32, 5, 2, 2, 1, True, True),        # 64 -> 32 -> pool 15
              (64, 5, 1, 2, groups, True, True),   # 15 -> pool 7
              (96, 3, 1, 1, 1, False, False),
@@ -120,17 +122,7 @@ def AlexNetSmall(num_classes=10, init="paper", seed=0, dropout=0.5, dropout_vari
     options = dict(groups=groups, lrn=lrn, pool=tuple(pool), activation=activation)
     net = _build((convs, (256, 256), (3, 64)), num_classes, init, seed, dropout, dropout_variant,
                  lrn, tuple(pool), activation)
-    return _finish(net, "alexnet-small", num_classes, 64, 73, options)
-
-
-def build_model(name, num_classes, init="paper", seed=0, dropout=0.5, dropout_variant="inverted", **options):
-    """The model called `name`; `options` are its architecture options (groups, lrn, pool, activation)."""
-    kw = dict(init=init, seed=seed, dropout=dropout, dropout_variant=dropout_variant, **options)
-    if name == "alexnet":
-        return AlexNet(num_classes, **kw)
-    if name == "alexnet-small":
-        return AlexNetSmall(num_classes, **kw)
-    raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
+    return _finish(net, "alexnet-small", num_classes, *SIZES["alexnet-small"], options)
 
 
 def tiny_alexnet(num_classes=5, seed=0, dropout_variant="inverted"):

@@ -19,6 +19,8 @@ from alexnet.engine.net import Sequential
 from alexnet.layers import Conv2d, Dense, Flatten, MaxPool2d
 from alexnet.models.alexnet import ACTIVATIONS
 
+SIZES = (32, 36)          # 32x32 crops (CIFAR-10's size) of images brought to 36x36
+
 
 def ConvNet4(num_classes=10, activation="relu", init="he", seed=0):
     if activation not in ACTIVATIONS:
@@ -33,6 +35,6 @@ def ConvNet4(num_classes=10, activation="relu", init="he", seed=0):
     names += ["flatten", "fc4"]
     net = Sequential(layers, names)
     init_weights(net, init, seed)
-    net.arch, net.num_classes, net.input_size, net.resize_size = "convnet4", num_classes, 32, 36
+    net.arch, net.num_classes, (net.input_size, net.resize_size) = "convnet4", num_classes, SIZES
     net.options = {"activation": activation}
     return net

@@ -77,7 +77,7 @@ def test_truncated_and_foreign_files_give_one_clear_error(tmp_path):
 
 
 def test_checkpoint_is_checked_against_the_model(tmp_path):
-    from alexnet.models.alexnet import build_model
+    from alexnet.models.registry import build_model
 
     small = build_model("alexnet-small", 3)
     weights = small.state_dict()

@@ -63,7 +63,7 @@ def test_every_kernel_is_checked(rt):
     defined = {name for f in loader.kernel_files() for name, _ in harness.kernels_in(loader.source(f))}
     checked = {k for name in checks.CHECKS for row in _rows(rt, name) for k in row.kernels}
     assert defined - checked == set()
-    assert len(defined) == 21
+    assert len(defined) == 23
 
 
 def test_dropout_mask_follows_seed_and_step(rt):

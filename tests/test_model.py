@@ -7,7 +7,8 @@ from alexnet.engine.loss import SoftmaxCrossEntropy
 from alexnet.engine.net import Sequential
 from alexnet.engine.optim import SGD
 from alexnet.layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU
-from alexnet.models.alexnet import AlexNet, AlexNetSmall, build_model
+from alexnet.models.alexnet import AlexNet, AlexNetSmall
+from alexnet.models.registry import build_model
 
 PAPER_SHAPES = {"conv1": (96, 55, 55), "pool1": (96, 27, 27), "conv2": (256, 27, 27),
                 "pool2": (256, 13, 13), "conv3": (384, 13, 13), "conv4": (384, 13, 13),

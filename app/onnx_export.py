@@ -1,0 +1,152 @@
+"""`alexnet export --onnx`: a checkpoint's network as an ONNX model (opset 17), for ONNX Runtime,
+TensorRT, OpenVINO and the rest, built with the `onnx` package's graph API (onnx.helper).
+
+Each of our layers becomes the ONNX operators computing the same function:
+
+    Conv2d            Conv (pads, strides, group; W and b as initializers, same layout)
+    ReLU, Tanh        Relu, Tanh
+    LRN               LRN with alpha * size: ONNX divides alpha by size (as PyTorch and Caffe do),
+                      we do not (docs/conventions.md); bias = our k; the window is the same for odd size
+    MaxPool2d         MaxPool (floor mode, no padding)
+    AdaptiveAvgPool2d nothing where it is the identity (alexnet-tv at 224: 6x6 in, 6x6 out), else
+                      the two products of layers/avgpool.py, MatMul(P_H, MatMul(x, P_W^T)): exact for
+                      any bins, where AveragePool only covers sizes that divide evenly
+    Flatten           Flatten(axis=1): the same row-major (C, H, W) order
+    Dense             Gemm(x, W, b, transB=1): W stays (out, in)
+    Dropout           inference: nothing (inverted dropout), or Mul by 1 - p (the paper's variant)
+
+The graph's input `image` is the tensor our model takes, float32 (N, 3, S, S) with a free batch
+size, RGB, already normalised; its outputs are `logits` (N, classes) and `probabilities`, their
+softmax. The normalisation lives in the model's metadata_props (so a caller can reproduce it):
+`input_normalisation` states the formula, `mean_rgb` the three means (a per-pixel mean image is
+averaged to them; `mean_kind` says which), `input_scale`, `resize_size` and `input_size` the crop,
+`classes` the class names as JSON.
+"""
+import json
+import os
+
+import numpy as np
+
+from alexnet.app.errors import UserError
+
+OPSET = 17
+IR_VERSION = 8      # the IR version of opset 17 (onnx's versioning table): every current runtime reads it
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("exporting to ONNX needs the onnx package: pip install -e '.[onnx]'") from None
+    return onnx
+
+
+def to_onnx(model, meta, mean):
+    """The ONNX ModelProto of `model` (a Sequential of our layers) with the checkpoint's meta and mean."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    from alexnet.engine.backend import to_numpy
+    from alexnet.layers import LRN, AdaptiveAvgPool2d, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU, Tanh
+    from alexnet.layers.avgpool import pooling_matrix
+
+    S = model.input_size
+    nodes, inits = [], []
+    x = "image"
+    shape = (3, S, S)                                          # one sample's shape after each layer
+
+    def constant(name, value):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
+        return name
+
+    def node(op, inputs, name, **attrs):
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    for layer in model.layers:
+        n = layer.name
+        if isinstance(layer, (Conv2d, Dense)):
+            W, b = (constant(f"{n}.{k}", to_numpy(layer.params[k])) for k in ("W", "b"))
+            if isinstance(layer, Conv2d):
+                K, P, St = layer.kernel_size, layer.padding, layer.stride
+                x = node("Conv", [x, W, b], n, kernel_shape=[K, K], strides=[St, St], pads=[P, P, P, P],
+                         group=layer.groups)
+            else:
+                x = node("Gemm", [x, W, b], n, transB=1)
+        elif isinstance(layer, ReLU):
+            x = node("Relu", [x], n)
+        elif isinstance(layer, Tanh):
+            x = node("Tanh", [x], n)
+        elif isinstance(layer, LRN):
+            x = node("LRN", [x], n, size=layer.size, alpha=layer.alpha * layer.size, beta=layer.beta, bias=layer.k)
+        elif isinstance(layer, MaxPool2d):
+            K, St = layer.kernel_size, layer.stride
+            x = node("MaxPool", [x], n, kernel_shape=[K, K], strides=[St, St])
+        elif isinstance(layer, AdaptiveAvgPool2d):
+            (H, W_), (OH, OW) = shape[1:], layer.output_size
+            if (H, W_) != (OH, OW):
+                # (N, C, H, W) @ (W, OW) -> (N, C, H, OW); (OH, H) @ that -> (N, C, OH, OW)
+                cols = node("MatMul", [x, constant(f"{n}.P_W_T", pooling_matrix(W_, OW).T)], f"{n}.cols")
+                x = node("MatMul", [constant(f"{n}.P_H", pooling_matrix(H, OH)), cols], n)
+        elif isinstance(layer, Flatten):
+            x = node("Flatten", [x], n, axis=1)
+        elif isinstance(layer, Dropout):
+            if layer.variant == "paper" and layer.p > 0:
+                x = node("Mul", [x, constant(f"{n}.scale", np.array(1.0 - layer.p))], n)
+        else:
+            raise UserError(f"cannot export layer {n} ({type(layer).__name__}) to ONNX")
+        shape = layer.output_shape(shape)
+
+    logits = node("Identity", [x], "logits")
+    probs = node("Softmax", [logits], "probabilities", axis=1)
+    classes = meta.get("classes") or [str(i) for i in range(model.num_classes)]
+    graph = helper.make_graph(
+        nodes, f"{model.arch}", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, S, S])],
+        [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["N", model.num_classes]),
+         helper.make_tensor_value_info(probs, TensorProto.FLOAT, ["N", model.num_classes])],
+        initializer=inits)
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                   producer_name="alexnet-from-scratch",
+                                   doc_string=f"{model.arch}, {model.num_classes} classes; input normalisation "
+                                              f"in metadata_props")
+    onnx_model.ir_version = IR_VERSION
+    mean = np.asarray(mean, np.float64)
+    props = {
+        "arch": model.arch,
+        "num_classes": str(model.num_classes),
+        "classes": json.dumps(classes),
+        "input": f"image: float32 (N, 3, {S}, {S}), NCHW, RGB",
+        "input_normalisation": "image = (pixel - mean_rgb) * input_scale, pixels 0..255 RGB of the central "
+                               f"{S}x{S} crop of the image with its shorter side resized to resize_size",
+        # 4 decimals: the float32 mean's last digits are noise (255 * 0.485 is stored as 123.675003)
+        "mean_rgb": json.dumps([round(float(v), 4) for v in mean.reshape(-1, 3).mean(axis=0)]),
+        "mean_kind": "per-channel" if mean.shape[:2] == (1, 1) else
+                     f"per-pixel {mean.shape[0]}x{mean.shape[1]} image in the checkpoint, averaged here",
+        "input_scale": repr(float(meta.get("input_scale", 1.0))),
+        "input_size": str(S),
+        "resize_size": str(model.resize_size),
+        "outputs": "logits (N, classes); probabilities = softmax(logits)",
+    }
+    helper.set_model_props(onnx_model, props)
+    onnx.checker.check_model(onnx_model)
+    return onnx_model
+
+
+def export(checkpoint_path, out_path):
+    """Write the ONNX model of a checkpoint to `out_path` (atomically: a temporary, then a rename);
+    returns the ModelProto."""
+    from alexnet.app.checkpoint import load_model
+
+    _onnx()                                                # before the weights are read
+    model, meta, mean = load_model(checkpoint_path)
+    onnx_model = to_onnx(model, meta, mean)
+    tmp = f"{out_path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(onnx_model.SerializeToString())
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return onnx_model

@@ -1,0 +1,106 @@
+"""`alexnet export --onnx`: the exported graphs, run in ONNX Runtime, compute our forward pass.
+
+All three architectures (float32, relative error max|ours - ort| / max|ours| < 1e-5), the paper's
+dropout variant and a non-trivial adaptive pool, the checker, the metadata, and the command.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import max_rel_diff
+from alexnet.app import checkpoint
+from alexnet.app.cli import main
+from alexnet.app.onnx_export import IR_VERSION, OPSET, to_onnx
+from alexnet.engine.net import Sequential
+from alexnet.layers import AdaptiveAvgPool2d, Conv2d, Dense, Flatten, ReLU
+from alexnet.models.registry import build_model
+
+onnx = pytest.importorskip("onnx", reason="the ONNX export needs onnx (pip install -e '.[onnx]')")
+ort = pytest.importorskip("onnxruntime", reason="running the export needs onnxruntime (pip install -e '.[onnx]')")
+
+
+def run_onnx(proto, x):
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["logits", "probabilities"], {"image": x})
+
+
+def check_against_ours(model, rng, meta=None, batch=2):
+    S = model.input_size
+    x = rng.standard_normal((batch, 3, S, S)).astype(np.float32) * 30
+    proto = to_onnx(model, meta or {}, np.zeros((1, 1, 3), np.float32))
+    logits, probs = run_onnx(proto, x)
+    ours = model.forward(x)
+    err = max_rel_diff(logits, ours)
+    assert err < 1e-5
+    e = np.exp(ours.astype(np.float64) - ours.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(probs, e / e.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-7)
+    return proto, err
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "alexnet-small", "alexnet-tv"])
+def test_exported_architectures_match_our_forward_in_onnx_runtime(arch, rng):
+    # he init: activations keep their scale through the layers, so the logits are far from zero
+    model = build_model(arch, 10, init="he", seed=3)
+    proto, _ = check_against_ours(model, rng)          # to_onnx has run onnx.checker on it
+    assert proto.ir_version == IR_VERSION and proto.opset_import[0].version == OPSET
+    ops = [n.op_type for n in proto.graph.node]
+    if arch == "alexnet-tv":
+        assert "LRN" not in ops and "MatMul" not in ops      # at 224 the adaptive pool is the identity
+    else:
+        conv2 = [n for n in proto.graph.node if n.op_type == "Conv"][1]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in conv2.attribute}
+        assert ops.count("LRN") == 2 and attrs["group"] == 2
+    assert ops[-2:] == ["Identity", "Softmax"] and "Mul" not in ops          # inverted dropout: nothing
+
+
+def test_paper_dropout_and_an_uneven_adaptive_pool(rng):
+    """The paper's dropout variant scales by 1 - p at test time (a Mul); a 7x5 -> 3x2 adaptive pool
+    has overlapping bins, which AveragePool cannot express: two MatMuls with its pooling matrices."""
+    small = build_model("alexnet-small", 7, init="he", seed=1, dropout=0.4, dropout_variant="paper")
+    proto, _ = check_against_ours(small, rng)
+    assert [n.op_type for n in proto.graph.node].count("Mul") == 2
+    net = Sequential([Conv2d(3, 4, 3, padding=1), ReLU(), AdaptiveAvgPool2d((3, 2)), Flatten(), Dense(24, 5)],
+                     ["conv1", "relu1", "avgpool", "flatten", "fc"])
+    for layer in (net["conv1"], net["fc"]):
+        for key, p in layer.params.items():
+            layer.params[key] = rng.standard_normal(p.shape).astype(np.float32)
+    net.arch, net.num_classes, net.input_size, net.resize_size = "tiny", 5, 7, 8
+    proto, _ = check_against_ours(net, rng, meta={"classes": list("abcde")})
+    assert [n.op_type for n in proto.graph.node].count("MatMul") == 2
+
+
+def test_cli_export_writes_a_checked_model_with_its_normalisation(tmp_path, capsys, rng):
+    model = build_model("alexnet-small", 3, init="he", seed=2)
+    mean = np.array([[[120.0, 110.0, 100.0]]], np.float32)
+    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    arrays["data/mean"] = mean
+    ckpt = tmp_path / "small.npz"
+    checkpoint.save(str(ckpt), arrays, {"arch": "alexnet-small", "num_classes": 3, "classes": ["cat", "dog", "owl"],
+                                        "input_size": 64, "resize_size": 73, "input_scale": 0.015625})
+    out = tmp_path / "small.onnx"
+    assert main(["export", "--onnx", str(out), "--checkpoint", str(ckpt)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    onnx.checker.check_model(str(out), full_check=True)
+    proto = onnx.load(str(out))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["classes"]) == ["cat", "dog", "owl"] and props["arch"] == "alexnet-small"
+    assert json.loads(props["mean_rgb"]) == [120.0, 110.0, 100.0] and float(props["input_scale"]) == 0.015625
+    assert props["mean_kind"] == "per-channel" and props["input_size"] == "64" and "RGB" in props["input"]
+    # the recipe in the metadata, applied to pixels, gives what our pipeline gives
+    pixels = rng.uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
+    x = ((pixels - np.array(json.loads(props["mean_rgb"]), np.float32)) * np.float32(props["input_scale"]))
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    loaded, meta, ckpt_mean = checkpoint.load_model(str(ckpt))
+    ours = loaded.forward(((pixels - ckpt_mean) * np.float32(meta["input_scale"])).transpose(0, 3, 1, 2))
+    assert max_rel_diff(run_onnx(proto, x)[0], ours) < 1e-5
+
+
+def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    assert main(["export", "--onnx", str(tmp_path / "x.onnx"), "--checkpoint", str(tmp_path / "none.npz")]) == 2
+    assert capsys.readouterr().err == f"alexnet: error: checkpoint {tmp_path / 'none.npz'} not found\n"
+    monkeypatch.setitem(__import__("sys").modules, "onnx", None)          # as if onnx were not installed
+    assert main(["export", "--onnx", str(tmp_path / "x.onnx"), "--checkpoint", str(tmp_path / "none.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err == "alexnet: error: exporting to ONNX needs the onnx package: pip install -e '.[onnx]'\n"
+    assert not (tmp_path / "x.onnx").exists()
