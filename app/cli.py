@@ -50,7 +50,13 @@ def build_parser():
     p.add_argument("--classes", type=int, default=1000, help="number of classes (default 1000)")
     p.add_argument("--groups", type=int, choices=(1, 2), default=2, help="2: the paper's two towers")
     p.set_defaults(func=cmd_summary)
-    p = sub.add_parser("gradcheck", help="check every layer's gradients against finite differences")
+    p = sub.add_parser("gradcheck", help="check every layer's gradients against finite differences",
+                       description="Every layer's analytic gradients (dx and each parameter) against central "
+                                   "finite differences in float64, then a tiny AlexNet end to end.")
+    p.add_argument("--layer", metavar="NAME", help="only this layer's cases (conv2d, lrn, maxpool2d, relu, tanh, "
+                                                   "dense, dropout, adaptiveavgpool2d; net for the whole network)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show a few entries of each gradient, analytic and numeric side by side")
     p.set_defaults(func=cmd_gradcheck)
     for module in ("alexnet.app.train_cli", "alexnet.app.kernels_cli", "alexnet.app.inspect",
                    "alexnet.app.experiments", "alexnet.app.import_cli"):

@@ -5,6 +5,7 @@ exaggerated settings, inputs kept away from kinks) that the command and tests/te
 """
 import numpy as np
 
+from alexnet.app.errors import UserError
 from alexnet.layers import LRN, AdaptiveAvgPool2d, Conv2d, Dense, Dropout, MaxPool2d, ReLU, Tanh
 
 
@@ -65,6 +66,19 @@ def standard_layer_cases():
     ]
 
 
+def layer_kinds():
+    """The names `--layer` takes: each standard case's layer class, lowercased."""
+    return sorted({type(make()).__name__.lower() for _, make, _ in standard_layer_cases()} | {"net"})
+
+
+def _entry_rows(entries, shape, error_scale):
+    """Lines showing analytic and numeric entries side by side, with their differences."""
+    for flat, analytic, numeric in entries:
+        where = ",".join(map(str, np.unravel_index(flat, shape)))
+        diff = abs(analytic - numeric) / error_scale
+        yield f"      [{where:>11}]  analytic {analytic:+.10e}  numeric {numeric:+.10e}  |diff|/scale {diff:.1e}"
+
+
 def run(args):
     import time
 
@@ -72,22 +86,40 @@ def run(args):
     from alexnet.engine.loss import SoftmaxCrossEntropy
     from alexnet.models.alexnet import tiny_alexnet
 
+    wanted = (args.layer or "").lower()
+    if wanted and wanted not in layer_kinds():
+        raise UserError(f"--layer {args.layer!r} is not one of {', '.join(layer_kinds())}")
+    verbose = 4 if args.verbose else 0
     start = time.perf_counter()
     print(f"{'case':<34} {'tensor':<10} {'max rel. error':>15}  result (float64, tolerance {TOLERANCE:g})")
     failures = 0
 
-    def report(label, rows):
+    def report(label, rows, shapes):
         nonlocal failures
-        for tensor, err in rows:
+        for row in rows:
+            tensor, err = row[:2]
             ok = err < TOLERANCE
             failures += not ok
             print(f"{label:<34} {tensor:<10} {err:>15.3e}  {'pass' if ok else 'FAIL'}")
+            if len(row) > 2:
+                scale = max(max(abs(a), abs(n)) for _, a, n in row[2]) or 1.0
+                for line in _entry_rows(row[2], shapes[tensor], scale):
+                    print(line)
 
     for label, make_layer, make_input in standard_layer_cases():
-        report(label, check_layer(make_layer(), make_input(np.random.default_rng(0))))
-    x = np.random.default_rng(0).standard_normal((2, 3, 31, 31))
-    report("tiny AlexNet end to end (loss)",
-           check_net(tiny_alexnet(num_classes=5), SoftmaxCrossEntropy(), x, np.array([1, 3])))
+        layer = make_layer()
+        if wanted and type(layer).__name__.lower() != wanted:
+            continue
+        x = make_input(np.random.default_rng(0))
+        shapes = {"dx": x.shape, **{f"d{k}": p.shape for k, p in layer.params.items()}}
+        report(label, check_layer(layer, x, detail=verbose), shapes)
+    if wanted in ("", "net"):
+        x = np.random.default_rng(0).standard_normal((2, 3, 31, 31))
+        report("tiny AlexNet end to end (loss)",
+               check_net(tiny_alexnet(num_classes=5), SoftmaxCrossEntropy(), x, np.array([1, 3])), {})
     took = time.perf_counter() - start
     print(f"{'all passed' if not failures else f'{failures} FAILED'} in {took:.1f} s")
+    if verbose:
+        print("(each error is max|analytic - numeric| over the tensor divided by its largest entry; the rows "
+              "under it are its largest analytic entries; numeric = (f(x+eps) - f(x-eps)) / 2eps, eps 1e-5)")
     return 1 if failures else 0

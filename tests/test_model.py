@@ -142,6 +142,19 @@ def test_cli_summary_prints_the_paper_totals(capsys):
     assert "11x11 stride 4" in out and "3x3 stride 1" in out
 
 
+def test_cli_gradcheck_one_layer_verbose_shows_entries(capsys):
+    import re
+    assert main(["gradcheck", "--layer", "maxpool2d", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "maxpool 3/2 overlapping" in out and "lrn" not in out and "tiny AlexNet" not in out
+    entries = re.findall(r"analytic ([-+]\S+)  numeric ([-+]\S+)", out)
+    assert len(entries) >= 8
+    for analytic, numeric in entries:
+        assert abs(float(analytic) - float(numeric)) < 1e-6 * max(1.0, abs(float(analytic)))
+    assert main(["gradcheck", "--layer", "softmax"]) == 2
+    assert "--layer 'softmax' is not one of" in capsys.readouterr().err
+
+
 def test_cli_gradcheck_passes(capsys):
     assert main(["gradcheck"]) == 0
     out = capsys.readouterr().out
