@@ -21,25 +21,11 @@ from alexnet.app import checkpoint as ckpt
 from alexnet.app import rundir
 from alexnet.app.errors import UserError
 from alexnet.app.trainer import TrainConfig, Trainer
-from tests.test_data import make_folder
+from tests.test_train import _config, tiny  # noqa: F401 (tiny is a fixture)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--model", "alexnet-small", "--batch-size", "6", "--init", "he", "--input-scale", "0.015625",
          "--workers", "1", "--log-every", "2", "--no-progress"]
-ENV = dict(os.environ, PYTHONPATH=REPO)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    # 3 classes x 7 train images: batch 6 gives 4 steps per epoch, the last one short (3 images).
-    return make_folder(tmp_path_factory.mktemp("tiny"), n_train=7, n_val=2, size=28)
-
-
-def _config(data, **kw):
-    base = dict(data=data, model="alexnet-small", epochs=2, batch_size=6, lr=0.01, init="he",
-                input_scale=1 / 64, workers=1, log_every=2)
-    base.update(kw)
-    return TrainConfig(**base)
+ENV = dict(os.environ)
 
 
 def _cli(*argv):

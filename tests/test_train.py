@@ -82,21 +82,28 @@ def test_resume_is_bit_identical(tiny, tmp_path, monkeypatch):
         assert json.load(f)["batch_size"] == 6
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
-    run = str(tmp_path / "run")
-    t = Trainer(_config(tiny), run, progress=False)
+def _nan_at(t, step):
+    """Make the loss of the step after `step` steps NaN, as a diverging run's would be."""
     real = t.criterion.forward
 
     def poisoned(logits, labels):
         loss = real(logits, labels)
-        return float("nan") if t.step == 5 else loss
-
+        return float("nan") if t.step == step else loss
     t.criterion.forward = poisoned
+
+
+def _checkpoints_of(run):
+    return [os.path.basename(p) for p in ckpt.CheckpointDir(os.path.join(run, "checkpoints")).list()]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+    run = str(tmp_path / "run")
+    t = Trainer(_config(tiny), run, progress=False)
+    _nan_at(t, 5)
     with pytest.raises(UserError, match=r"diverged: the loss became nan at epoch 2, step 6.*ckpt-00000004.npz"):
         t.run()
-    d = ckpt.CheckpointDir(os.path.join(run, "checkpoints"))
-    assert [os.path.basename(p) for p in d.list()] == ["ckpt-00000004.npz"]
-    arrays, meta = ckpt.load(d.latest())
+    assert _checkpoints_of(run) == ["ckpt-00000004.npz"]
+    arrays, meta = ckpt.load(os.path.join(run, "checkpoints", "ckpt-00000004.npz"))
     assert meta["epoch"] == 1 and meta["step"] == 4
 
 
@@ -126,17 +133,10 @@ def test_nan_loss_read_late_still_stops_before_any_save(tiny, tmp_path):
     run = str(tmp_path / "run")
     t = Trainer(_config(tiny, log_every=3), run, progress=False)
     t.read_every_step = False
-    real = t.criterion.forward
-
-    def poisoned(logits, labels):
-        loss = real(logits, labels)
-        return float("nan") if t.step == 4 else loss
-
-    t.criterion.forward = poisoned
+    _nan_at(t, 4)
     with pytest.raises(UserError, match=r"diverged: the mean loss of steps 5-6 became nan at epoch 2;.*ckpt-00000004.npz"):
         t.run()
-    d = ckpt.CheckpointDir(os.path.join(run, "checkpoints"))
-    assert [os.path.basename(p) for p in d.list()] == ["ckpt-00000004.npz"]
+    assert _checkpoints_of(run) == ["ckpt-00000004.npz"]
 
 
 def test_stall_warning_names_the_init_preset(tiny, tmp_path):
