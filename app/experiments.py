@@ -268,8 +268,10 @@ def towers(out, data, quick, seeds, epochs, log):
 # ---- lr-drop --------------------------------------------------------------------------------------
 def lr_drop(out, data, quick, seeds, epochs, log):
     from alexnet.app.plots import line_chart
-    epochs = epochs or (2 if quick else 9)
-    drop = max(1, epochs // 2 + (0 if quick else 1))     # the learning rate is divided by 10 after this epoch
+    epochs = epochs or (2 if quick else 16)
+    # the learning rate is divided by 10 after this epoch: late, as a plateau drop comes, when the
+    # velocity is mostly the back-and-forth of the weights around a minimum, not a descent
+    drop = max(1, min(epochs - 1, round(0.75 * epochs)))
     results = {}
     for rule, rescale in (("paper", False), ("pytorch", True)):
         per_seed = []
