@@ -21,8 +21,12 @@ setup(
     install_requires=["numpy>=1.24", "pillow>=9", "tqdm>=4.60", "threadpoolctl>=3"],
     extras_require={
         # CuPy 14 for CUDA 13 supports NumPy 2; [ctk] brings the CUDA headers and NVRTC that
-        # RawModule needs to compile kernels/*.cu at run time
-        "cuda": ["cupy-cuda13x[ctk]>=14"],
+        # RawModule needs to compile kernels/*.cu at run time; NCCL sums the GPU gradients of
+        # data-parallel ranks (engine/comm.py)
+        "cuda": ["cupy-cuda13x[ctk]>=14", "nvidia-nccl-cu13"],
+        # mpiexec -n N alexnet train: mpi4py, and MPICH's wheel for an MPI with its mpiexec (on a
+        # cluster with its own MPI, install mpi4py against that one instead: docs/distributed.md)
+        "mpi": ["mpi4py>=4", "mpich>=4"],
         # NVRTC compiles every kernel in the tests, no GPU needed
         "test": ["pytest>=7", "nvidia-cuda-nvrtc>=13"],
         "ref": ["torch"],

@@ -14,9 +14,12 @@ paper's augmentation (section 4.1) applied to the whole uint8 batch at once: a r
 and mean subtraction, written straight into a float32 NCHW array.
 
 Determinism: the sample order of an epoch is a function of (seed, epoch) and the augmentation of a
-batch a function of (seed, epoch, batch index) alone, never of a shared generator that worker
-threads advance in whatever order they run. That is what makes resume exact: a run restarted at
-(epoch, batch) sees the same pixels as the run that never stopped.
+sample a function of (seed, epoch, batch index, its position in the batch) alone, never of a
+shared generator that worker threads advance in whatever order they run. That is what makes resume
+exact: a run restarted at (epoch, batch) sees the same pixels as the run that never stopped. And
+it is what lets data-parallel ranks (app/distributed.py) each load a slice of the same global
+batch (`part`) and see the pixels one process would: the crop, flip and lighting of every
+position of the global batch are drawn together, whoever loads which slice.
 """
 
 import json
@@ -31,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from alexnet.app.errors import UserError
+from alexnet.engine.parallel import shares
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -267,8 +271,9 @@ class FolderSource:
         with self._lock:
             return dict(self._bad)
 
-    def load(self, indices):
-        """uint8 images (k, S, S, 3) and labels (k,) for the samples that decode, k <= len(indices)."""
+    def load(self, indices, with_kept=False):
+        """uint8 images (k, S, S, 3) and labels (k,) for the samples that decode, k <= len(indices);
+        with_kept, also the bool mask of the indices that did."""
         out = np.empty((len(indices), self.size, self.size, 3), dtype=np.uint8)
         keep = np.ones(len(indices), dtype=bool)
         for j, i in enumerate(indices):
@@ -285,9 +290,8 @@ class FolderSource:
                 keep[j] = False
                 with self._lock:
                     self._bad[path] = reason
-        if keep.all():
-            return out, self.labels[indices]
-        return out[keep], self.labels[indices][keep]
+        loaded = (out, self.labels[indices]) if keep.all() else (out[keep], self.labels[indices][keep])
+        return loaded + (keep,) if with_kept else loaded
 
 
 class ShardSource:
@@ -314,14 +318,15 @@ class ShardSource:
     def __len__(self):
         return len(self.labels)
 
-    def load(self, indices):
-        indices = np.asarray(indices)
+    def load(self, indices, with_kept=False):
+        indices = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(indices), self.size, self.size, 3), dtype=np.uint8)
         shard, local = np.divmod(indices, self.shard_size)
         for s in np.unique(shard):
             sel = shard == s
             out[sel] = self.shards[s][local[sel]]
-        return out, self.labels[indices].astype(np.int64)
+        loaded = out, self.labels[indices].astype(np.int64)
+        return loaded + (np.ones(len(indices), bool),) if with_kept else loaded
 
 
 class Dataset:
@@ -466,21 +471,32 @@ def _to_nchw(patch, mean_patch, shift):
     return x
 
 
-def augment_batch(imgs, rng, crop, mean, flip=True, lighting=LIGHTING_STD):
+def augment_params(rng, count, size, crop, flip=True, lighting=LIGHTING_STD):
+    """The random draws of `count` images' augmentation, in one fixed order: crop offsets (oy, ox),
+    flips and lighting alphas (None without lighting), each (count, ...). A batch draws them for
+    all of its positions, so any slice of it takes its rows from the same draws."""
+    if size < crop:
+        raise ValueError(f"images are {size}x{size}, smaller than the {crop}x{crop} crop")
+    oy = rng.integers(0, size - crop + 1, size=count)
+    ox = rng.integers(0, size - crop + 1, size=count)
+    flips = rng.random(count) < 0.5 if flip else np.zeros(count, dtype=bool)
+    alpha = rng.normal(0.0, lighting, size=(count, 3)) if lighting else None
+    return oy, ox, flips, alpha
+
+
+def augment_batch(imgs, rng, crop, mean, flip=True, lighting=LIGHTING_STD, rows=None):
     """The paper's training augmentation on a uint8 batch (B, S, S, 3) -> float32 (B, 3, crop, crop).
 
-    Random crop offsets and flips become one gather: row indices (B, crop) and column indices
-    (B, crop), the latter reversed for flipped images. The per-pixel mean is gathered with the
-    same indices, which equals subtracting it before cropping. Lighting adds
-    ``sum_i p_i * alpha_i * lambda_i`` (times 255: our pixels are 0..255) to every pixel of an image.
+    `rng` is a generator (the draws for these B images) or the draws of augment_params, of which
+    `rows` (B indices, default all) are this batch's. Random crop offsets and flips become one
+    gather: row indices (B, crop) and column indices (B, crop), the latter reversed for flipped
+    images. The per-pixel mean is gathered with the same indices, which equals subtracting it
+    before cropping. Lighting adds ``sum_i p_i * alpha_i * lambda_i`` (times 255: our pixels are
+    0..255) to every pixel of an image.
     """
     b, s = imgs.shape[0], imgs.shape[1]
-    if s < crop:
-        raise ValueError(f"images are {s}x{s}, smaller than the {crop}x{crop} crop")
-    oy = rng.integers(0, s - crop + 1, size=b)
-    ox = rng.integers(0, s - crop + 1, size=b)
-    flips = rng.random(b) < 0.5 if flip else np.zeros(b, dtype=bool)
-    alpha = rng.normal(0.0, lighting, size=(b, 3)) if lighting else None
+    params = augment_params(rng, b, s, crop, flip, lighting) if isinstance(rng, np.random.Generator) else rng
+    oy, ox, flips, alpha = (p if p is None or rows is None else p[rows] for p in params)
     ar = np.arange(crop)
     rows = oy[:, None] + ar  # (B, c)
     cols = ox[:, None] + np.where(flips[:, None], crop - 1 - ar, ar)  # (B, c)
@@ -495,10 +511,9 @@ def crop_batch(imgs, crop, mean, oy, ox, flip=False):
     """A fixed crop at (oy, ox) of every image, optionally mirrored -> float32 (B, 3, crop, crop)."""
     b = imgs.shape[0]
     ar = np.arange(crop)
-    rows = np.broadcast_to(oy + ar, (b, crop))
-    cols = np.broadcast_to(ox + (crop - 1 - ar if flip else ar), (b, crop))
-    patch = imgs[:, rows[0]][:, :, cols[0]]  # (B, c, c, 3)
-    return _to_nchw(patch, _mean_patch(mean, rows, cols), None)
+    row, col = oy + ar, ox + (crop - 1 - ar if flip else ar)       # (c,): the same for every image
+    patch = imgs[:, row][:, :, col]  # (B, c, c, 3)
+    return _to_nchw(patch, _mean_patch(mean, np.broadcast_to(row, (b, crop)), np.broadcast_to(col, (b, crop))), None)
 
 
 def center_crop_batch(imgs, crop, mean):
@@ -577,13 +592,23 @@ class Prefetcher:
 AUGMENTATIONS = ("paper", "crops", "none")
 
 
+def batch_part(indices, part):
+    """(positions) of this rank's slice of a global batch: part = (rank, ranks), the slices
+    contiguous and even (engine/parallel.py shares); None: the whole batch."""
+    if part is None:
+        return np.arange(len(indices))
+    lo, hi = shares(len(indices), part[1])[part[0]]
+    return np.arange(lo, hi)
+
+
 class TrainBatches:
     """The training batches of one epoch: order, indices and augmentation fixed by (seed, epoch).
     ``scale`` multiplies the mean-subtracted pixels (1: the paper's 0..255 range). ``augment``:
     "paper" (random crops, flips and PCA lighting, section 4.1), "crops" (crops and flips, no
-    lighting) or "none" (the centre crop, as at test time)."""
+    lighting) or "none" (the centre crop, as at test time). ``part`` = (rank, ranks): this rank's
+    slice of every global batch of ``batch_size``, with the global batch's augmentation."""
 
-    def __init__(self, source, batch_size, crop, mean, seed, epoch, scale=1.0, augment="paper"):
+    def __init__(self, source, batch_size, crop, mean, seed, epoch, scale=1.0, augment="paper", part=None):
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
         self.augment = augment
@@ -594,17 +619,21 @@ class TrainBatches:
         self.mean = mean
         self.seed = seed
         self.epoch = epoch
+        self.part = part
         self.order = epoch_order(len(source), seed, epoch)
         self.num_batches = num_batches(len(source), batch_size)
 
     def __call__(self, b):
         idx = self.order[b * self.batch_size : (b + 1) * self.batch_size]
-        imgs, labels = self.source.load(idx)
+        mine = batch_part(idx, self.part)
+        imgs, labels, kept = self.source.load(idx[mine], with_kept=True)
         if self.augment == "none":
             x = center_crop_batch(imgs, self.crop, self.mean)
         else:
-            x = augment_batch(imgs, batch_rng(self.seed, self.epoch, b), self.crop, self.mean,
-                              lighting=LIGHTING_STD if self.augment == "paper" else 0.0)
+            # the whole global batch's draws, of which this slice's decoded images take their rows
+            params = augment_params(batch_rng(self.seed, self.epoch, b), len(idx), imgs.shape[1], self.crop,
+                                    lighting=LIGHTING_STD if self.augment == "paper" else 0.0)
+            x = augment_batch(imgs, params, self.crop, self.mean, rows=mine[kept])
         if self.scale != 1.0:
             x *= np.float32(self.scale)
         return x, labels
@@ -627,8 +656,8 @@ class SubsetSource:
     def bad(self):
         return getattr(self.source, "bad", {})
 
-    def load(self, indices):
-        return self.source.load(self.indices[np.asarray(indices)])
+    def load(self, indices, with_kept=False):
+        return self.source.load(self.indices[np.asarray(indices, dtype=np.int64)], with_kept=with_kept)
 
 
 def num_batches(n, batch_size):
@@ -636,9 +665,11 @@ def num_batches(n, batch_size):
 
 
 class EvalBatches:
-    """Validation batches in file order: centre crop, or the 10 views with ten_crop."""
+    """Validation batches in file order: centre crop, or the 10 views with ten_crop. ``part`` =
+    (rank, ranks): this rank's slice of each batch (sharded validation)."""
 
-    def __init__(self, source, batch_size, crop, mean, ten_crop=False, scale=1.0):
+    def __init__(self, source, batch_size, crop, mean, ten_crop=False, scale=1.0, part=None):
+        self.part = part
         self.scale = scale
         self.source = source
         self.batch_size = batch_size
@@ -649,7 +680,7 @@ class EvalBatches:
 
     def __call__(self, b):
         idx = np.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.source)))
-        imgs, labels = self.source.load(idx)
+        imgs, labels = self.source.load(idx[batch_part(idx, self.part)])
         views = ten_crop_batches(imgs, self.crop, self.mean) if self.ten_crop else \
             [center_crop_batch(imgs, self.crop, self.mean)]
         if self.scale != 1.0:

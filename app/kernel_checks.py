@@ -160,6 +160,15 @@ def check_dropout(rt, rng):
                      rel_err(test_out, x * np.float32(test_scale)), 0.0),
                  Row(f"Dropout {variant} dx (test) = dout * {test_scale:g}", ("dropout_scale",),
                      rel_err(test_dx, dout * np.float32(test_scale)), 0.0)]
+    # placed in a larger tensor (a data-parallel rank's rows, a tower's units): the bits of the
+    # units it holds there, cut from the whole tensor's mask
+    placed = Dropout(p, seed=seed)
+    placed.step = step
+    placed.place(2, 300, 2002)
+    whole = keep_mask(seed, step, 5 * 2002, p).reshape(5, 2002)[2:5, 300:1301]
+    rows.append(Row("Dropout placed at samples 2.., units 300.. of 2002 = x * those units' mask",
+                    ("dropout_forward",), rel_err(placed.forward(rt.xp.asarray(x), True, runtime=rt),
+                                                  x * whole * np.float32(1 / (1 - p))), 0.0))
     # the keep ratio of the hash over many elements: within 5 standard deviations of 1 - p
     n = 200_003
     big = Dropout(p, seed=seed).forward(rt.xp.ones(n, np.float32), True, runtime=rt)

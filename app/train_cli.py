@@ -55,7 +55,8 @@ def register(subparsers):
                     "weight decay 5e-4, LR divided by 10 when the validation error stops improving (at most 3 "
                     "times). Any flag below overrides its recipe's value. "
                     "Ctrl-C or SIGTERM saves a checkpoint and prints the command that resumes exactly where it "
-                    "stopped (exit status 130 or 143); one process at a time may train in a run directory.")
+                    "stopped (exit status 130 or 143); one process at a time may train in a run directory. "
+                    "'mpiexec -n N alexnet train ...' trains on N processes (docs/distributed.md).")
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the built-in demo dataset)")
     p.add_argument("--model", choices=MODEL_NAMES, help="network (default alexnet; alexnet-small for the demo)")
     p.add_argument("--recipe", choices=RECIPE_CHOICES,
@@ -64,6 +65,10 @@ def register(subparsers):
     p.add_argument("--batch-size", type=int, metavar="B", help="images per step (default: the recipe's)")
     p.add_argument("--lr", type=float, metavar="LR", help="initial learning rate (default 0.01)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="where to train (default cpu)")
+    p.add_argument("--parallel", choices=("data", "towers"),
+                   help="under mpiexec -n N: data (default) gives each rank 1/N of every batch and sums the "
+                        "gradients, the same training as one process; towers puts the paper's two towers on 2 "
+                        "ranks (docs/distributed.md)")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<date>-<time>-<model>)")
     p.add_argument("--resume", nargs="?", const="", metavar="CKPT",
                    help="continue a run from a checkpoint file, a run directory (its latest checkpoint), "
@@ -188,15 +193,44 @@ def _resume_target(resume, out):
 
 
 def cmd_train(args):
+    """Under mpiexec every rank runs this; without it, one process (app/distributed.py)."""
+    from alexnet.app import distributed
+
+    world = distributed.connect()
+    return distributed.guarded(world, lambda: _train(args, world))
+
+
+def _train(args, world):
+    from alexnet.app import distributed
+    from alexnet.app.trainer import Trainer
+
+    config, run_dir, resume_state, lr_override = distributed.everywhere(world, lambda: _train_setup(args))
+    if config.demo and not config.data:
+        from alexnet.app.demo import ensure_demo
+
+        # generated once per machine (the first rank there), then found by the others
+        distributed.everywhere(world, lambda: world.local_rank == 0 and ensure_demo())
+        config.data = distributed.everywhere(world, ensure_demo)
+        if world.rank == 0:
+            print(f"no --data given: training {config.model} on the built-in demo dataset {config.data}", flush=True)
+    par = distributed.everywhere(world, lambda: distributed.strategy(world, config.parallel, config.device))
+    trainer = distributed.everywhere(world, lambda: Trainer(
+        config, run_dir, resume=resume_state, stop_after_steps=args.stop_after_steps,
+        progress=not args.no_progress, lr_override=lr_override, parallel=par))
+    return trainer.run()
+
+
+def _train_setup(args):
+    """(config, run dir, resume state, --lr given on resume) from the command line, checked."""
     from alexnet.app import checkpoint as ckpt
     from alexnet.app.rundir import check_not_in_use
-    from alexnet.app.trainer import TrainConfig, Trainer
+    from alexnet.app.trainer import TrainConfig
 
     given = {k: getattr(args, k) for k in ("model", "recipe", "epochs", "batch_size", "lr", "device", "seed", "init",
                                             "input_scale", "dropout", "dropout_variant", "workers", "strict_data",
                                             "keep", "log_every", "save_every", "patience", "rescale_velocity",
                                             "lr_drops", "lrn", "pool", "groups", "activation", "augment",
-                                            "max_train")}
+                                            "max_train", "parallel")}
     given = {k: v for k, v in given.items() if v is not None}
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise UserError(f"--stop-after-steps must be at least 1, got {args.stop_after_steps}")
@@ -223,6 +257,8 @@ def cmd_train(args):
         for key in ("epochs", "lr", "device", "workers", "strict_data", "keep", "log_every", "save_every"):
             if key in given:
                 setattr(config, key, given[key])
+        # how the processes share the work is a choice of this launch, not of the run
+        config.parallel = given.get("parallel", "data")
         if args.data:
             config.data = os.path.abspath(args.data)
         resume_state = (path, arrays, meta)
@@ -236,14 +272,7 @@ def cmd_train(args):
         run_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{config.model}")
     # Arguments are checked before the demo is generated and before anything is written.
     config.validate()
-    if config.demo and not config.data:
-        from alexnet.app.demo import ensure_demo
-
-        config.data = ensure_demo()
-        print(f"no --data given: training {config.model} on the built-in demo dataset {config.data}", flush=True)
-    trainer = Trainer(config, run_dir, resume=resume_state, stop_after_steps=args.stop_after_steps,
-                      progress=not args.no_progress, lr_override=lr_override)
-    return trainer.run()
+    return config, run_dir, resume_state, lr_override
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,11 @@ A run directory holds everything about one run, and one live process owns it (ap
                                    or where a run was stopped); best.npz, the highest val top-1
     RUN_DIR/plots/                 written by `alexnet plot`
 
+Under `mpiexec -n N` every rank runs this loop; app/distributed.py's strategy says where ranks
+differ (which slice of a batch each loads, how gradients and statistics are summed, what they must
+decide together) and rank 0 alone writes the files above. One process and N ranks at the same
+--batch-size are the same training (docs/distributed.md).
+
 Exactness of resume rests on three things: every random draw is either owned by the model (the
 dropout layers' mask counters, saved through ``model.rng_state()``) or a pure function of
 (seed, epoch, batch) in app/data.py; a checkpoint stores the position (epoch, next batch) and
@@ -38,6 +43,7 @@ import numpy as np
 
 from alexnet.app import checkpoint as ckpt
 from alexnet.app import rundir
+from alexnet.app.distributed import PARALLEL_CHOICES, CollectiveError
 from alexnet.app.errors import UserError
 
 
@@ -81,6 +87,7 @@ class TrainConfig:
     lr_drops: tuple = ()  # epochs after which the LR is divided by 10; empty: on plateaus (the paper's)
     max_train: int = 0  # train on this many images of the training set (evenly spread); 0: all
     demo: bool = False
+    parallel: str = "data"  # under mpiexec: "data" (each rank a slice of every batch) or "towers" (2 ranks)
 
     def resolve(self, train_size):
         """Fill the settings left to the recipe (`recipe` becomes the one `auto` chose)."""
@@ -150,6 +157,8 @@ class TrainConfig:
             raise UserError(f"--keep must be at least 1, got {self.keep}")
         if self.save_every is not None:
             parse_save_every(self.save_every)
+        if self.parallel not in PARALLEL_CHOICES:
+            raise UserError(f"unknown --parallel {self.parallel!r}: expected one of {', '.join(PARALLEL_CHOICES)}")
         if self.device not in ("cpu", "cuda"):
             raise UserError(f"unknown device {self.device!r}: expected cpu or cuda")
         if self.device == "cuda":
@@ -218,16 +227,18 @@ def quiet_numerics():
 
 
 def evaluate(model, source, crop, mean, batch_size=128, ten_crop=False, workers=2, device="cpu",
-             progress=False, desc="val", scale=1.0, stop=None):
+             progress=False, desc="val", scale=1.0, stop=None, part=None, combine=None):
     """Loss, top-1 and top-5 accuracy of ``model`` on ``source`` (centre crop, or the average of the
     softmax over the 10 views). Returns a dict with loss, top1, top5 (fractions) and count, or
-    None when ``stop()`` became true between batches (a signal: the caller saves and exits)."""
+    None when ``stop()`` became true between batches (a signal: the caller saves and exits).
+    Sharded over data-parallel ranks: ``part`` (rank, ranks) is this rank's slice of each batch,
+    and ``combine`` sums (loss, top-1, top-5, count) over the ranks."""
     from tqdm import tqdm
 
     from alexnet.engine import backend
     from alexnet.app.data import EvalBatches, Prefetcher
 
-    batches = EvalBatches(source, batch_size, crop, mean, ten_crop, scale)
+    batches = EvalBatches(source, batch_size, crop, mean, ten_crop, scale, part=part)
     loss_sum, c1, c5, n = 0.0, 0, 0, 0
     bar = tqdm(total=batches.num_batches, desc=desc, unit="batch", leave=False, disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
@@ -252,9 +263,46 @@ def evaluate(model, source, crop, mean, batch_size=128, ten_crop=False, workers=
         finally:
             loader.close()  # the loader threads end before the warnings filter is restored
             bar.close()
+    if combine is not None:
+        loss_sum, c1, c5, n = combine(np.array([loss_sum, c1, c5, n], np.float64))
+        c1, c5, n = int(c1), int(c5), int(n)
     if n == 0:
-        raise UserError("no validation image could be decoded")
+        raise CollectiveError("no validation image could be decoded")
     return {"loss": loss_sum / n, "top1": c1 / n, "top5": c5 / n, "count": n}
+
+
+def train_step(model, criterion, optimizer, par, x, labels, count, device="cpu", check=None):
+    """One SGD step on this rank's `len(labels)` images of a global batch of `count` (one process:
+    the whole batch). Returns (loss, correct, n): this rank's mean loss, correct count and images,
+    or, where the strategy sums them every step (data-parallel ranks on the CPU), the global batch's.
+    `check(loss)` sees the loss before any weight changes (the trainer stops on a NaN there).
+    The trainer and bench/scaling.py run this same step."""
+    from alexnet.engine import backend
+
+    n = len(labels)
+    if n == 0:
+        # none of the batch is this rank's (a short last batch): a stand-in image keeps its
+        # layers in step with the other ranks (the dropout counters) and contributes nothing
+        x, labels = np.zeros((1,) + x.shape[1:], x.dtype), np.zeros(1, labels.dtype)
+    labels_dev = backend.to_device(labels, device)
+    logits = model.forward(backend.to_device(x, device), train=True)
+    loss = criterion.forward(logits, labels_dev)
+    correct = (logits.argmax(axis=1) == labels_dev).sum() if n else 0
+    stats = par.start_stats(loss, correct, n, count)
+    if stats is None and check is not None:
+        check(loss)
+    dlogits = criterion.backward(count=count)          # this rank's share of the global mean's gradient
+    if n == 0:
+        dlogits[...] = 0
+    model.backward(dlogits, need_dx=False, after_layer=par.after_layer)
+    par.finish_gradients()
+    if stats is not None:
+        loss_sum, correct = stats.wait()
+        loss, n = loss_sum / count, count
+        if check is not None:
+            check(loss)
+    optimizer.step()
+    return loss, correct, n
 
 
 class _StopNow(KeyboardInterrupt):
@@ -282,6 +330,11 @@ class _Signals:
     @property
     def requested(self):
         return self.signum is not None
+
+    def adopt(self, signum):
+        """Act on a signal the ranks agreed on (app/distributed.py), received here or not."""
+        if signum is not None and self.signum is None:
+            self.signum = signum
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -325,12 +378,16 @@ class Trainer:
     created; ``run()`` then takes the run directory's lock, trains and returns the process exit
     code (0 done, 128 + the signal's number when SIGINT or SIGTERM stopped it: 130, 143).
     ``stop_after_steps`` stops (and checkpoints) after that many steps of this invocation; it
-    exists to test resume and to take a run apart into pieces.
+    exists to test resume and to take a run apart into pieces. ``parallel`` is this rank's strategy
+    under mpiexec (app/distributed.py); None: one process. Nothing here talks to the other ranks
+    before ``run()``, so a rank that fails in ``__init__`` cannot leave the others waiting.
     """
 
     def __init__(self, config, run_dir, resume=None, stop_after_steps=None, progress=True, log=None,
-                 lr_override=None):
+                 lr_override=None, parallel=None):
+        from alexnet.app import distributed
         from alexnet.app.data import SubsetSource, open_dataset, peek_classes
+        from alexnet.engine.comm import Single
         from alexnet.engine.loss import SoftmaxCrossEntropy
         from alexnet.engine.optim import SGD, MilestoneSchedule, PlateauSchedule
         from alexnet.models import registry
@@ -338,8 +395,11 @@ class Trainer:
         config.validate()
         self.config = config
         self.run_dir = run_dir
-        self.progress = progress
+        self.par = parallel or distributed.Alone(Single(), config.device)
+        self.progress = progress and self.par.lead
         self.log = log or (lambda msg: print(msg, flush=True))
+        if not self.par.lead:
+            self.log = lambda msg: None          # rank 0 speaks for the job
         self.stop_after_steps = stop_after_steps
         self.save_every = parse_save_every(config.save_every) if config.save_every is not None else None
         self.ckpts = ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints"), config.keep)
@@ -361,6 +421,7 @@ class Trainer:
         if 0 < config.max_train < len(self.dataset.train):
             self.dataset.train = SubsetSource(self.dataset.train, config.max_train)
         config.resolve(len(self.dataset.train))       # the recipe's settings, for this much data
+        self.par.check(config)
         self.model = registry.build_model(config.model, len(classes), init=config.init, seed=config.seed,
                                           dropout=config.dropout, dropout_variant=config.dropout_variant,
                                           **config.model_options())
@@ -385,6 +446,7 @@ class Trainer:
         self.read_every_step = config.device == "cpu"
         if state is not None:
             self._restore(resume, *state)
+        self.model = self.par.build(self.model)      # the towers cut their halves from the (restored) whole
         self.model.to(config.device)
         self.optimizer = SGD(self.model, lr=config.lr, momentum=config.momentum,
                              weight_decay=config.weight_decay, rescale_velocity=config.rescale_velocity)
@@ -395,7 +457,8 @@ class Trainer:
                                             max_drops=config.max_drops)
         if state is not None:
             arrays, meta = state
-            self.optimizer.load_state_dict({"lr": meta["lr"], "velocity": ckpt.split(arrays, "optim")})
+            velocity = self.par.own_tensors(self.model, ckpt.split(arrays, "optim"))
+            self.optimizer.load_state_dict({"lr": meta["lr"], "velocity": velocity})
             self.schedule.load_state_dict(meta["schedule"])
             if lr_override is not None:
                 # A deliberate change (e.g. after a divergence): the resumed run is no longer
@@ -437,12 +500,15 @@ class Trainer:
     # ---- checkpoints and the run directory -------------------------------------------------------
 
     def _state(self, val=None):
-        """The arrays and metadata of a checkpoint at the current position."""
+        """The arrays and metadata of a checkpoint at the current position, on the rank that writes
+        (None, None on the others; the towers' halves are gathered, which takes both)."""
         from alexnet.engine import backend
 
-        arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
-        opt = self.optimizer.state_dict()
-        arrays.update({f"optim/{k}": backend.to_numpy(v) for k, v in opt["velocity"].items()})
+        weights, velocity = self.par.full_state(self.model, self.optimizer.velocity)
+        if weights is None:
+            return None, None
+        arrays = {f"model/{k}": v for k, v in weights.items()}
+        arrays.update({f"optim/{k}": backend.to_numpy(v) for k, v in velocity.items()})
         arrays["data/mean"] = np.asarray(self.mean, dtype=np.float32)
         meta = {
             "arch": self.model.arch, "num_classes": self.model.num_classes, "classes": self.classes,
@@ -450,7 +516,8 @@ class Trainer:
             "input_scale": self.config.input_scale, "dropout": self.config.dropout,
             "dropout_variant": self.config.dropout_variant, "model_options": self.config.model_options(),
             "epoch": self.epoch, "batch": self.batch, "step": self.step,
-            "lr": opt["lr"], "schedule": self.schedule.state_dict(), "rng": self.model.rng_state(),
+            "ranks": self.par.world.size, "parallel": self.config.parallel,
+            "lr": self.optimizer.lr, "schedule": self.schedule.state_dict(), "rng": self.model.rng_state(),
             "data_seed": self.config.seed, "train_size": len(self.dataset.train),
             "epoch_stats": self.epoch_stats, "best_top1": self.best_top1, "best_epoch": self.best_epoch,
             "val": val, "config": self.config.to_json(),
@@ -465,14 +532,18 @@ class Trainer:
         non-finite (the loss that would show it is only computed in the next step)."""
         self._flush()
         arrays, meta = self._state(val)
-        bad = _non_finite(arrays)
-        if bad:
-            self._diverged("non-finite", where=f"the weights ({bad})", at=f"epoch {self.epoch + 1}, step {self.step}")
-        target = self.ckpts.path_for(self.step)
-        try:
-            path = self.ckpts.save(self.step, arrays, meta, is_best=is_best)
-        except OSError as e:
-            raise self._write_failed(e, target, self._checkpoint_size(arrays)) from None
+
+        def write():
+            bad = _non_finite(arrays)
+            if bad:
+                self._diverged("non-finite", where=f"the weights ({bad})", at=f"epoch {self.epoch + 1}, step {self.step}")
+            target = self.ckpts.path_for(self.step)
+            try:
+                return self.ckpts.save(self.step, arrays, meta, is_best=is_best)
+            except OSError as e:
+                raise self._write_failed(e, target, self._checkpoint_size(arrays)) from None
+
+        path = self.par.lead_does(write)
         self._saved_path, self._last_save = path, self._clock()
         return path
 
@@ -496,10 +567,14 @@ class Trainer:
     def _append_log(self, record):
         path = os.path.join(self.run_dir, "log.jsonl")
         line = json.dumps(record)
-        try:
-            rundir.append_line(path, line)
-        except OSError as e:
-            raise self._write_failed(e, path, len(line) + 1) from None
+
+        def append():
+            try:
+                rundir.append_line(path, line)
+            except OSError as e:
+                raise self._write_failed(e, path, len(line) + 1) from None
+
+        self.par.lead_does(append)
 
     def _resume_hint(self, path):
         return f"alexnet train --resume {path}"
@@ -536,8 +611,9 @@ class Trainer:
         from alexnet.engine import workspace
 
         try:
-            with _Signals() as signals, rundir.RunLock(self.run_dir, self.log), quiet_numerics():
-                self._open_run()
+            with _Signals() as signals, self._run_lock(), quiet_numerics():
+                self.par.lead_does(self._open_run)
+                self.par.attach(self.model)
                 return self._run(signals)
         except _StopNow as e:
             newest = self._newest_good()
@@ -548,6 +624,23 @@ class Trainer:
         finally:
             workspace.release()        # the pooled arrays of the training steps go back to the system
 
+    @contextlib.contextmanager
+    def _run_lock(self):
+        """Rank 0 holds the run directory's lock for the run; every rank learns whether it got it."""
+        lock = rundir.RunLock(self.run_dir, self.log)
+        self.par.lead_does(lambda: lock.__enter__() and None)   # the others get None, not the lock
+        try:
+            yield
+        finally:
+            if self.par.lead:
+                lock.__exit__(None, None, None)
+
+    def _agreed_signal(self, signals):
+        """Whether a signal stops the run here: on several ranks, whether any rank received one."""
+        signum, _ = self.par.agree(signals.signum, False)
+        signals.adopt(signum)
+        return signum is not None
+
     def _announce(self):
         cfg, ds = self.config, self.dataset
         self.log(f"data: {ds.root} ({ds.kind}), {len(self.classes)} classes, {len(ds.train)} train / "
@@ -556,6 +649,8 @@ class Trainer:
         self.log(f"model: {cfg.model} ({self.model.num_params():,} parameters, init {cfg.init}) on {cfg.device}; "
                  f"batch {cfg.batch_size}, lr {self.optimizer.lr:g}, momentum {cfg.momentum:g}, "
                  f"weight decay {cfg.weight_decay:g}, {cfg.epochs} epochs")
+        if self.par.describe():
+            self.log(self.par.describe())
         if self.resumed_from:
             self.log(f"resumed from {self.resumed_from} at epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
         self.log(f"run directory: {self.run_dir}")
@@ -567,7 +662,7 @@ class Trainer:
         start_step = self.step
         self._last_save = self._clock()
         while self.epoch < cfg.epochs:
-            if signals.requested:
+            if self._agreed_signal(signals):
                 # Before the first step, or while the last epoch's checkpoint was being written.
                 if self.step > start_step:
                     return self._interrupted(signals, f"after epoch {self.epoch}", self._saved_path)
@@ -608,7 +703,7 @@ class Trainer:
 
         cfg = self.config
         batches = TrainBatches(self.dataset.train, cfg.batch_size, self.model.input_size, self.mean,
-                               cfg.seed, self.epoch, cfg.input_scale, augment=cfg.augment)
+                               cfg.seed, self.epoch, cfg.input_scale, augment=cfg.augment, part=self.par.train_part)
         self._recent = deque()
         self._pending = self._no_pending()
         bar = tqdm(total=batches.num_batches, initial=self.batch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
@@ -617,10 +712,11 @@ class Trainer:
         t_last = time.perf_counter()
         try:
             for b, (x, labels), wait in loader:
-                if len(labels) == 0:
+                count = self.par.batch_count(len(labels), self.model)    # the global batch's images
+                if count == 0:
                     self.batch = b + 1
                     continue
-                self._train_step(x, labels)
+                self._train_step(x, labels, count)
                 self.batch = b + 1
                 now = time.perf_counter()
                 self.epoch_stats["time"] += now - t_last
@@ -628,7 +724,8 @@ class Trainer:
                 t_last = now
                 log_now = self.step % cfg.log_every == 0
                 stop_now = self.stop_after_steps is not None and self.step - start_step >= self.stop_after_steps
-                save_now = self._periodic_save_due(batches.num_batches)
+                signum, save_now = self.par.agree(signals.signum, self._periodic_save_due(batches.num_batches))
+                signals.adopt(signum)
                 if self.read_every_step or log_now or stop_now or save_now or signals.requested:
                     self._flush()
                     bar.set_postfix_str(self._bar_text(), refresh=False)
@@ -648,25 +745,23 @@ class Trainer:
             bar.close()
         return None
 
-    def _train_step(self, x, labels):
-        """One SGD step; its loss and correct count join the pending sums (device scalars on the GPU)."""
-        from alexnet.engine import backend
-
-        device = self.config.device
-        labels_dev = backend.to_device(labels, device)
-        logits = self.model.forward(backend.to_device(x, device), train=True)
-        loss = self.criterion.forward(logits, labels_dev)
-        if self.read_every_step and not math.isfinite(loss):
-            self._diverged(loss)
-        self.model.backward(self.criterion.backward(), need_dx=False)
-        self.optimizer.step()
+    def _train_step(self, x, labels, count):
+        """One SGD step (train_step); its loss and correct count join the pending sums (device
+        scalars on the GPU; on data-parallel ranks on the CPU, already summed over the ranks)."""
+        loss, correct, n = train_step(self.model, self.criterion, self.optimizer, self.par, x, labels, count,
+                                      self.config.device, check=self._check_loss if self.read_every_step else None)
         self.step += 1
         pending = self._pending
-        pending["loss"] = pending["loss"] + loss
-        pending["loss_n"] = pending["loss_n"] + loss * len(labels)
-        pending["correct"] = pending["correct"] + (logits.argmax(axis=1) == labels_dev).sum()
-        pending["seen"] += len(labels)
+        # a rank's share of the step's mean loss: the flush sums the shares over the ranks
+        pending["loss"] = pending["loss"] + (loss if n == count else loss * (n / count))
+        pending["loss_n"] = pending["loss_n"] + loss * n
+        pending["correct"] = pending["correct"] + correct
+        pending["seen"] += n
         pending["steps"] += 1
+
+    def _check_loss(self, loss):
+        if not math.isfinite(loss):
+            self._diverged(loss)
 
     def _bar_text(self):
         stats = self.epoch_stats
@@ -711,7 +806,10 @@ class Trainer:
         pending, self._pending = self._pending, self._no_pending()
         if pending["steps"] == 0:
             return
-        loss_sum, loss_n = float(pending["loss"]), float(pending["loss_n"])
+        sums = self.par.combine(np.array([float(pending["loss"]), float(pending["loss_n"]),
+                                          float(pending["correct"]), float(pending["seen"])]))
+        loss_sum, loss_n = float(sums[0]), float(sums[1])
+        pending["correct"], pending["seen"] = int(sums[2]), int(sums[3])
         if not math.isfinite(loss_n):
             first = self.step - pending["steps"] + 1
             self._diverged(loss_n / pending["seen"], where=f"the mean loss of steps {first}-{self.step}",
@@ -766,7 +864,7 @@ class Trainer:
         else:
             keep = "no checkpoint was written yet; try a lower --lr"
         at = at or f"epoch {self.epoch + 1}, step {self.step + 1}"
-        raise UserError(f"training diverged: {where} became {loss} at {at}; stopped without saving. {keep}")
+        raise CollectiveError(f"training diverged: {where} became {loss} at {at}; stopped without saving. {keep}")
 
     def _end_epoch(self, signals):
         """Validate, log and checkpoint the finished epoch. Returns False when a signal cut the
@@ -775,7 +873,8 @@ class Trainer:
         stats = self.epoch_stats
         val = evaluate(self.model, self.dataset.val, self.model.input_size, self.mean,
                        batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device, progress=self.progress,
-                       scale=cfg.input_scale, stop=lambda: signals.requested)
+                       scale=cfg.input_scale, stop=lambda: self._agreed_signal(signals),
+                       part=self.par.eval_part, combine=self.par.eval_sums)
         if val is None:
             return False
         if not math.isfinite(val["loss"]):

@@ -18,6 +18,9 @@
 #                  operations, rerun on a 7-block grid (bit-identical), a step run thrice (bit-identical)
 #   gpu_step       bench/gpu_step.py: a full step against NumPy float64, speed against PyTorch
 #   train          alexnet train --device cuda on the built-in demo data: 15 steps, stop, resume, 15 more
+#   mpi_train      10 steps as one MPI rank (mpiexec -n 1: the data-parallel path, gradients by NCCL)
+#                  against 10 steps of one process from the same start: the weights must agree;
+#                  skipped, saying why, where mpi4py or mpiexec is missing (pip install -e '.[mpi]')
 #   memcheck       compute-sanitizer --tool memcheck over bench/gpu_kernels.py --small
 #   racecheck      compute-sanitizer --tool racecheck over the same
 #
@@ -295,6 +298,46 @@ if [ "$MODE" = gpu ]; then
 else
     part train 90 bash -c 'tiny_folder "$TMP/data" && train_check 2 --data "$TMP/data" --device cpu \
         --model alexnet-small --epochs 1 --batch-size 4 --workers 1 --init he --input-scale 0.015625 --log-every 1'
+fi
+
+# ---- training as one MPI rank against one process ------------------------------------------------
+# The same N steps twice from the same start: `alexnet train` alone, and under `mpiexec -n 1`,
+# which runs the data-parallel code (app/distributed.py) with the gradients summed by NCCL on a
+# GPU (by MPI on the CPU). One rank's sum is its own gradient, so the weights must agree, and the
+# run must say which transport it used.
+mpi_check() {  # mpi_check N TRANSPORT FIRST-INVOCATION-ARGS...
+    local n=$1 transport=$2 one=$TMP/mpi_one rank=$TMP/mpi_rank
+    shift 2
+    alexnet_cli train "$@" --out "$one" --stop-after-steps "$n" --no-progress > "$TMP/mpi_one.txt" || return 1
+    "$MPIEXEC" -n 1 "$PYTHON" -m alexnet.app.cli train "$@" --out "$rank" --stop-after-steps "$n" --no-progress \
+        | tee "$TMP/mpi_rank.txt" || return 1
+    grep -q "data parallel over 1 rank .*gradients summed by $transport" "$TMP/mpi_rank.txt" \
+        || { echo "mpi_check: the rank did not sum its gradients by $transport"; return 1; }
+    "$PYTHON" - "$one" "$rank" "$n" <<'EOF'
+import sys
+import numpy as np
+from alexnet.app.checkpoint import CheckpointDir, load
+(a, meta_a), (b, meta_b) = (load(CheckpointDir(f"{run}/checkpoints").latest()) for run in sys.argv[1:3])
+assert meta_a["step"] == meta_b["step"] == int(sys.argv[3]), (meta_a["step"], meta_b["step"])
+err = max(float(np.abs(a[k].astype(np.float64) - b[k]).max() / max(np.abs(a[k]).max(), 1e-30))
+          for k in a if k.startswith(("model/", "optim/")))
+print(f"mpi_check: {len(a)} arrays after step {meta_a['step']}, largest relative difference {err:.3g}")
+sys.exit(0 if err <= 1e-6 else 1)
+EOF
+}
+export -f mpi_check
+MPIEXEC=$(dirname "$PY")/mpiexec
+[ -x "$MPIEXEC" ] || MPIEXEC=$(command -v mpiexec || true)
+export MPIEXEC
+if ! mpi=$("$PY" -c "import mpi4py" 2>&1); then
+    skip mpi_train "mpi4py is not installed (pip install -e '.[mpi]'): $(echo "$mpi" | tail -n 1)"
+elif [ -z "$MPIEXEC" ]; then
+    skip mpi_train "no mpiexec next to $PY or on PATH (pip install mpich)"
+elif [ "$MODE" = gpu ]; then
+    part mpi_train 150 bash -c "mpi_check 10 NCCL --device cuda --epochs 1 --batch-size 64 --log-every 5"
+else
+    part mpi_train 90 bash -c '[ -d "$TMP/data" ] || tiny_folder "$TMP/data"; mpi_check 2 MPI --data "$TMP/data" \
+        --device cpu --model alexnet-small --epochs 1 --batch-size 4 --workers 1 --init he --input-scale 0.015625'
 fi
 
 # ---- compute-sanitizer ---------------------------------------------------------------------------

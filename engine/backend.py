@@ -48,6 +48,39 @@ def cuda_unavailable_reason():
     return "no CUDA device found" if count == 0 else ""
 
 
+def gpu_count():
+    """How many CUDA devices CuPy sees (0 without CuPy or a GPU)."""
+    if not cuda_available():
+        return 0
+    return cupy_or_none().cuda.runtime.getDeviceCount()
+
+
+def use_gpu(index):
+    """Make device `index` this process's current device (an MPI rank takes its own GPU) before
+    anything is allocated on it."""
+    cupy_or_none().cuda.Device(index).use()
+
+
+def nccl_or_reason():
+    """(CuPy's NCCL bindings, "") when NCCL is usable, else (None, why not): engine/comm.py sums GPU
+    arrays over the ranks through it."""
+    cp = cupy_or_none()
+    if cp is None:
+        return None, "CuPy is not installed"
+    try:
+        from cupy.cuda import nccl
+    except Exception as e:
+        return None, f"cupy.cuda.nccl does not import ({type(e).__name__}: {e})".splitlines()[0]
+    if not getattr(nccl, "available", True):
+        return None, "CuPy finds no NCCL library (pip install nvidia-nccl-cu13)"
+    return nccl, ""
+
+
+def current_stream_pointer():
+    """The raw cudaStream_t of CuPy's current stream, for libraries that take one (NCCL)."""
+    return cupy_or_none().cuda.get_current_stream().ptr
+
+
 def is_gpu_array(x):
     cp = cupy_or_none()
     return cp is not None and isinstance(x, cp.ndarray)

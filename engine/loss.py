@@ -9,6 +9,9 @@ Subtracting the row maximum m_n changes nothing mathematically and keeps exp() f
 
 Backward:  dz[n, k] = (p[n, k] - [k = y_n]) / N
 Cached: the probabilities p and the labels (both paths).
+
+`backward(count=M)` divides by M instead of N: a data-parallel rank holding N of a global batch of
+M samples gets its share of the global mean's gradient, and the ranks' sum is that gradient.
 Reference loops: layers/reference.py softmax_xent_forward / softmax_xent_backward.
 
 On the GPU (kernels/softmax_xent.cu) the loss stays on the device: `forward` returns a 0-d CuPy
@@ -48,17 +51,18 @@ class SoftmaxCrossEntropy:
         self.cache = (np.exp(log_probs), labels)                             # p, y
         return float(-log_probs[np.arange(N), labels].mean())
 
-    def backward(self, runtime=None):
+    def backward(self, runtime=None, count=None):
+        """dL/dlogits of the mean over `count` samples (default: this batch's)."""
         if self.cache is None:
             raise ValueError("SoftmaxCrossEntropy: backward() called before forward()")
         probs, labels = self.cache
         rt = runtime or backend.kernel_runtime_of(probs)
         if rt is not None:
-            return ops.softmax_xent_backward(rt, probs, labels, who="SoftmaxCrossEntropy")
+            return ops.softmax_xent_backward(rt, probs, labels, who="SoftmaxCrossEntropy", count=count)
         N = labels.shape[0]
         dlogits = probs.copy()
         dlogits[np.arange(N), labels] -= 1
-        dlogits /= N
+        dlogits /= count or N
         return dlogits
 
     def _forward_cuda(self, rt, logits, labels):

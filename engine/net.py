@@ -30,12 +30,16 @@ class Sequential:
             x = layer.forward(x, train, keep_cache=keep_cache, runtime=runtime)
         return x
 
-    def backward(self, dout, need_dx=True, runtime=None):
+    def backward(self, dout, need_dx=True, runtime=None, after_layer=None):
         """Backpropagate dL/d(output); returns dL/d(input), or None with need_dx=False (saves the
         first layer's input gradient, which training never uses: for AlexNet, conv1's col2im).
-        Works after any forward that kept its caches, training or not."""
+        Works after any forward that kept its caches, training or not. `after_layer(layer)` is
+        called as each layer's gradients are written: data-parallel training starts summing them
+        over the processes there, while the layers below are still working (engine/grad_sync.py)."""
         for i in reversed(range(len(self.layers))):
             dout = self.layers[i].backward(dout, need_dx=need_dx or i > 0, runtime=runtime)
+            if after_layer is not None:
+                after_layer(self.layers[i])
         return dout
 
     # ---- parameters ------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ BATCH_GRAIN samples go to the threads through a shared queue, so the time per im
 the batch grows.
 
 ALEXNET_THREADS sets the number of threads (default: the CPU count; 1 turns this off and leaves
-BLAS as it was); ALEXNET_BATCH_GRAIN overrides BATCH_GRAIN.
+BLAS as it was); ALEXNET_BATCH_GRAIN overrides BATCH_GRAIN. Several processes on one machine (the
+ranks of an MPI job, engine/comm.py) each take their share of the cores with `share_cores`, which
+becomes the default in place of the CPU count and keeps BLAS to one thread even at a share of one.
 """
 import contextvars
 import os
@@ -24,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 _lock = threading.Lock()
 _pool = None
 _blas_limit = None
+_share = None            # this process's share of the cores (share_cores), else None: all of them
 _local = threading.local()
 
 BATCH_GRAIN = 8           # samples per chunk at most, for the layers that split the batch
@@ -44,25 +47,47 @@ def _env_count(name):
 
 
 def num_threads():
-    return _env_count("ALEXNET_THREADS") or max(1, os.cpu_count() or 1)
+    return _env_count("ALEXNET_THREADS") or _share or max(1, os.cpu_count() or 1)
+
+
+def share_cores(threads):
+    """This process runs `threads` chunk threads by default (ALEXNET_THREADS still overrides), and
+    BLAS one thread per chunk: the other processes on the machine have the other cores."""
+    global _share
+    if threads < 1:
+        raise ValueError(f"share_cores: threads must be >= 1, got {threads}")
+    _share = int(threads)
+    with _lock:
+        _limit_blas()
+
+
+def _limit_blas():
+    global _blas_limit
+    if _blas_limit is None:
+        from threadpoolctl import threadpool_limits
+        _blas_limit = threadpool_limits(limits=1, user_api="blas")
 
 
 def _get_pool(threads):
-    global _pool, _blas_limit
+    global _pool
     with _lock:
         if _pool is None or _pool._max_workers != threads - 1:
             if _pool is not None:
                 _pool.shutdown(wait=True)
             _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="alexnet-chunk")
-            if _blas_limit is None:
-                from threadpoolctl import threadpool_limits
-                _blas_limit = threadpool_limits(limits=1, user_api="blas")
+            _limit_blas()
         return _pool
 
 
 def chunk_bounds(n, parts=None):
     """Split range(n) into at most `parts` (default: the thread count) contiguous pieces."""
-    parts = min(parts or num_threads(), n)
+    return shares(n, min(parts or num_threads(), n))
+
+
+def shares(n, parts):
+    """range(n) as exactly `parts` contiguous (lo, hi) pieces whose sizes differ by at most one, the
+    larger ones first; some are empty when n < parts. (The ranks' slices of a batch, the towers'
+    halves of a layer.)"""
     step, extra = divmod(n, parts)
     bounds, lo = [], 0
     for i in range(parts):

@@ -8,6 +8,12 @@
 // layer's `step` counter (one per training forward) gives every batch a fresh mask.
 // u = the top 24 bits of the hash / 2^24 is exact in float32; the unit is kept when u >= p.
 //
+// i is the unit's index in the tensor one process would see at batch B, not in this launch's own
+// tensor: a data-parallel rank holds rows (samples) of it, a tower of the split model columns
+// (units), and both must draw the units' own bits. Element e of the launch's (rows, width) tensor
+// is unit i = base + (e / width) * stride + e % width of the (B, stride) one; base = 0 and
+// width = stride = n is the whole tensor (i = e).
+//
 // Both kernels: one thread per element of the flattened tensor, grid-stride loop. Launched with
 // 256 threads per block (kernels/ops.py); not yet measured on a GPU.
 
@@ -18,6 +24,11 @@ __device__ __forceinline__ unsigned long long dropout_mix(unsigned long long z) 
 }
 
 // The same splitmix64 stream construction twice: (seed, step) picks a stream, i the element in it.
+__device__ __forceinline__ unsigned long long dropout_unit(int e, unsigned long long base, int width,
+                                                         unsigned long long stride) {
+    return base + (unsigned long long)(e / width) * stride + (unsigned long long)(e % width);
+}
+
 __device__ __forceinline__ bool dropout_keep(unsigned long long seed, unsigned long long step,
                                              unsigned long long i, float p) {
     const unsigned long long golden = 0x9E3779B97F4A7C15ull;
@@ -27,18 +38,20 @@ __device__ __forceinline__ bool dropout_keep(unsigned long long seed, unsigned l
 }
 
 extern "C" __global__ void dropout_forward(const float* __restrict__ x, float* __restrict__ out, int n,
+                                           unsigned long long base, int width, unsigned long long stride,
                                            unsigned long long seed, unsigned long long step, float p,
                                            float scale) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        out[i] = dropout_keep(seed, step, i, p) ? x[i] * scale : 0.0f;
+        out[i] = dropout_keep(seed, step, dropout_unit(i, base, width, stride), p) ? x[i] * scale : 0.0f;
     }
 }
 
 extern "C" __global__ void dropout_backward(const float* __restrict__ dout, float* __restrict__ dx, int n,
+                                            unsigned long long base, int width, unsigned long long stride,
                                             unsigned long long seed, unsigned long long step, float p,
                                             float scale) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        dx[i] = dropout_keep(seed, step, i, p) ? dout[i] * scale : 0.0f;
+        dx[i] = dropout_keep(seed, step, dropout_unit(i, base, width, stride), p) ? dout[i] * scale : 0.0f;
     }
 }
 

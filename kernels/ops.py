@@ -163,21 +163,31 @@ def _dropout_args(p, seed, step, scale):
     return np.uint64(seed), np.uint64(step), np.float32(p), np.float32(scale)
 
 
-def dropout_forward(rt, x, p, seed, step, scale, who="dropout"):
-    """Training forward: keep where hash(seed, step, element index) clears p (dropout.cu), times
-    `scale` (1/(1-p) inverted, 1 the paper's variant)."""
+def _dropout_layout(n, layout):
+    """(base, width, stride) of dropout.cu: where the launch's elements sit among the units of the
+    whole tensor (layers/dropout.py Dropout.place); None: the launch is the whole tensor."""
+    base, width, stride = layout if layout is not None else (0, max(n, 1), max(n, 1))
+    if not 1 <= width <= stride or width >= INT_LIMIT:
+        raise ValueError(f"dropout: a layout needs 1 <= width <= stride, got width {width}, stride {stride}")
+    return np.uint64(base), np.int32(width), np.uint64(stride)
+
+
+def dropout_forward(rt, x, p, seed, step, scale, who="dropout", layout=None):
+    """Training forward: keep where hash(seed, step, unit index) clears p (dropout.cu), times
+    `scale` (1/(1-p) inverted, 1 the paper's variant). `layout` (base, width, stride) maps the
+    elements onto the unit indices of a larger tensor (a data-parallel rank's rows, a tower's columns)."""
     check_array(rt, who, "x", x)
     out = rt.xp.empty_like(x)
     _launch(rt, "dropout", "dropout_forward", x.size,
-            (x, out, *_ints(x.size), *_dropout_args(p, seed, step, scale)))
+            (x, out, *_ints(x.size), *_dropout_layout(x.size, layout), *_dropout_args(p, seed, step, scale)))
     return out
 
 
-def dropout_backward(rt, dout, p, seed, step, scale, who="dropout"):
+def dropout_backward(rt, dout, p, seed, step, scale, who="dropout", layout=None):
     check_array(rt, who, "dout", dout)
     dx = rt.xp.empty_like(dout)
     _launch(rt, "dropout", "dropout_backward", dout.size,
-            (dout, dx, *_ints(dout.size), *_dropout_args(p, seed, step, scale)))
+            (dout, dx, *_ints(dout.size), *_dropout_layout(dout.size, layout), *_dropout_args(p, seed, step, scale)))
     return dx
 
 
@@ -267,13 +277,14 @@ def softmax_xent_forward(rt, logits, labels, who="softmax_xent"):
     return loss, probs
 
 
-def softmax_xent_backward(rt, probs, labels, who="softmax_xent"):
+def softmax_xent_backward(rt, probs, labels, who="softmax_xent", count=None):
+    """dlogits = (probs - onehot) / count; count defaults to the batch's N (the loss is a mean)."""
     check_array(rt, who, "probs", probs)
     check_array(rt, who, "labels", labels, np.int32)
     N, K = probs.shape
     dlogits = rt.xp.empty_like(probs)
     _launch(rt, "softmax_xent", "softmax_xent_backward", probs.size,
-            (probs, labels, dlogits, *_ints(N, K), *_floats(1.0 / N)))
+            (probs, labels, dlogits, *_ints(N, K), *_floats(1.0 / (count or N))))
     return dlogits
 
 

@@ -27,8 +27,15 @@ kernels (kernels/dropout.cu) draw bit-identical masks, and the state of the laye
 is one integer, `step` (checkpointed through rng_state()). `freeze_mask = True` makes every
 training forward reuse the last mask (gradient checks evaluate one mask many times).
 
+Whose unit i. The index i is the unit's place in the tensor one process would see, so that
+splitting the work does not change the masks: a data-parallel rank holding samples s0.. of the
+global batch, or a tower of the split model holding units u0.. of each sample, says so with
+`place(first_sample, first_unit, units)`, and its element (n, j) draws the bits of unit
+(s0 + n) * units + u0 + j. The default (0, 0, its own width) is the whole tensor.
+
 Cached (DropoutCache, both paths): the step whose mask the forward used (None when it drew none:
-inference, or p = 0) and the factor the kept units were multiplied by.
+inference, or p = 0), the factor the kept units were multiplied by, and the layout of the units
+(None for the whole tensor, else (base, width, stride), as keep_mask takes it).
 Reference loops: layers/reference.py dropout_forward / dropout_backward.
 """
 from collections import namedtuple
@@ -41,7 +48,7 @@ from alexnet.engine.parallel import run_chunks
 from alexnet.kernels import ops
 
 VARIANTS = ("inverted", "paper")
-DropoutCache = namedtuple("DropoutCache", "step scale")
+DropoutCache = namedtuple("DropoutCache", "step scale layout", defaults=(None,))
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MASK64 = (1 << 64) - 1
@@ -65,13 +72,18 @@ def keep_threshold(p):
     return int(np.ceil(float(np.float32(p)) * 2.0 ** 24))
 
 
-def keep_mask(seed, step, count, p, start=0):
-    """Bool keep mask of the units start .. start + count - 1 (flat indices) of mask `step`,
-    the same bits kernels/dropout.cu draws."""
+def keep_mask(seed, step, count, p, start=0, layout=None):
+    """Bool keep mask of the elements start .. start + count - 1 (flat indices) of mask `step`,
+    the same bits kernels/dropout.cu draws. `layout` (base, width, stride) places element e at unit
+    base + (e // width) * stride + e % width of a larger tensor; None: element e is unit e."""
     with np.errstate(over="ignore"):
         stream = np.array([(seed + (step + 1) * int(_GOLDEN)) & _MASK64], np.uint64)
         stream = _mix(stream, np.empty_like(stream))[0]
-        z = np.arange(start + 1, start + count + 1, dtype=np.uint64)    # i + 1
+        z = np.arange(start, start + count, dtype=np.uint64)
+        if layout is not None:
+            base, width, stride = (np.uint64(v) for v in layout)
+            z = base + z // width * stride + z % width                 # the units' own indices
+        z += np.uint64(1)                                                # i + 1
         z *= _GOLDEN
         z += stream
         _mix(z, np.empty_like(z))
@@ -91,6 +103,7 @@ class Dropout(Layer):
         self.step = 0                      # masks drawn so far: the next training forward draws this one
         self.freeze_mask = False
         self._frozen_step = None
+        self.placement = (0, 0, None)      # (first sample, first unit, units per sample): place()
 
     def describe(self):
         return f"Dropout(p={self.p}" + (", paper variant)" if self.variant == "paper" else ")")
@@ -112,15 +125,30 @@ class Dropout(Layer):
         self._frozen_step = step if self.freeze_mask else None
         return step
 
-    def _cache_for(self, train):
-        """(what the forward computes): DropoutCache(step or None, scale)."""
+    def place(self, first_sample=0, first_unit=0, units=None):
+        """Where this layer's input sits in the tensor one process would see (see the docstring):
+        its rows are samples first_sample.. of the global batch, its columns units first_unit.. of
+        `units` per sample (None: as many as the input has)."""
+        self.placement = (int(first_sample), int(first_unit), None if units is None else int(units))
+
+    def _layout(self, x):
+        """(base, width, stride) of x's elements among the whole tensor's units; None when x is it."""
+        first_sample, first_unit, units = self.placement
+        width = x.size // x.shape[0]
+        stride = width if units is None else units
+        if first_sample == 0 and first_unit == 0 and stride == width:
+            return None
+        return first_sample * stride + first_unit, width, stride
+
+    def _cache_for(self, x, train):
+        """(what the forward computes): DropoutCache(step or None, scale, layout)."""
         if train and self.p > 0:
-            return DropoutCache(self._next_step(), self.train_scale)
+            return DropoutCache(self._next_step(), self.train_scale, self._layout(x))
         return DropoutCache(None, self.test_scale if not train else 1.0)
 
     # ---- NumPy -----------------------------------------------------------------------------------
     def forward_numpy(self, x, train):
-        cache = self._cache_for(train)
+        cache = self._cache_for(x, train)
         return self._apply(x, cache), cache
 
     def backward_numpy(self, dout, need_dx):
@@ -135,8 +163,8 @@ class Dropout(Layer):
         flat_a, flat_out = a.reshape(-1), out.reshape(-1)
 
         def chunk(lo, hi):
-            np.multiply(flat_a[lo:hi], keep_mask(self.seed, cache.step, hi - lo, self.p, start=lo),
-                        out=flat_out[lo:hi])
+            keep = keep_mask(self.seed, cache.step, hi - lo, self.p, start=lo, layout=cache.layout)
+            np.multiply(flat_a[lo:hi], keep, out=flat_out[lo:hi])
             if cache.scale != 1.0:
                 flat_out[lo:hi] *= dt(cache.scale)
         run_chunks(chunk, a.size)
@@ -144,16 +172,18 @@ class Dropout(Layer):
 
     # ---- CUDA (kernels/dropout.cu) -----------------------------------------------------------------
     def forward_cuda(self, rt, x, train):
-        cache = self._cache_for(train)
+        cache = self._cache_for(x, train)
         if cache.step is None:
             return ops.dropout_scale(rt, x, cache.scale, who=self.name), cache
-        return ops.dropout_forward(rt, x, self.p, self.seed, cache.step, cache.scale, who=self.name), cache
+        return ops.dropout_forward(rt, x, self.p, self.seed, cache.step, cache.scale, who=self.name,
+                                   layout=cache.layout), cache
 
     def backward_cuda(self, rt, dout, need_dx):
         cache = self.cache
         if cache.step is None:
             return ops.dropout_scale(rt, dout, cache.scale, who=self.name)
-        return ops.dropout_backward(rt, dout, self.p, self.seed, cache.step, cache.scale, who=self.name)
+        return ops.dropout_backward(rt, dout, self.p, self.seed, cache.step, cache.scale, who=self.name,
+                                    layout=cache.layout)
 
     # ---- the random numbers' state ------------------------------------------------------------------
     def rng_state(self):

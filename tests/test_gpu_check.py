@@ -22,6 +22,12 @@ from alexnet.kernels import harness
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSING = ("versions", "package", "kernel_tests", "kernels_check", "gpu_kernels", "gpu_step", "train")
 GPU_ONLY = ("memcheck", "racecheck")
+# one MPI rank against one process: runs where mpi4py is installed (CI), else says why it skips
+MPI = "mpi_train"
+
+
+def _mpi_expected():
+    return "pass" if importlib.util.find_spec("mpi4py") else "skipped"
 
 
 def _needs_harness():
@@ -67,7 +73,7 @@ def test_cpu_mode_passes_every_part_it_can_run(cpu_run):
     parts = _summary(out)
     assert parts.pop("mode")[0] == "cpu"
     assert {name: status for name, (status, _) in parts.items()} == {
-        **{name: "pass" for name in PASSING}, **{name: "skipped" for name in GPU_ONLY}}
+        **{name: "pass" for name in PASSING}, **{name: "skipped" for name in GPU_ONLY}, MPI: _mpi_expected()}
     for name in GPU_ONLY:
         assert "needs a GPU" in parts[name][1]
         assert f"== {name} skipped: " in output
@@ -100,6 +106,8 @@ def test_cpu_mode_leaves_every_log_and_report_in_out(cpu_run):
     assert "resumed from " in train and "stopped at step 2, resumed, stopped at step 4" in train
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["type"] == "step"] == [1, 2, 3, 4]   # --log-every 1, both runs
+    if _mpi_expected() == "pass":
+        assert "largest relative difference 0" in (out / f"{MPI}.txt").read_text()
 
 
 def test_a_spent_budget_fails_the_parts_it_cannot_start(tmp_path):

@@ -118,7 +118,7 @@ def test_dropout_is_inverted_and_matches_its_mask(rng):
 
 def dropout_multiplier(layer, shape):
     """What our dropout layer's last forward multiplied its input by, as a tensor for PyTorch."""
-    step, scale = layer.cache
+    step, scale = layer.cache.step, layer.cache.scale
     keep = np.ones(shape, bool) if step is None else keep_mask(layer.seed, step, int(np.prod(shape)),
                                                                layer.p).reshape(shape)
     return torch.tensor(keep.astype(np.float32) * np.float32(scale))
