@@ -136,6 +136,21 @@ def side_by_side(images, title=""):
     return out
 
 
+def run_curves(epochs, title=""):
+    """A run's loss, accuracy and learning rate per epoch (log.jsonl's epoch records), three
+    charts side by side."""
+    xs = [r["epoch"] for r in epochs]
+
+    def series(label, key, scale=1.0):
+        return (label, xs, [scale * r[key] for r in epochs])
+    return side_by_side([
+        line_chart("loss", [series("train", "train_loss"), series("val", "val_loss")]),
+        line_chart("accuracy (%)", [series("train top-1", "train_top1", 100), series("val top-1", "val_top1", 100),
+                                    series("val top-5", "val_top5", 100)]),
+        line_chart("learning rate", [series("lr", "lr")], log_y=True),
+    ], title)
+
+
 def filter_grid(W, cell=48, gap=3, cols=None):
     """Convolution filters (out, in, kh, kw) as a grid of RGB tiles (the paper's Figure 3), each
     filter stretched to the full 0..255 range on its own so weak ones stay visible."""

@@ -394,6 +394,7 @@ def cmd_predict(args):
 
 
 def cmd_plot(args):
+    from alexnet.app import plots
     from alexnet.app.checkpoint import CheckpointDir, load_model
 
     log_path = os.path.join(args.run_dir, "log.jsonl")
@@ -411,9 +412,9 @@ def cmd_plot(args):
     out_dir = os.path.join(args.run_dir, "plots")
     os.makedirs(out_dir, exist_ok=True)
     curves = os.path.join(out_dir, "curves.png")
-    draw_curves(epochs, title=f"{meta['arch']}, {meta['num_classes']} classes").save(curves)
+    plots.run_curves(epochs, title=f"{meta['arch']}, {meta['num_classes']} classes").save(curves)
     filters = os.path.join(out_dir, "conv1_filters.png")
-    draw_filters(model.state_dict()["conv1.W"]).save(filters)
+    plots.filter_grid(model.state_dict()["conv1.W"]).save(filters)
     if skipped:
         print(f"skipped {skipped} records of {log_path} that are cut short, incomplete or not the trainer's")
     print(f"wrote {curves}")
@@ -461,124 +462,3 @@ def _is_number(v):
 def _is_epoch_record(rec):
     return (isinstance(rec.get("epoch"), int) and not isinstance(rec["epoch"], bool)
             and all(_is_number(rec.get(k)) for k in _EPOCH_FIELDS))
-
-
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
-
-
-def _nice_ticks(lo, hi, n=5):
-    """Round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]."""
-    if hi <= lo:
-        hi = lo + 1.0
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    t = math.floor(lo / step + 1e-9) * step
-    ticks = [round(t, 10)]
-    while ticks[-1] < hi - step * 1e-9:
-        t += step
-        ticks.append(round(t, 10))
-    return ticks
-
-
-def _panel(title, xs, series, log_y=False, size=(420, 310)):
-    """One line chart: series is [(label, ys)], drawn on axes with ticks and a legend."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    left, right, top, bottom = 56, size[0] - 12, 42, size[1] - 34
-    vals = [v for _, ys in series for v in ys if v is not None and math.isfinite(v) and (v > 0 or not log_y)]
-    if not vals:
-        vals = [1.0]
-    tf = (lambda v: math.log10(v)) if log_y else (lambda v: v)
-    lo, hi = tf(min(vals)), tf(max(vals))
-    if log_y:
-        lo, hi = math.floor(lo), math.ceil(hi) if math.ceil(hi) > math.floor(lo) else math.floor(lo) + 1
-        yticks = list(range(int(lo), int(hi) + 1))
-    else:
-        yticks = _nice_ticks(lo, hi)
-        lo, hi = yticks[0], yticks[-1]
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-
-    def px(x):
-        return left + (x - x0) / (x1 - x0) * (right - left)
-
-    def py(v):
-        return bottom - (tf(v) - lo) / ((hi - lo) or 1) * (bottom - top)
-
-    d.text((left, 6), title, fill="black", font=font)
-    d.rectangle((left, top, right, bottom), outline=(120, 120, 120))
-    for t in yticks:
-        y = bottom - (t - lo) / ((hi - lo) or 1) * (bottom - top)
-        d.line((left, y, right, y), fill=(225, 225, 225))
-        label = f"1e{t}" if log_y else f"{t:g}"
-        d.text((4, y - 6), label, fill="black", font=font)
-    for t in _nice_ticks(x0, x1, n=min(6, max(1, int(x1 - x0)))):
-        if x0 <= t <= x1 and float(t).is_integer():
-            x = px(t)
-            d.line((x, bottom, x, bottom + 4), fill="black")
-            d.text((x - 4, bottom + 6), f"{int(t)}", fill="black", font=font)
-    d.text(((left + right) // 2 - 14, size[1] - 14), "epoch", fill="black", font=font)
-    for i, (label, ys) in enumerate(series):
-        colour = _COLOURS[i % len(_COLOURS)]
-        pts = [(px(x), py(v)) for x, v in zip(xs, ys) if v is not None and math.isfinite(v) and (v > 0 or not log_y)]
-        if len(pts) > 1:
-            d.line(pts, fill=colour, width=2)
-        for x, y in pts:
-            d.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
-    # The legend sits in a row of its own above the axes, where no curve can hide it.
-    lx = left
-    for i, (label, _) in enumerate(series):
-        colour = _COLOURS[i % len(_COLOURS)]
-        d.line((lx, 28, lx + 18, 28), fill=colour, width=2)
-        d.text((lx + 22, 22), label, fill="black", font=font)
-        lx += 34 + int(d.textlength(label, font=font))
-    return img
-
-
-def draw_curves(epochs, title=""):
-    """Loss, accuracy and learning rate per epoch, three panels side by side, as a PIL image."""
-    from PIL import Image, ImageDraw
-
-    xs = [r["epoch"] for r in epochs]
-    panels = [
-        _panel("loss", xs, [("train", [r["train_loss"] for r in epochs]), ("val", [r["val_loss"] for r in epochs])]),
-        _panel("accuracy (%)", xs, [("train top-1", [100 * r["train_top1"] for r in epochs]),
-                                    ("val top-1", [100 * r["val_top1"] for r in epochs]),
-                                    ("val top-5", [100 * r["val_top5"] for r in epochs])]),
-        _panel("learning rate", xs, [("lr", [r["lr"] for r in epochs])], log_y=True),
-    ]
-    w, h = panels[0].size
-    out = Image.new("RGB", (w * len(panels), h + 20), "white")
-    ImageDraw.Draw(out).text((8, 4), title, fill="black")
-    for i, p in enumerate(panels):
-        out.paste(p, (i * w, 20))
-    return out
-
-
-def draw_filters(W, cell=48, gap=3):
-    """conv1's filters (out, in, kh, kw) as a grid of RGB tiles (the paper's Figure 3), each
-    filter stretched to the full 0..255 range on its own so weak ones stay visible."""
-    import numpy as np
-    from PIL import Image
-
-    W = np.asarray(W, dtype=np.float64)
-    n, c, kh, kw = W.shape
-    tiles = W[:, :3] if c >= 3 else np.repeat(W[:, :1], 3, axis=1)  # (n, 3, kh, kw)
-    lo = tiles.min(axis=(1, 2, 3), keepdims=True)
-    hi = tiles.max(axis=(1, 2, 3), keepdims=True)
-    tiles = ((tiles - lo) / np.maximum(hi - lo, 1e-12) * 255).round().astype(np.uint8)
-    tiles = tiles.transpose(0, 2, 3, 1)  # (n, kh, kw, 3)
-    scale = max(1, cell // max(kh, kw))
-    tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)  # nearest-neighbour upscale
-    cols = 12 if n > 48 else 8
-    rows = -(-n // cols)
-    th, tw = tiles.shape[1], tiles.shape[2]
-    grid = np.full((rows * (th + gap) + gap, cols * (tw + gap) + gap, 3), 255, dtype=np.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        y, x = gap + r * (th + gap), gap + q * (tw + gap)
-        grid[y : y + th, x : x + tw] = tiles[i]
-    return Image.fromarray(grid)
