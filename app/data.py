@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from alexnet.app.checkpoint import fsync_dir
 from alexnet.app.errors import UserError
 from alexnet.engine.parallel import shares
 
@@ -746,7 +747,7 @@ def prepare_dataset(src, dst, size, strict=False, shard_size=None, workers=2, pr
             with open(os.path.join(tmp, name), "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, dst)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -806,15 +807,3 @@ def _write_split(tmp, split, source, size, shard_size, workers, progress, tqdm, 
         np.save(os.path.join(tmp, f"{split}-00000.npy"), np.empty((0, size, size, 3), np.uint8))
     return written, out_labels[:written]
 
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

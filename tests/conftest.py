@@ -13,3 +13,14 @@ def max_rel_diff(a, b):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def harness_rt():
+    """The CPU harness runtime (the CUDA kernels built with g++), or a skip saying why not."""
+    from alexnet.engine import backend
+    from alexnet.kernels import harness
+    try:
+        return backend.kernel_runtime("cpu-harness")
+    except harness.HarnessUnavailable as e:
+        pytest.skip(str(e))

@@ -9,9 +9,7 @@ import pytest
 
 from conftest import max_rel_diff
 from alexnet.app.cli import main
-from alexnet.engine import backend
 from alexnet.engine.loss import SoftmaxCrossEntropy
-from alexnet.kernels import harness
 from alexnet.layers import AdaptiveAvgPool2d
 from alexnet.layers import reference as ref
 from alexnet.layers.avgpool import bin_edges, pooling_matrix
@@ -54,14 +52,6 @@ def test_identity_when_the_input_already_has_the_output_size(rng):
     layer = AdaptiveAvgPool2d(6)
     np.testing.assert_array_equal(layer.forward(x), x)
     np.testing.assert_array_equal(layer.backward(x), x)
-
-
-@pytest.fixture(scope="module")
-def harness_rt():
-    try:
-        return backend.kernel_runtime("cpu-harness")
-    except harness.HarnessUnavailable as e:
-        pytest.skip(str(e))
 
 
 @pytest.mark.parametrize("shape,size", CASES)

@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import max_rel_diff
-from alexnet.engine import backend
 from alexnet.engine.loss import SoftmaxCrossEntropy
 from alexnet.engine.net import Sequential
 from alexnet.engine.optim import SGD
-from alexnet.kernels import harness
 from alexnet.layers import LRN, Conv2d, Dense, Dropout, MaxPool2d, ReLU, Tanh
 from alexnet.layers import reference as ref
 from alexnet.layers.dropout import keep_mask
@@ -164,14 +162,6 @@ def test_sgd_step_matches_the_loops(chunking, rng):
 
 
 # ---- the CUDA paths, on the CPU harness (float32) -------------------------------------------------
-@pytest.fixture(scope="module")
-def harness_rt():
-    try:
-        return backend.kernel_runtime("cpu-harness")
-    except harness.HarnessUnavailable as e:
-        pytest.skip(str(e))
-
-
 @pytest.mark.parametrize("make,shape", [
     (lambda: Conv2d(4, 6, 3, padding=1, groups=2), (2, 4, 5, 7)),
     (lambda: Conv2d(3, 4, 5, stride=3), (2, 3, 11, 10)),
