@@ -446,6 +446,14 @@ def channel_mean(source, max_samples):
 # Augmentation (whole batch at once)
 
 
+def fit_mean(mean, size):
+    """A training mean for images of side ``size``: a per-pixel mean of another size falls back to
+    its channel means."""
+    if mean.shape[0] in (1, size):
+        return mean
+    return mean.mean(axis=(0, 1), keepdims=True)
+
+
 def epoch_order(n, seed, epoch):
     """The permutation of the training set used in ``epoch``; a pure function of its arguments."""
     return np.random.default_rng([seed, _ORDER_STREAM, epoch]).permutation(n)

@@ -79,11 +79,10 @@ def _load(checkpoint):
 
 def _inputs(imgs, model, mean, scale):
     """uint8 (N, S, S, 3) images -> (float32 network inputs (N, 3, c, c), uint8 centre crops)."""
-    from alexnet.app.data import center_crop_batch
-    from alexnet.app.train_cli import _fit_mean
+    from alexnet.app.data import center_crop_batch, fit_mean
     crop = model.input_size
     off = (imgs.shape[1] - crop) // 2
-    x = center_crop_batch(imgs, crop, _fit_mean(mean, imgs.shape[1]))
+    x = center_crop_batch(imgs, crop, fit_mean(mean, imgs.shape[1]))
     x *= np.float32(scale)
     return x, imgs[:, off:off + crop, off:off + crop]
 

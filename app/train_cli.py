@@ -97,6 +97,14 @@ def register(subparsers):
     arch.add_argument("--augment", choices=("paper", "crops", "none"),
                       help="paper: random crops, flips, PCA lighting (default); crops: without lighting; none: centre crop")
     arch.add_argument("--max-train", type=int, metavar="N", help="train on N of the training images, evenly spread")
+    tune = p.add_argument_group("fine-tuning (docs/weights.md)")
+    tune.add_argument("--init-from", metavar="CKPT",
+                      help="start from this checkpoint's weights (imported or trained here); a new last layer "
+                           "when the classes differ; its input normalisation comes with it")
+    tune.add_argument("--freeze", type=lambda t: tuple(p.strip() for p in t.split(",") if p.strip()), metavar="LAYERS",
+                      help="with --init-from: layers that do not learn, e.g. conv1..conv5 or conv1,conv2")
+    tune.add_argument("--pretrained-lr-mult", type=float, metavar="X",
+                      help="with --init-from: the loaded layers learn at X times --lr (default 0.1); the new head at --lr")
     p.add_argument("--workers", type=int, metavar="W", help="background loader threads (default 2; 0 loads inline)")
     p.add_argument("--strict-data", action="store_true", default=None,
                    help="stop at the first unreadable image instead of skipping and counting it")
@@ -230,7 +238,7 @@ def _train_setup(args):
                                             "input_scale", "dropout", "dropout_variant", "workers", "strict_data",
                                             "keep", "log_every", "save_every", "patience", "rescale_velocity",
                                             "lr_drops", "lrn", "pool", "groups", "activation", "augment",
-                                            "max_train", "parallel")}
+                                            "max_train", "parallel", "init_from", "freeze", "pretrained_lr_mult")}
     given = {k: v for k, v in given.items() if v is not None}
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise UserError(f"--stop-after-steps must be at least 1, got {args.stop_after_steps}")
@@ -250,7 +258,8 @@ def _train_setup(args):
         config = TrainConfig.from_json(meta["config"])
         # What fixes the computation cannot change mid-run; the rest can.
         for key in ("model", "recipe", "batch_size", "seed", "init", "input_scale", "dropout", "dropout_variant",
-                    "rescale_velocity", "lr_drops", "lrn", "pool", "groups", "activation", "augment", "max_train"):
+                    "rescale_velocity", "lr_drops", "lrn", "pool", "groups", "activation", "augment", "max_train",
+                    "init_from", "freeze", "pretrained_lr_mult"):
             if key in given and given[key] != getattr(config, key) and not (key == "recipe" and given[key] == "auto"):
                 raise UserError(f"--{key.replace('_', '-')} cannot change when resuming "
                                 f"(the run uses {getattr(config, key)})")
@@ -309,17 +318,9 @@ def cmd_prepare(args):
 # eval, predict
 
 
-def _fit_mean(mean, size):
-    """The checkpoint's training mean for images of side ``size``: a per-pixel mean of another
-    size falls back to its channel means."""
-    if mean.shape[0] in (1, size):
-        return mean
-    return mean.mean(axis=(0, 1), keepdims=True)
-
-
 def cmd_eval(args):
     from alexnet.app.checkpoint import load_model
-    from alexnet.app.data import open_dataset
+    from alexnet.app.data import fit_mean, open_dataset
     from alexnet.app.trainer import evaluate
 
     if args.batch_size < 1:
@@ -337,7 +338,7 @@ def cmd_eval(args):
     if ds.size < model.input_size:
         raise UserError(f"{args.data} holds {ds.size}x{ds.size} images, smaller than the {model.input_size} crops")
     t0 = time.perf_counter()
-    r = evaluate(model, ds.val, model.input_size, _fit_mean(mean, ds.size), batch_size=args.batch_size,
+    r = evaluate(model, ds.val, model.input_size, fit_mean(mean, ds.size), batch_size=args.batch_size,
                  ten_crop=args.ten_crop, workers=args.workers, device=args.device, progress=not args.no_progress,
                  scale=meta.get("input_scale", 1.0))
     views = "10-crop" if args.ten_crop else "centre crop"
@@ -354,7 +355,7 @@ def cmd_predict(args):
     import numpy as np
 
     from alexnet.app.checkpoint import load_model
-    from alexnet.app.data import center_crop_batch, decode_image, ten_crop_batches
+    from alexnet.app.data import center_crop_batch, decode_image, fit_mean, ten_crop_batches
     from alexnet.app.trainer import softmax
     from alexnet.engine import backend
 
@@ -371,7 +372,7 @@ def cmd_predict(args):
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise UserError(f"cannot read image {path}: {reason}") from None
     batch = np.stack(imgs)  # (N, S, S, 3)
-    mean = _fit_mean(mean, size)
+    mean = fit_mean(mean, size)
     views = ten_crop_batches(batch, model.input_size, mean) if args.ten_crop else \
         [center_crop_batch(batch, model.input_size, mean)]
     probs = 0.0

@@ -85,6 +85,9 @@ class TrainConfig:
     activation: str = "relu"
     augment: str = "paper"
     lr_drops: tuple = ()  # epochs after which the LR is divided by 10; empty: on plateaus (the paper's)
+    init_from: str = None  # fine-tuning (app/finetune.py): start from this checkpoint's weights
+    freeze: tuple = ()  # with init_from: layers whose weights do not move
+    pretrained_lr_mult: float = None  # with init_from: the loaded layers' LR multiplier (default 0.1)
     max_train: int = 0  # train on this many images of the training set (evenly spread); 0: all
     demo: bool = False
     parallel: str = "data"  # under mpiexec: "data" (each rank a slice of every batch) or "towers" (2 ranks)
@@ -119,6 +122,11 @@ class TrainConfig:
             raise UserError(f"unknown --recipe {self.recipe!r}: expected one of {', '.join(recipes.CHOICES)}")
         if self.augment not in AUGMENTATIONS:
             raise UserError(f"unknown --augment {self.augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
+        if (self.freeze or self.pretrained_lr_mult is not None) and not self.init_from:
+            raise UserError("--freeze and --pretrained-lr-mult go with --init-from CKPT (fine-tuning)")
+        if self.pretrained_lr_mult is not None and not (math.isfinite(self.pretrained_lr_mult)
+                                                        and self.pretrained_lr_mult >= 0):
+            raise UserError(f"--pretrained-lr-mult must be a finite number >= 0, got {self.pretrained_lr_mult}")
         if self.max_train < 0 or any(int(e) < 1 for e in self.lr_drops):
             raise UserError("--max-train must be >= 0 and --lr-drops epochs >= 1")
         try:
@@ -180,6 +188,7 @@ class TrainConfig:
             d.update(recipe="paper", rescale_velocity=False)
             d.setdefault("dropout_variant", "inverted")
         d["pool"], d["lr_drops"] = tuple(d.get("pool", (3, 2))), tuple(d.get("lr_drops", ()))
+        d["freeze"] = tuple(d.get("freeze", ()))
         return cls(**d)
 
 
@@ -431,6 +440,9 @@ class Trainer:
                             f"{config.model}'s {input_size}x{input_size} crops "
                             f"(prepare it with --model {config.model})")
         self.mean = self.dataset.mean
+        self.layer_lr_mults = {}
+        if config.init_from and state is None:
+            self._start_from(config)
         self.optimizer = None
         self.epoch, self.batch, self.step = 0, 0, 0
         self.best_top1, self.best_epoch = -1.0, 0
@@ -448,8 +460,11 @@ class Trainer:
             self._restore(resume, *state)
         self.model = self.par.build(self.model)      # the towers cut their halves from the (restored) whole
         self.model.to(config.device)
+        if state is not None and config.init_from:
+            self._fine_tuning_rates(config, loaded=None)
         self.optimizer = SGD(self.model, lr=config.lr, momentum=config.momentum,
-                             weight_decay=config.weight_decay, rescale_velocity=config.rescale_velocity)
+                             weight_decay=config.weight_decay, rescale_velocity=config.rescale_velocity,
+                             layer_lr_mults=self.layer_lr_mults)
         if config.lr_drops:
             self.schedule = MilestoneSchedule(self.optimizer, config.lr_drops)
         else:
@@ -468,6 +483,35 @@ class Trainer:
         if self.epoch >= config.epochs:
             raise UserError(f"the checkpoint is already at epoch {self.epoch} of {config.epochs}; "
                             f"pass a larger --epochs to train further")
+
+    def _start_from(self, config):
+        """Fine-tuning: the checkpoint's weights (a new head when the classes differ), its input
+        normalisation, the layers' learning-rate multipliers (app/finetune.py)."""
+        from alexnet.app import finetune
+
+        loaded, replaced, mean, scale = finetune.start_from(config.init_from, self.model, config.model,
+                                                            config.model_options(), self.classes)
+        from alexnet.app.data import fit_mean
+        self.mean = fit_mean(mean, self.dataset.size)
+        if not math.isclose(scale, config.input_scale):
+            # the weights were learned on inputs scaled so: the recipe's scale would feed them others
+            config.input_scale = scale
+        self._fine_tuning_rates(config, loaded)
+        self.log(f"fine-tuning from {config.init_from}: {len(loaded)} layers loaded"
+                 + (f", {replaced} new for {len(self.classes)} classes" if replaced else "")
+                 + (f", frozen: {', '.join(config.freeze)}" if config.freeze else ""))
+
+    def _fine_tuning_rates(self, config, loaded):
+        """The layers' learning-rate multipliers: frozen 0, loaded (None: all but the last layer,
+        as when resuming) pretrained_lr_mult, the head 1."""
+        from alexnet.app import finetune
+
+        if config.pretrained_lr_mult is None:
+            config.pretrained_lr_mult = finetune.DEFAULT_PRETRAINED_LR_MULT
+        config.freeze = tuple(finetune.parse_freeze(",".join(config.freeze), self.model))
+        if loaded is None:
+            loaded = finetune.weight_layers(self.model)[:-1]
+        self.layer_lr_mults = finetune.learning_rate_multipliers(loaded, config.freeze, config.pretrained_lr_mult)
 
     @staticmethod
     def _new_stats():

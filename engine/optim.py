@@ -13,7 +13,9 @@ travelling with the old velocity (with momentum 0.9, about 10 more of the old st
 `SGD(..., rescale_velocity=True)` multiplies v by new_lr / old_lr whenever the learning rate changes,
 which is exactly PyTorch's behaviour (v = -lr buf at every step); the default is the paper's rule.
 
-Per-tensor options, as in Caffe: biases may get a learning-rate multiplier (`bias_lr_mult`, Caffe
+Per-tensor options, as in Caffe: `layer_lr_mults` maps a layer's name to a learning-rate multiplier
+for all its tensors (0 freezes the layer: its velocity stays 0 and its weights do not move, weight
+decay included; fine-tuning uses it). Biases may also get a learning-rate multiplier (`bias_lr_mult`, Caffe
 uses 2) and a decay multiplier (`bias_decay`, Caffe uses 0). For a tensor with multipliers
 (lr_mult, decay_mult) the rule is v <- m v - decay_mult wd (lr lr_mult) w - (lr lr_mult) g.
 
@@ -53,7 +55,7 @@ def _paper_update(w, g, v, momentum, decay, lr, block=1 << 16):
 
 class SGD:
     def __init__(self, model, lr=0.01, momentum=0.9, weight_decay=5e-4, bias_lr_mult=1.0,
-                 bias_decay=1.0, rescale_velocity=False):
+                 bias_decay=1.0, rescale_velocity=False, layer_lr_mults=None):
         for label, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay),
                          ("bias_lr_mult", bias_lr_mult), ("bias_decay", bias_decay)):
             if not np.isfinite(v) or v < 0:
@@ -62,6 +64,12 @@ class SGD:
         self._lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
         self.bias_lr_mult, self.bias_decay = float(bias_lr_mult), float(bias_decay)
         self.rescale_velocity = bool(rescale_velocity)
+        self.layer_lr_mults = dict(layer_lr_mults or {})
+        names = {layer.name for layer in model.layers}
+        unknown = sorted(set(self.layer_lr_mults) - names)
+        if unknown or any(not np.isfinite(m) or m < 0 for m in self.layer_lr_mults.values()):
+            raise ValueError(f"SGD: layer_lr_mults needs layers of the model and multipliers >= 0, got "
+                             f"{self.layer_lr_mults!r}")
         self.velocity = {}
         for full, layer, key in model.named_parameters():
             p = layer.params[key]
@@ -81,9 +89,11 @@ class SGD:
                 v *= v.dtype.type(factor)
         self._lr = new_lr
 
-    def _multipliers(self, key):
-        """(lr_mult, decay_mult) of a parameter tensor: biases are named "b"."""
-        return (self.bias_lr_mult, self.bias_decay) if key == "b" else (1.0, 1.0)
+    def _multipliers(self, layer, key):
+        """(lr_mult, decay_mult) of a parameter tensor: the layer's multiplier, times the bias
+        options for biases (named "b")."""
+        layer_mult = self.layer_lr_mults.get(layer.name, 1.0)
+        return (layer_mult * self.bias_lr_mult, self.bias_decay) if key == "b" else (layer_mult, 1.0)
 
     def step(self, runtime=None):
         entries = []
@@ -91,7 +101,7 @@ class SGD:
             if key not in layer.grads:
                 raise ValueError(f"SGD: no gradient for {full}: call backward() before step()")
             w, g, v = layer.params[key], layer.grads[key], self.velocity[full]
-            lr_mult, decay_mult = self._multipliers(key)
+            lr_mult, decay_mult = self._multipliers(layer, key)
             entries.append((w, g, v, lr_mult, decay_mult))
         rt = runtime or (backend.kernel_runtime_of(entries[0][0]) if entries else None)
         if rt is not None:

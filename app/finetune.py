@@ -1,0 +1,99 @@
+"""Fine-tuning: a run that starts from the weights of a checkpoint (imported or trained here).
+
+    alexnet train --data DIR --init-from CKPT [--freeze conv1..conv5] [--pretrained-lr-mult 0.1]
+
+The checkpoint's network must be the one being trained (same --model and architecture options).
+Every layer takes the checkpoint's weights, except the last one when the classes differ (names or
+number): that one, the new head, keeps its fresh initialisation. The checkpoint's input
+normalisation (its training mean and input scale) comes with the weights, since the weights were
+learned on inputs normalised that way (an imported torchvision or Caffe checkpoint has its
+normalisation folded into conv1 and the mean). Learning rates: frozen layers 0 (their weights do
+not move), the other loaded layers the learning rate times --pretrained-lr-mult (default 0.1, the
+usual practice: they are already near a good solution), the new head the full rate.
+"""
+import numpy as np
+
+from alexnet.app import checkpoint as ckpt
+from alexnet.app.errors import UserError
+
+DEFAULT_PRETRAINED_LR_MULT = 0.1
+
+
+def weight_layers(model):
+    """Names of the layers with parameters, in order."""
+    return [layer.name for layer in model.layers if layer.params]
+
+
+def parse_freeze(spec, model):
+    """--freeze: layer names separated by commas, and ranges A..B of layers with weights in model
+    order (conv1..conv5). Returns the names, in model order."""
+    names = weight_layers(model)
+    chosen = set()
+    for part in (p.strip() for p in str(spec).split(",")):
+        if not part:
+            continue
+        if ".." in part:
+            first, last = (x.strip() for x in part.split("..", 1))
+            for end in (first, last):
+                if end not in names:
+                    raise UserError(f"--freeze: no layer {end!r} with weights (the model has {', '.join(names)})")
+            i, j = names.index(first), names.index(last)
+            if i > j:
+                raise UserError(f"--freeze: {part} runs backwards (the order is {', '.join(names)})")
+            chosen.update(names[i:j + 1])
+        elif part in names:
+            chosen.add(part)
+        else:
+            raise UserError(f"--freeze: no layer {part!r} with weights (the model has {', '.join(names)})")
+    return [n for n in names if n in chosen]
+
+
+def start_from(path, model, model_name, model_options, classes):
+    """Load checkpoint `path`'s weights into `model` (the head too when the classes are the same).
+    Returns (names of the layers loaded, the head's name if it was replaced else None, the
+    checkpoint's mean, its input scale)."""
+    arrays, meta = ckpt.load(path)
+    if meta.get("arch") != model_name:
+        raise UserError(f"--init-from {path} holds a {meta.get('arch')} network; train it with --model "
+                        f"{meta.get('arch')}")
+    theirs, ours = _changed(meta.get("model_options", {})), _changed(model_options)
+    if theirs != ours:
+        raise UserError(f"--init-from {path} was trained with architecture options {theirs or 'the default'}, "
+                        f"this run has {ours or 'the default'}")
+    weights = ckpt.split(arrays, "model")
+    head = weight_layers(model)[-1]
+    replace_head = list(meta.get("classes", [])) != list(classes)
+    loaded = []
+    for layer in model.layers:
+        if not layer.params or (replace_head and layer.name == head):
+            continue
+        for key, p in layer.params.items():
+            w = weights.get(f"{layer.name}.{key}")
+            if w is None or w.shape != p.shape:
+                raise UserError(f"--init-from {path}: {layer.name}.{key} is "
+                                f"{'missing' if w is None else tuple(w.shape)}, the model needs {tuple(p.shape)}")
+            if not np.isfinite(w).all():
+                raise UserError(f"--init-from {path}: {layer.name}.{key} has non-finite values")
+            p[...] = w.astype(p.dtype)
+        loaded.append(layer.name)
+    mean = arrays.get("data/mean")
+    if mean is None:
+        raise UserError(f"--init-from {path} has no training mean")
+    return loaded, (head if replace_head else None), mean.astype(np.float32), float(meta.get("input_scale", 1.0))
+
+
+PAPER_OPTIONS = {"lrn": True, "pool": (3, 2), "groups": 2, "activation": "relu"}
+
+
+def _changed(options):
+    """The architecture options that differ from the paper's (checkpoints store all or only those)."""
+    norm = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return {k: v for k, v in norm.items() if PAPER_OPTIONS.get(k) != v}
+
+
+def learning_rate_multipliers(loaded, frozen, pretrained_lr_mult):
+    """{layer: multiplier}: frozen 0, other loaded layers pretrained_lr_mult; the rest (the new
+    head) stays at 1."""
+    mults = {name: pretrained_lr_mult for name in loaded}
+    mults.update({name: 0.0 for name in frozen})
+    return mults
