@@ -620,17 +620,9 @@ class TrainBatches:
     def __init__(self, source, batch_size, crop, mean, seed, epoch, scale=1.0, augment="paper", part=None):
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
-        self.augment = augment
-        self.scale = scale
-        self.source = source
-        self.batch_size = batch_size
-        self.crop = crop
-        self.mean = mean
-        self.seed = seed
-        self.epoch = epoch
-        self.part = part
+        _batches_of(self, source, batch_size, crop, mean, scale, part)
+        self.augment, self.seed, self.epoch = augment, seed, epoch
         self.order = epoch_order(len(source), seed, epoch)
-        self.num_batches = num_batches(len(source), batch_size)
 
     def __call__(self, b):
         idx = self.order[b * self.batch_size : (b + 1) * self.batch_size]
@@ -673,19 +665,21 @@ def num_batches(n, batch_size):
     return (n + batch_size - 1) // batch_size
 
 
+def _batches_of(batches, source, batch_size, crop, mean, scale, part):
+    """What training and validation batches both hold: the source, the batch size, the crop, the
+    mean, the pixel scale, this rank's part, and the number of batches."""
+    batches.source, batches.batch_size, batches.crop, batches.mean = source, batch_size, crop, mean
+    batches.scale, batches.part = scale, part
+    batches.num_batches = num_batches(len(source), batch_size)
+
+
 class EvalBatches:
     """Validation batches in file order: centre crop, or the 10 views with ten_crop. ``part`` =
     (rank, ranks): this rank's slice of each batch (sharded validation)."""
 
     def __init__(self, source, batch_size, crop, mean, ten_crop=False, scale=1.0, part=None):
-        self.part = part
-        self.scale = scale
-        self.source = source
-        self.batch_size = batch_size
-        self.crop = crop
-        self.mean = mean
+        _batches_of(self, source, batch_size, crop, mean, scale, part)
         self.ten_crop = ten_crop
-        self.num_batches = num_batches(len(source), batch_size)
 
     def __call__(self, b):
         idx = np.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.source)))

@@ -100,6 +100,14 @@ def title(d, width, main, sub=None):
         text(d, (width / 2, 46), sub, 14, fill=(70, 70, 70), anchor="mt")
 
 
+def canvas(width, height, main, sub=None):
+    """A white figure with its title: (image, draw)."""
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    title(d, width, main, sub)
+    return img, d
+
+
 def legend(d, x, y, items, size=14):
     """items: [(colour, label, style)] with style 'box', 'line' or 'dashed'."""
     for colour, label, style in items:
@@ -116,9 +124,7 @@ def legend(d, x, y, items, size=14):
 def im2col_grouped():
     c = examples.grouped_conv_example()
     W, H = 1220, 800
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    title(d, W, "im2col for a grouped convolution: Conv2d(4 -> 2, 2x2, groups=2)",
+    img, d = canvas(W, H, "im2col for a grouped convolution: Conv2d(4 -> 2, 2x2, groups=2)",
           "x[c, h, w] = 10(c+1) + 3h + w + 1: tens digit = channel, units digit = pixel. "
           "Highlighted: the patch of output pixel (0, 1) and its column.")
     colours = (BLUE, ORANGE)
@@ -234,9 +240,7 @@ def towers():
         return 46 if r["connect"] == "full" else 20
     top = 150
     H = top + 40 + sum(heights.get(r["kind"], 22) + gap(r) for r in rows) + 20 + 40 + 130
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    title(d, W, "AlexNet's two towers, read from models.alexnet.AlexNet()",
+    img, d = canvas(W, H, "AlexNet's two towers, read from models.alexnet.AlexNet()",
           "The paper's Figure 2: each block is one half of a layer's output (shape per tower, from summary_rows); "
           "the towers exchange only where a layer has groups=1.")
     xa, xb, bw = 410, 720, 220                     # centres of the towers, box width
@@ -297,9 +301,7 @@ def towers():
 def pool_routing():
     p = examples.pool_example()
     W, H = 1160, 640
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    title(d, W, "Overlapping max-pool (3x3 windows, stride 2): where the gradient goes",
+    img, d = canvas(W, H, "Overlapping max-pool (3x3 windows, stride 2): where the gradient goes",
           "Each output keeps the argmax of its window (PoolCache.argmax); backward sends its dout there. "
           "Windows overlap, so one input can receive several.")
     colours = [BLUE, ORANGE, GREEN, PURPLE]
@@ -374,9 +376,7 @@ def pool_routing():
 def winograd_tile():
     w = examples.winograd_example()
     W, H = 1160, 800
-    img = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(img)
-    title(d, W, "Winograd F(2x2, 3x3) on one tile: Y = A^T [ (G g G^T) * (B^T d B) ] A",
+    img, d = canvas(W, H, "Winograd F(2x2, 3x3) on one tile: Y = A^T [ (G g G^T) * (B^T d B) ] A",
           "A 4x4 input tile d and a 3x3 filter g give a 2x2 output with 16 multiplications "
           "(the elementwise product) instead of 36 (layers/conv_winograd.py).")
     c = 46
