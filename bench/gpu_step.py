@@ -3,9 +3,9 @@
     python bench/gpu_step.py [--backend cupy|cpu-harness] [--batch 128] [--steps 20] [--warmup 5]
                              [--compare-batch 8] [--out DIR]
 
-1. A full AlexNet (paper init, seed 0, dropout off) training step through the CUDA kernels
-   against the NumPy engine in float64 from the same weights: loss, every gradient, the weights
-   after SGD (app/kernel_checks.py check_network).
+1. A full AlexNet (He init, seed 0, dropout off; check_network says why not the paper's init)
+   training step through the CUDA kernels against the NumPy engine in float64 from the same
+   weights: loss, every gradient, the weights after SGD (app/kernel_checks.py check_network).
 2. A batch-128 training step (forward, loss, backward, SGD; dropout 0.5) of ours, through the
    engine's own Layer/Sequential/SGD code, and of the same network in PyTorch on the same GPU,
    twice: strict FP32 (TF32 off for cuBLAS and cuDNN) and PyTorch's defaults. Timed without a
@@ -280,7 +280,7 @@ def main():
         print(f"GPU {report['gpu']}, CuPy {cp.__version__}, PyTorch {report.get('torch', '-')}")
 
         print(f"1. full AlexNet step, CUDA kernels vs NumPy float64, batch {args.compare_batch}")
-        report["compare"] = compare(rt, lambda: AlexNet(1000, groups=2, init="paper", seed=0, dropout=0.0),
+        report["compare"] = compare(rt, lambda: AlexNet(1000, groups=2, init="he", seed=0, dropout=0.0),
                                     args.compare_batch, 227, 1000)
         cp.get_default_memory_pool().free_all_blocks()
 

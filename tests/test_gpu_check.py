@@ -20,7 +20,7 @@ import pytest
 from alexnet.kernels import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PASSING = ("versions", "package", "kernel_tests", "kernels_check", "gpu_kernels", "gpu_step", "train")
+PASSING = ("versions", "package", "kernel_tests", "kernels_check", "gpu_kernels", "gpu_gemm", "gpu_step", "train")
 GPU_ONLY = ("memcheck", "racecheck")
 # one MPI rank against one process: runs where mpi4py is installed (CI), else says why it skips
 MPI = "mpi_train"
