@@ -196,10 +196,15 @@ class DataParallel(_Ranks):
         self._dropouts = []
 
     def describe(self):
-        from alexnet.engine import parallel
+        from alexnet.engine import backend, parallel
 
         threads = parallel.num_threads()
-        share = f"{threads} thread{'s' * (threads > 1)} each" if self.device == "cpu" else "one GPU each"
+        if self.device == "cpu":
+            share = f"{threads} thread{'s' * (threads > 1)} each"
+        else:
+            gpus = backend.gpu_count()
+            share = ("one GPU each" if self.world.local_size <= gpus
+                     else f"{self.world.local_size} on {gpus} GPU{'s' * (gpus > 1)} of this machine")
         ranks = f"{self.world.size} rank{'s' * (self.world.size > 1)}"
         return (f"data parallel over {ranks} ({share}): each loads 1/{self.world.size} of every "
                 f"batch; gradients summed by {self.sync.reducer.name}")
