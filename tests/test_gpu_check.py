@@ -22,6 +22,8 @@ from alexnet.kernels import harness
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSING = ("versions", "package", "kernel_tests", "kernels_check", "gpu_kernels", "gpu_gemm", "gpu_step", "train")
 GPU_ONLY = ("memcheck", "racecheck")
+# two ranks sharing a GPU and the tower split: on the CPU tests/test_distributed.py covers them
+TWO_RANKS_ON_A_GPU = ("mpi_two_ranks", "mpi_towers")
 # one MPI rank against one process: runs where mpi4py is installed (CI), else says why it skips
 MPI = "mpi_train"
 
@@ -73,9 +75,12 @@ def test_cpu_mode_passes_every_part_it_can_run(cpu_run):
     parts = _summary(out)
     assert parts.pop("mode")[0] == "cpu"
     assert {name: status for name, (status, _) in parts.items()} == {
-        **{name: "pass" for name in PASSING}, **{name: "skipped" for name in GPU_ONLY}, MPI: _mpi_expected()}
+        **{name: "pass" for name in PASSING}, **{name: "skipped" for name in GPU_ONLY + TWO_RANKS_ON_A_GPU},
+        MPI: _mpi_expected()}
     for name in GPU_ONLY:
         assert "needs a GPU" in parts[name][1]
+    for name in TWO_RANKS_ON_A_GPU:
+        assert "tests/test_distributed.py" in parts[name][1]
         assert f"== {name} skipped: " in output
     assert "gpu_check: 0 part(s) failed" in output
 
