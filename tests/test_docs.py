@@ -53,10 +53,10 @@ def all_docs_text():
 def test_quoted_parameter_counts_are_the_models():
     """Every "N parameters" in the docs is the count of one of the models (or a layer of one)."""
     from alexnet.models.registry import build_model
-    from alexnet.models.alexnet import AlexNet
+    from alexnet.models.alexnet import AlexNet, AlexNetSmall
     counts = {build_model(name, classes).num_params() for name, classes in
               (("alexnet", 1000), ("alexnet-small", 10), ("alexnet-tv", 1000), ("convnet4", 10))}
-    counts.add(AlexNet(1000, groups=1).num_params())
+    counts |= {AlexNet(1000, groups=1).num_params(), AlexNetSmall(10, groups=1).num_params()}  # one tower
     layers = {layer.num_params() for layer in AlexNet(1000).layers}
     quoted = {int(n.replace(",", "")) for n in re.findall(r"\b(\d{1,3}(?:,\d{3})+) param", all_docs_text())}
     assert quoted, "no parameter count quoted"
