@@ -24,7 +24,7 @@
 #                  against 10 steps of one process from the same start: the weights must agree;
 #                  skipped, saying why, where mpi4py or mpiexec is missing (pip install -e '.[mpi]')
 #   mpi_two_ranks  (GPU) the same with 2 ranks sharing the GPU (gradients staged through host
-#                  memory, summed by MPI): the weights within 1e-3 of one process's
+#                  memory, summed by MPI): the weights within 1e-2 of one process's
 #   mpi_towers     (GPU) the same with --parallel towers: the paper's two towers on the 2 ranks
 #   memcheck       compute-sanitizer --tool memcheck over bench/gpu_kernels.py --small
 #   racecheck      compute-sanitizer --tool racecheck over the same
@@ -321,8 +321,8 @@ fi
 # (by MPI on the CPU): its sum is its own gradient, so the weights must agree to the bit. Two
 # ranks on the one GPU of a lent machine share it, so their gradients are staged through host
 # memory and summed by MPI, and `--parallel towers` splits the paper's two towers over them: both
-# must be the one-process training to float32 round-off (with a sum for a mean the velocities
-# would be 2x off). Each run must say how it trained.
+# must be the one-process training to float32 round-off (1.5e-3 after 4 steps on the CPU between
+# two summation orders, docs/distributed.md; with a sum for a mean the velocities would be 2x off). Each run must say how it trained.
 mpi_check() {  # mpi_check RANKS N TOL EXPECTED-LINE-REGEX MPI-ONLY-ARGS FIRST-INVOCATION-ARGS...
     local ranks=$1 n=$2 tol=$3 expect=$4 mpi_only=$5 one=$TMP/mpi_one rank=$TMP/mpi_ranks
     shift 5
@@ -361,8 +361,8 @@ elif [ -z "$MPIEXEC" ]; then
 elif [ "$MODE" = gpu ]; then
     GPU_RUN="--device cuda --epochs 1 --batch-size 64 --log-every 5"
     part mpi_train 150 bash -c "mpi_check 1 10 0 '$ONE_RANK NCCL' '' $GPU_RUN"
-    part mpi_two_ranks 150 bash -c "mpi_check 2 10 1e-3 'data parallel over 2 ranks .*summed by MPI, staged' '' $GPU_RUN"
-    part mpi_towers 150 bash -c "mpi_check 2 10 1e-3 \"the paper's two towers\" '--parallel towers' $GPU_RUN"
+    part mpi_two_ranks 150 bash -c "mpi_check 2 10 1e-2 'data parallel over 2 ranks .*summed by MPI, staged' '' $GPU_RUN"
+    part mpi_towers 150 bash -c "mpi_check 2 10 1e-2 \"the paper's two towers\" '--parallel towers' $GPU_RUN"
 else
     part mpi_train 90 bash -c '[ -d "$TMP/data" ] || tiny_folder "$TMP/data"; mpi_check 1 2 0 "$ONE_RANK MPI" "" \
         --data "$TMP/data" --device cpu --model alexnet-small --epochs 1 --batch-size 4 --workers 1 --init he \
