@@ -79,6 +79,7 @@ def test_cpu_mode_passes_every_part_it_can_run(cpu_run):
         MPI: _mpi_expected()}
     for name in GPU_ONLY:
         assert "needs a GPU" in parts[name][1]
+        assert f"== {name} skipped: " in output
     for name in TWO_RANKS_ON_A_GPU:
         assert "tests/test_distributed.py" in parts[name][1]
         assert f"== {name} skipped: " in output

@@ -174,7 +174,8 @@ def test_bad_arrays_get_errors_naming_the_layer(rt):
 
 def test_gpu_runtime_without_a_gpu_says_why():
     if backend.cuda_available():
-        with pytest.raises(TypeError, match=r"relu: x is a numpy\.ndarray.* cupy\.ndarray"):
+        with pytest.raises(TypeError, match=r"relu: x is a numpy\.ndarray, but the cupy kernels need a "
+                                            r"cupy\.ndarray \(move it with"):
             ReLU().forward(np.ones((2, 3), np.float32), True, runtime=backend.gpu_runtime())
     else:
         with pytest.raises(loader.CudaUnavailable, match=r"^the CUDA kernels need CuPy and a GPU: \S"):
