@@ -40,8 +40,8 @@
 # $OUT gets <part>.txt for every part, gpu_kernels*.json and gpu_step.json from the bench scripts,
 # train_log.jsonl, and summary.txt: one line per part, "name<TAB>status<TAB>seconds<TAB>detail".
 # The whole run keeps within GPU_CHECK_BUDGET seconds (default 470). GPU_CHECK_PARTS="a b ..." runs
-# only those parts (versions and package always run); the others say skipped. Exit status: the number of
-# failed parts (0 = all passed or skipped).
+# only those parts (versions and package always run); the others say skipped. Exit status: the
+# number of failed parts (0 = all passed or skipped).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -322,7 +322,8 @@ fi
 # ranks on the one GPU of a lent machine share it, so their gradients are staged through host
 # memory and summed by MPI, and `--parallel towers` splits the paper's two towers over them: both
 # must be the one-process training to float32 round-off (1.5e-3 after 4 steps on the CPU between
-# two summation orders, docs/distributed.md; with a sum for a mean the velocities would be 2x off). Each run must say how it trained.
+# two summation orders, docs/distributed.md; with a sum for a mean the velocities would be 2x off).
+# Each run must say how it trained.
 mpi_check() {  # mpi_check RANKS N TOL EXPECTED-LINE-REGEX MPI-ONLY-ARGS FIRST-INVOCATION-ARGS...
     local ranks=$1 n=$2 tol=$3 expect=$4 mpi_only=$5 one=$TMP/mpi_one rank=$TMP/mpi_ranks
     shift 5

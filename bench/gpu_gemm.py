@@ -36,6 +36,8 @@ import sys
 
 import numpy as np
 
+from alexnet.app.kernel_checks import host
+
 FP32_TOL = 2e-6    # normalised error: float32 gave <= 3e-7 (NumPy), TF32 is predicted >= 5e-6 here
 # (name, in channels, out channels, kernel, groups, output height/width) of the paper's AlexNet
 CONVS = [("conv1", 3, 96, 11, 1, 55), ("conv2", 96, 256, 5, 2, 27), ("conv3", 256, 384, 3, 1, 13),
@@ -60,15 +62,11 @@ def environment(xp):
     return info
 
 
-def to_host(xp, a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
-def normalised_error(xp, got, a, b):
+def normalised_error(got, a, b):
     """max |got - a@b| / max(|a|@|b|), the float64 products computed on the host."""
-    a64, b64 = to_host(xp, a).astype(np.float64), to_host(xp, b).astype(np.float64)
+    a64, b64 = host(a).astype(np.float64), host(b).astype(np.float64)
     exact, bound = a64 @ b64, np.abs(a64) @ np.abs(b64)
-    return float(np.abs(to_host(xp, got).astype(np.float64) - exact).max() / max(bound.max(), 1e-300))
+    return float(np.abs(host(got).astype(np.float64) - exact).max() / max(bound.max(), 1e-300))
 
 
 def tf32_probe(xp):
@@ -79,7 +77,7 @@ def tf32_probe(xp):
     rows["2-D"] = xp.matmul(a, b)
     rows["2-D, transposed view, out="] = xp.matmul(a, xp.ascontiguousarray(b.T).T, out=xp.empty((64, 64), np.float32))
     rows["3-D stacked"] = xp.matmul(xp.stack([a, a]), xp.stack([b, b]))[1]
-    return {k: float(to_host(xp, v).astype(np.float64).max()) for k, v in rows.items()}
+    return {k: float(host(v).astype(np.float64).max()) for k, v in rows.items()}
 
 
 def conv_products(xp, batch, rng):
@@ -93,15 +91,15 @@ def conv_products(xp, batch, rng):
         dy = xp.asarray(rng.standard_normal((g, og, cols)).astype(np.float32))
         y = xp.matmul(W, col)                                         # conv.py's forward
         row = {"layer": name, "K forward": ckk, "K dW": cols,
-               "forward (3-D stacked)": max(normalised_error(xp, y[i], W[i], col[i]) for i in range(g))}
+               "forward (3-D stacked)": max(normalised_error(y[i], W[i], col[i]) for i in range(g))}
         for label, product in (
                 ("dW (view, out=)", lambda i, out: xp.matmul(dy[i], col[i].T, out=out)),
                 ("dW (view)", lambda i, out: xp.matmul(dy[i], col[i].T)),
                 ("dW (contiguous)", lambda i, out: xp.matmul(dy[i], xp.ascontiguousarray(col[i].T)))):
-            row[label] = max(normalised_error(xp, product(i, xp.empty((og, ckk), np.float32)), dy[i], col[i].T)
+            row[label] = max(normalised_error(product(i, xp.empty((og, ckk), np.float32)), dy[i], col[i].T)
                              for i in range(g))
         row["dcol (view, out=)"] = max(
-            normalised_error(xp, xp.matmul(W[i].T, dy[i], out=xp.empty((ckk, cols), np.float32)), W[i].T, dy[i])
+            normalised_error(xp.matmul(W[i].T, dy[i], out=xp.empty((ckk, cols), np.float32)), W[i].T, dy[i])
             for i in range(g))
         results.append(row)
     return results
