@@ -15,7 +15,7 @@
 // layers/lrn.py), the backward reads x, b, s, s^-beta, dout once and writes dx.
 // The window sum is recomputed per element rather than slid along c: a sliding sum subtracts
 // squares that left the window and loses precision when a large value leaves next to small ones.
-// Launched with 256 threads per block (kernels/ops.py); not yet measured on a GPU.
+// 256 threads per block (kernels/ops.py), untuned; timed per layer on an H200 (docs/benchmarks.md).
 
 extern "C" __global__ void lrn_forward(const float* __restrict__ x, float* __restrict__ out,
                                        float* __restrict__ scale, float* __restrict__ scale_pow, int N,

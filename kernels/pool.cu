@@ -4,7 +4,7 @@
 // Layout NCHW, contiguous; the N*C planes are independent, so both kernels index planes as nc.
 // The argmax is the offset kh*K + kw of the maximum inside its window, one byte per output
 // (K <= 16), the same cache the NumPy path keeps (layers/pool.py).
-// Launched with 256 threads per block (kernels/ops.py); not yet measured on a GPU.
+// 256 threads per block (kernels/ops.py), untuned; timed per layer on an H200 (docs/benchmarks.md).
 
 // One thread per output element (nc, oh, ow), grid-stride. Writes the maximum and its window
 // offset; ties keep the first maximum in row-major window order (strict >), as layers/pool.py and
