@@ -21,7 +21,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from alexnet.app.errors import UserError
+from alexnet.app.errors import UserError, one_line
 
 # message -> [(field, number, type, label, default)]; type is a scalar name or another message
 _OPT, _REP = "optional", "repeated"
@@ -130,7 +130,7 @@ def _parse(path, message):
     try:
         msg.ParseFromString(raw)
     except (DecodeError, RuntimeError, ValueError) as e:
-        raise UserError(f"{path} is truncated or not a Caffe {message} file ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path} is truncated or not a Caffe {message} file ({one_line(e)})") from None
     return msg
 
 

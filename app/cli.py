@@ -7,7 +7,7 @@ Every error a user can cause ends as one line on stderr and a non-zero exit, nev
 import argparse
 import sys
 
-from alexnet.app.errors import UserError
+from alexnet.app.errors import REPORTED, one_line
 
 
 def cmd_summary(args):
@@ -76,9 +76,8 @@ def main(argv=None):
         return 2
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, OSError, RuntimeError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"alexnet: error: {message}", file=sys.stderr)
+    except REPORTED as e:
+        print(f"alexnet: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alexnet: interrupted", file=sys.stderr)

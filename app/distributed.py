@@ -27,7 +27,7 @@ import traceback
 
 import numpy as np
 
-from alexnet.app.errors import UserError
+from alexnet.app.errors import REPORTED, UserError, one_line
 from alexnet.engine import comm
 
 PARALLEL_CHOICES = ("data", "towers")
@@ -82,8 +82,8 @@ def guarded(world, fn):
             raise
         return 2
     except BaseException as e:
-        if isinstance(e, (UserError, ValueError, OSError, RuntimeError)):
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, REPORTED):
+            message = one_line(e)
         else:
             traceback.print_exc()
             message = f"{type(e).__name__} (traceback above)"

@@ -29,7 +29,7 @@ import zipfile
 
 import numpy as np
 
-from alexnet.app.errors import UserError
+from alexnet.app.errors import UserError, one_line
 
 MAX_PICKLE_BYTES = 64 << 20
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -135,8 +135,7 @@ def load(path):
         raise UserError(f"{path}: {e}") from None
     except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             KeyError, IndexError, struct.error, UnicodeDecodeError, OverflowError, RecursionError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"{path} is truncated or not a PyTorch state dict ({reason})") from None
+        raise UserError(f"{path} is truncated or not a PyTorch state dict ({one_line(e)})") from None
 
 
 def _read_zip(path):
