@@ -23,7 +23,6 @@ averaged to them; `mean_kind` says which), `input_scale`, `resize_size` and `inp
 `classes` the class names as JSON.
 """
 import json
-import os
 
 import numpy as np
 
@@ -135,18 +134,10 @@ def to_onnx(model, meta, mean):
 def export(checkpoint_path, out_path):
     """Write the ONNX model of a checkpoint to `out_path` (atomically: a temporary, then a rename);
     returns the ModelProto."""
-    from alexnet.app.checkpoint import load_model
+    from alexnet.app.checkpoint import atomic_write, load_model
 
     _onnx()                                                # before the weights are read
     model, meta, mean = load_model(checkpoint_path)
     onnx_model = to_onnx(model, meta, mean)
-    tmp = f"{out_path}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(onnx_model.SerializeToString())
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(out_path, lambda f: f.write(onnx_model.SerializeToString()))
     return onnx_model
