@@ -21,7 +21,6 @@ claims; the full size fits well under an hour on 2 cores.
                   the old rate's steps, against PyTorch's, which rescales it (SGD rescale_velocity).
 """
 import json
-import math
 import os
 import time
 

@@ -36,7 +36,6 @@ RECIPES = {
                   patience=1, epochs=90, rescale_velocity=False),
 }
 CHOICES = ("auto",) + tuple(RECIPES)
-FIELDS = tuple(RECIPES["paper"])         # the settings a recipe decides
 
 
 def resolve(recipe, train_size):

@@ -200,11 +200,13 @@ def end_cut_line(path):
 
 
 def fmt_bytes(n):
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    if n < 1000:
+        return f"{n:.0f} bytes"
+    for unit in ("KB", "MB"):
         n /= 1000
-    return f"{n:.1f} TB"
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} GB"
 
 
 def write_failed_message(path, error, needed, newest, resume_hint):

@@ -6,10 +6,8 @@ functions so that ``alexnet --help`` and the other subcommands start fast.
 
 import argparse
 import json
-import math
 import os
 import re
-import sys
 import time
 
 from alexnet.app.errors import UserError

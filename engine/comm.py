@@ -112,10 +112,6 @@ class Single:
     rank, size, local_rank, local_size = 0, 1, 0, 1
     sent_bytes, wait_seconds = 0, 0.0
 
-    def __init__(self):
-        import socket
-        self.host = socket.gethostname()
-
     def objects(self, obj, what=None):
         return [obj]
 

@@ -4,9 +4,8 @@ import pytest
 
 from alexnet.app.cli import main
 from alexnet.engine.loss import SoftmaxCrossEntropy
-from alexnet.engine.net import Sequential
 from alexnet.engine.optim import SGD
-from alexnet.layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU
+from alexnet.layers import LRN, Conv2d, Dense, Dropout, MaxPool2d, ReLU
 from alexnet.models.alexnet import AlexNet, AlexNetSmall
 from alexnet.models.registry import build_model
 

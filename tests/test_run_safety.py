@@ -7,7 +7,6 @@ filesystem where the test may mount one, simulated failures everywhere else."""
 import errno
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 from alexnet.app import checkpoint as ckpt
 from alexnet.app import rundir
 from alexnet.app.errors import UserError
-from alexnet.app.trainer import TrainConfig, Trainer
+from alexnet.app.trainer import Trainer
 from tests.test_train import _config, tiny  # noqa: F401 (tiny is a fixture)
 
 SMALL = ["--model", "alexnet-small", "--batch-size", "6", "--init", "he", "--input-scale", "0.015625",
