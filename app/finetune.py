@@ -24,12 +24,12 @@ def weight_layers(model):
     return [layer.name for layer in model.layers if layer.params]
 
 
-def parse_freeze(spec, model):
-    """--freeze: layer names separated by commas, and ranges A..B of layers with weights in model
+def parse_freeze(parts, model):
+    """--freeze, split at its commas: layer names, and ranges A..B of layers with weights in model
     order (conv1..conv5). Returns the names, in model order."""
     names = weight_layers(model)
     chosen = set()
-    for part in (p.strip() for p in str(spec).split(",")):
+    for part in (p.strip() for p in parts):
         if not part:
             continue
         if ".." in part:

@@ -508,7 +508,7 @@ class Trainer:
 
         if config.pretrained_lr_mult is None:
             config.pretrained_lr_mult = finetune.DEFAULT_PRETRAINED_LR_MULT
-        config.freeze = tuple(finetune.parse_freeze(",".join(config.freeze), self.model))
+        config.freeze = tuple(finetune.parse_freeze(config.freeze, self.model))
         if loaded is None:
             loaded = finetune.weight_layers(self.model)[:-1]
         self.layer_lr_mults = finetune.learning_rate_multipliers(loaded, config.freeze, config.pretrained_lr_mult)
