@@ -255,8 +255,9 @@ def _train_setup(args):
                             f"to branch off from this one")
         config = TrainConfig.from_json(meta["config"])
         # What fixes the computation cannot change mid-run; the rest can.
+        # (--patience too: the checkpoint's plateau schedule brings its own, and would silently win.)
         for key in ("model", "recipe", "batch_size", "seed", "init", "input_scale", "dropout", "dropout_variant",
-                    "rescale_velocity", "lr_drops", "lrn", "pool", "groups", "activation", "augment", "max_train",
+                    "patience", "rescale_velocity", "lr_drops", "lrn", "pool", "groups", "activation", "augment", "max_train",
                     "init_from", "freeze", "pretrained_lr_mult"):
             if key in given and given[key] != getattr(config, key) and not (key == "recipe" and given[key] == "auto"):
                 raise UserError(f"--{key.replace('_', '-')} cannot change when resuming "

@@ -105,6 +105,8 @@ def test_resume_from_the_cli_continues_the_run(tmp_path, capsys):
     assert "already at epoch 2 of 2" in _one_error_line(capsys, rc)
     rc = main(["train", "--resume", run, "--batch-size", "4"])
     assert "--batch-size cannot change when resuming" in _one_error_line(capsys, rc)
+    rc = main(["train", "--resume", run, "--patience", "7"])      # was silently ignored
+    assert "--patience cannot change when resuming" in _one_error_line(capsys, rc)
 
 
 @pytest.mark.parametrize("case", ["missing", "batch0", "neglr", "cuda", "classes", "emptyclass", "othermodel",
