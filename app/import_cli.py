@@ -47,9 +47,11 @@ def register(subparsers):
 def sniff_format(path):
     """torchvision for what torch.save writes (a zip archive, or a pickle in the legacy layout);
     caffe otherwise (protobuf has no magic number)."""
+    from alexnet.app import torch_format
+
     with open(path, "rb") as f:
-        head = f.read(4)
-    return "torchvision" if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" else "caffe"
+        head = f.read(512)
+    return "torchvision" if torch_format.layout(head) in ("zip", "legacy") else "caffe"
 
 
 def import_weights(source, fmt=None, classes_path=None, mean_path=None):

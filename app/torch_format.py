@@ -110,6 +110,18 @@ class _Unpickler(pickle.Unpickler):
         return storage
 
 
+def layout(head):
+    """Which torch.save layout a file's first 512 bytes show: "zip" (PyTorch >= 1.6), "legacy" (a
+    pickle), "tar" (PyTorch < 0.1.10), or None for none of them."""
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "legacy"
+    if head[257:262] == b"ustar":
+        return "tar"
+    return None
+
+
 def load(path):
     """Everything the file holds, with every tensor as a NumPy array (read-only). Raises
     UserError for anything that is not a well-formed torch.save file of tensors."""
@@ -118,11 +130,12 @@ def load(path):
             head = f.read(512)
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    if head.startswith(b"PK\x03\x04"):
+    kind = layout(head)
+    if kind == "zip":
         read = _read_zip
-    elif head[:1] == b"\x80":
+    elif kind == "legacy":
         read = _read_legacy
-    elif head[257:262] == b"ustar":
+    elif kind == "tar":
         raise UserError(f"{path} is a PyTorch file in the tar layout of PyTorch < 0.1.10; re-save it with "
                         f"a current PyTorch (torch.save(torch.load(...)))")
     else:
