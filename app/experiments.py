@@ -30,7 +30,7 @@ from alexnet.app.errors import UserError
 
 NAMES = ("relu-vs-tanh", "ablations", "towers", "lr-drop")
 
-# The training recipe every experiment starts from (the small-data recipe of app/trainer.py): He
+# The training recipe every experiment starts from (the small recipe of app/recipes.py): He
 # init, pixels scaled to about unit spread, batch 64, the learning rate the paper used.
 BASE = dict(init="he", input_scale=1 / 64, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4,
             workers=2, log_every=10, keep=1)
@@ -42,7 +42,7 @@ def train(out, label, data, **settings):
     A finished run found there (same settings) is reused, so an interrupted experiment resumes."""
     from alexnet.app.trainer import TrainConfig, Trainer
 
-    run_dir = os.path.join(out, "runs", label)
+    run_dir = run_path(out, label)
     done_mark = os.path.join(run_dir, "experiment.json")
     config = TrainConfig(data=data, **{**BASE, **settings})
     asked = json.loads(json.dumps(config.to_json()))          # as it reads back from the file
@@ -54,8 +54,7 @@ def train(out, label, data, **settings):
     if os.path.isdir(run_dir):                       # an earlier attempt that did not finish
         import shutil
         shutil.rmtree(run_dir)
-    lines = []
-    rc = Trainer(config, run_dir, progress=False, log=lines.append).run()
+    rc = Trainer(config, run_dir, progress=False, log=lambda message: None).run()
     if rc != 0:
         raise UserError(f"training run {label} stopped (exit status {rc}); its log: {run_dir}/log.jsonl")
     with open(done_mark, "w") as f:
@@ -63,19 +62,15 @@ def train(out, label, data, **settings):
     return read_log(run_dir)
 
 
+def run_path(out, label):
+    return os.path.join(out, "runs", label)
+
+
 def read_log(run_dir):
-    """(epoch records, step records) of a run's log.jsonl."""
+    """(epoch records, step records) of a run's log.jsonl, in one reading."""
     from alexnet.app.train_cli import read_epoch_log
     steps = []
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("type") == "step":
-                steps.append(rec)
-    return read_epoch_log(os.path.join(run_dir, "log.jsonl")), steps
+    return read_epoch_log(os.path.join(run_dir, "log.jsonl"), steps=steps), steps
 
 
 def mean_spread(values):
@@ -157,7 +152,7 @@ def relu_vs_tanh(out, data, quick, seeds, epochs, log):
     def ratio_text(level):
         relu, tanh = reach["relu"][str(level)], reach["tanh"][str(level)]
         if relu and tanh:
-            return f"{tanh[0] / relu[0]:.1f}x"
+            return f"{ratios[str(level)]:.1f}x"
         if relu:                     # tanh never got there: the ratio is at least the run's length over ReLU's
             return f"> {epochs / relu[0]:.1f}x (tanh not there in {epochs} epochs)"
         return "n/a"
@@ -269,7 +264,7 @@ def towers(out, data, quick, seeds, epochs, log):
         log(f"towers: two-tower alexnet-small, seed {seed}, {epochs} epochs")
         train(out, f"two-towers-seed{seed}", data, model="alexnet-small", epochs=epochs, seed=seed, dropout=0.0,
               max_train=400 if quick else 0)
-        model, _, _ = load_model(os.path.join(out, "runs", f"two-towers-seed{seed}", "checkpoints", "best.npz"))
+        model, _, _ = load_model(os.path.join(run_path(out, f"two-towers-seed{seed}"), "checkpoints", "best.npz"))
         W = model.state_dict()["conv1.W"]
         half = len(W) // 2          # conv2 (groups 2) reads conv1's first half in tower 1, the rest in tower 2
         spec = colour_specificity(W)
@@ -335,7 +330,7 @@ def lr_drop(out, data, quick, seeds, epochs, log):
         "(buf ← m buf + g; w ← w − lr buf) rescales the whole velocity at once; `SGD(rescale_velocity=True)` "
         "does the same here (the two are then the same sequence of weights, tests/test_optim.py).",
         f"alexnet-small, He init, no dropout, {epochs} epochs, learning rate 0.01 then 0.001 after epoch {drop}, "
-        f"{len(next(iter(results.values())))} seed(s):",
+        f"{seeds} seed(s):",
         table(["rule", "training loss, epoch before → after the drop", "mean rise", "best val top-1"], rows),
         "![training loss around the drop](lr_drop.png)",
     ]

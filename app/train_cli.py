@@ -426,14 +426,14 @@ def cmd_plot(args):
 _EPOCH_FIELDS = ("train_loss", "val_loss", "train_top1", "val_top1", "val_top5", "lr")
 
 
-def read_epoch_log(path, count_skipped=False):
+def read_epoch_log(path, count_skipped=False, steps=None):
     """The epoch records of a log.jsonl, one per epoch: a resumed run may have logged an epoch
     twice (once before a crash), and the later record is the one its checkpoints continue from.
 
     Lines that are not usable epoch records are skipped: a line cut short by a crash, a record
     with a field missing or not a number, anything written by someone else. Other record types
-    (step, checkpoint) are not skipped, just not epochs. With count_skipped, returns
-    (records, number of unusable lines)."""
+    (step, checkpoint) are not skipped, just not epochs; given a list `steps`, the step records are
+    appended to it, in file order. With count_skipped, returns (records, number of unusable lines)."""
     by_epoch, skipped = {}, 0
     with open(path, errors="replace") as f:
         for line in f:
@@ -451,6 +451,8 @@ def read_epoch_log(path, count_skipped=False):
                     by_epoch[rec["epoch"]] = rec
                 else:
                     skipped += 1
+            elif rec["type"] == "step" and steps is not None:
+                steps.append(rec)
     records = [by_epoch[e] for e in sorted(by_epoch)]
     return (records, skipped) if count_skipped else records
 
