@@ -15,6 +15,7 @@ import numpy as np
 
 from alexnet.app import checkpoint as ckpt
 from alexnet.app.errors import UserError
+from alexnet.models.alexnet import changed_options
 
 DEFAULT_PRETRAINED_LR_MULT = 0.1
 
@@ -56,7 +57,7 @@ def start_from(path, model, model_name, model_options, classes):
     if meta.get("arch") != model_name:
         raise UserError(f"--init-from {path} holds a {meta.get('arch')} network; train it with --model "
                         f"{meta.get('arch')}")
-    theirs, ours = _changed(meta.get("model_options", {})), _changed(model_options)
+    theirs, ours = changed_options(meta.get("model_options", {})), changed_options(model_options)
     if theirs != ours:
         raise UserError(f"--init-from {path} was trained with architecture options {theirs or 'the default'}, "
                         f"this run has {ours or 'the default'}")
@@ -80,15 +81,6 @@ def start_from(path, model, model_name, model_options, classes):
     if mean is None:
         raise UserError(f"--init-from {path} has no training mean")
     return loaded, (head if replace_head else None), mean.astype(np.float32), float(meta.get("input_scale", 1.0))
-
-
-PAPER_OPTIONS = {"lrn": True, "pool": (3, 2), "groups": 2, "activation": "relu"}
-
-
-def _changed(options):
-    """The architecture options that differ from the paper's (checkpoints store all or only those)."""
-    norm = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-    return {k: v for k, v in norm.items() if PAPER_OPTIONS.get(k) != v}
 
 
 def learning_rate_multipliers(loaded, frozen, pretrained_lr_mult):

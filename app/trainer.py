@@ -104,9 +104,10 @@ class TrainConfig:
 
     def model_options(self):
         """The architecture options that differ from the paper's, for models.build_model."""
-        defaults = {"lrn": True, "pool": (3, 2), "groups": 2, "activation": "relu"}
-        chosen = {"lrn": self.lrn, "pool": tuple(self.pool), "groups": self.groups, "activation": self.activation}
-        return {k: v for k, v in chosen.items() if v != defaults[k]}
+        from alexnet.models.alexnet import changed_options
+
+        return changed_options({"lrn": self.lrn, "pool": self.pool, "groups": self.groups,
+                                "activation": self.activation})
 
     def validate(self):
         """Reject impossible values with one clear line, before anything touches the disk; settings

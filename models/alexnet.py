@@ -37,6 +37,17 @@ SIZES = {"alexnet": (227, 256), "alexnet-small": (64, 73)}
 ACTIVATIONS = {"relu": ReLU, "tanh": Tanh}
 
 
+# The paper's design choices: the defaults of AlexNet and AlexNetSmall below, and what a run's
+# architecture options are told apart from (checkpoints store the options that differ, or all).
+PAPER_OPTIONS = {"lrn": True, "pool": (3, 2), "groups": 2, "activation": "relu"}
+
+
+def changed_options(options):
+    """The architecture options that differ from the paper's (a pool given as a list counts as a tuple)."""
+    norm = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return {k: v for k, v in norm.items() if PAPER_OPTIONS.get(k) != v}
+
+
 def check_options(groups, pool, activation):
     if groups not in (1, 2):
         raise ValueError(f"groups must be 1 or 2, got {groups!r}")
