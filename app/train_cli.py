@@ -174,7 +174,8 @@ def _check_device(device):
 
 
 def _resume_target(resume, out):
-    """(checkpoint path, run dir) for --resume [CKPT] and --out."""
+    """(checkpoint path, run dir) for --resume [CKPT] and --out; refused while a live process
+    trains in that run dir (which matters more than what its checkpoints say)."""
     from alexnet.app.checkpoint import CheckpointDir
 
     from alexnet.app.rundir import check_not_in_use
@@ -183,19 +184,20 @@ def _resume_target(resume, out):
     if not target:
         raise UserError("--resume without a checkpoint needs --out RUN_DIR")
     if os.path.isdir(target):
-        check_not_in_use(out or target)  # a live run there matters more than what its checkpoints say
+        run_dir = out or target
+        check_not_in_use(run_dir)
         latest = CheckpointDir(os.path.join(target, "checkpoints")).latest()
         if latest is None:
             raise UserError(f"{target} has no checkpoints to resume from")
-        return latest, out or target
+        return latest, run_dir
     if not os.path.isfile(target):
         raise UserError(f"checkpoint {target} not found")
     parent = os.path.dirname(os.path.abspath(target))
-    if out:
-        return target, out
-    if os.path.basename(parent) != "checkpoints":
+    if not out and os.path.basename(parent) != "checkpoints":
         raise UserError(f"{target} is not inside a run's checkpoints/ folder: give --out RUN_DIR to continue into")
-    return target, os.path.dirname(parent)
+    run_dir = out or os.path.dirname(parent)
+    check_not_in_use(run_dir)
+    return target, run_dir
 
 
 def cmd_train(args):
@@ -229,7 +231,6 @@ def _train(args, world):
 def _train_setup(args):
     """(config, run dir, resume state, --lr given on resume) from the command line, checked."""
     from alexnet.app import checkpoint as ckpt
-    from alexnet.app.rundir import check_not_in_use
     from alexnet.app.trainer import TrainConfig
 
     given = {k: getattr(args, k) for k in ("model", "recipe", "epochs", "batch_size", "lr", "device", "seed", "init",
@@ -243,7 +244,6 @@ def _train_setup(args):
     resume_state = None
     if args.resume is not None:
         path, run_dir = _resume_target(args.resume, args.out)
-        check_not_in_use(run_dir)  # a live run there matters more than what its checkpoints say
         arrays, meta = ckpt.load(path)
         if not isinstance(meta.get("config"), dict) or "step" not in meta:
             raise UserError(f"checkpoint {path} holds no training state to resume from")
