@@ -161,10 +161,15 @@ class MPIWorld:
         time.sleep(0.5)
         self._MPI.COMM_WORLD.Abort(code)
 
+    def count_allreduce(self, nbytes):
+        """Add what an allreduce of `nbytes` sends from this rank: a ring sends 2 (N-1)/N of the
+        buffer, whatever the transport (docs/distributed.md)."""
+        self.sent_bytes += 2 * (self.size - 1) * nbytes // self.size
+
     # ---- small host values -------------------------------------------------------------------------
     def allreduce(self, values, what=None):
         buf = np.array(values, dtype=np.float64)
-        self.sent_bytes += 2 * (self.size - 1) * buf.nbytes // self.size
+        self.count_allreduce(buf.nbytes)
         with self.waiting(what):
             self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
         return buf
@@ -203,7 +208,7 @@ class MPIWorld:
         return _NcclReducer(self, nccl, self._nccl)
 
     def _start_host(self, array):
-        self.sent_bytes += 2 * (self.size - 1) * array.nbytes // self.size
+        self.count_allreduce(array.nbytes)
         return self.comm.Iallreduce(self._MPI.IN_PLACE, array, op=self._MPI.SUM)
 
     # ---- what the towers of the split model trade -----------------------------------------------------
@@ -318,7 +323,7 @@ class _NcclReducer:
         self.types = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
 
     def start(self, array):
-        self.world.sent_bytes += 2 * (self.world.size - 1) * array.nbytes // self.world.size
+        self.world.count_allreduce(array.nbytes)
         self.communicator.allReduce(array.data.ptr, array.data.ptr, array.size, self.types[array.dtype],
                                     self.nccl.NCCL_SUM, backend.current_stream_pointer())
         return _Done()
