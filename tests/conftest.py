@@ -1,5 +1,24 @@
+"""What the test files share: tolerances, image folders made on the fly, and the one small training
+run most trainer and command-line tests are built on.
+
+The small run is alexnet-small at batch 6 with the small recipe's He init and 1/64 input scale,
+one loader thread and a step record every 2 steps: a few seconds per epoch on a tiny folder.
+Tests that need it differently say only what differs:
+
+    small_config(data, epochs=1, save_every="3")         a TrainConfig, for Trainer(...)
+    small_argv(workers=0, log_every=None)                 the same as `alexnet train` flags
+                                                          (None leaves a flag out)
+
+pytest puts this folder on sys.path (the test folder has no __init__.py), so a script the tests
+start, such as tests/mpi_worker.py, imports these helpers with `from conftest import ...`.
+"""
+import os
+
 import numpy as np
 import pytest
+
+# The small run's settings, as TrainConfig fields; epochs is set per test.
+SMALL_RUN = dict(model="alexnet-small", batch_size=6, init="he", input_scale=1 / 64, workers=1, log_every=2)
 
 
 def max_rel_diff(a, b):
@@ -10,9 +29,57 @@ def max_rel_diff(a, b):
     return float(np.abs(a - b).max() / scale)
 
 
+def save_image(path, arr, **kw):
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr).save(path, **kw)
+
+
+def make_folder(root, classes=("a", "b", "c"), n_train=4, n_val=2, size=32, seed=0):
+    """A tiny ImageNet-style folder of random RGB JPEGs; class k is tinted towards channel k.
+    Odd-numbered images are 4 pixels wider, so the loader's shorter-side resize does something."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for k, cls in enumerate(classes):
+            for i in range(n):
+                arr = rng.integers(0, 120, (size, size + 4 * (i % 2), 3)).astype(np.uint8)
+                arr[..., k % 3] += 120
+                save_image(os.path.join(root, split, cls, f"{i}.jpg"), arr, quality=95)
+    return str(root)
+
+
+def small_config(data, **changes):
+    """The small run as a TrainConfig on `data`, 2 epochs unless `changes` say otherwise."""
+    from alexnet.app.trainer import TrainConfig
+
+    return TrainConfig(data=data, **{**SMALL_RUN, "epochs": 2, **changes})
+
+
+def small_argv(**changes):
+    """The small run as `alexnet train` flags (the --epochs, --data and --out of a test are its
+    own), with --no-progress. A change to None leaves that flag out."""
+    argv = []
+    for name, value in {**SMALL_RUN, **changes}.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        else:
+            argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return argv + ["--no-progress"]
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """3 classes x 7 training images: batch 6 gives 4 steps per epoch, the last one short (3 images)."""
+    return make_folder(tmp_path_factory.mktemp("tiny"), n_train=7, n_val=2, size=28)
 
 
 @pytest.fixture(scope="module")

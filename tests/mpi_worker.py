@@ -19,12 +19,12 @@ import numpy as np
 def train64(data, out, steps, batch):
     """The trainer with a float64 model and batches: 1 process and N ranks must agree to 1e-12."""
     from alexnet.app import distributed
-    from alexnet.app.trainer import TrainConfig, Trainer
+    from alexnet.app.trainer import Trainer
+    from conftest import small_config      # this script's folder is first on sys.path
     from alexnet.engine.optim import SGD
 
     world = distributed.connect()
-    cfg = TrainConfig(data=data, model="alexnet-small", epochs=2, batch_size=int(batch), lr=0.01, init="he",
-                      input_scale=1 / 64, dropout=0.5, workers=1, log_every=1)
+    cfg = small_config(data, batch_size=int(batch), dropout=0.5, log_every=1)
     trainer = Trainer(cfg, out, stop_after_steps=int(steps), progress=False,
                       parallel=distributed.strategy(world, "data", "cpu"))
     trainer.model.astype(np.float64)

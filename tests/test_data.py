@@ -11,23 +11,7 @@ from PIL import Image
 
 from alexnet.app import data
 from alexnet.app.errors import UserError
-
-
-def _save(path, arr, **kw):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(arr).save(path, **kw)
-
-
-def make_folder(root, classes=("a", "b", "c"), n_train=4, n_val=2, size=32, seed=0):
-    """A tiny ImageNet-style folder of random RGB images; class k is tinted towards channel k."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for k, cls in enumerate(classes):
-            for i in range(n):
-                arr = rng.integers(0, 120, (size, size + 4 * (i % 2), 3)).astype(np.uint8)
-                arr[..., k % 3] += 120
-                _save(os.path.join(root, split, cls, f"{i}.jpg"), arr, quality=95)
-    return str(root)
+from conftest import make_folder, save_image as _save
 
 
 # ---- decoding --------------------------------------------------------------------------------

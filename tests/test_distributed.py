@@ -19,12 +19,11 @@ import pytest
 
 from alexnet.app import checkpoint as ckpt
 from alexnet.app.data import FolderSource, TrainBatches, list_classes, scan_split
-from tests.test_data import make_folder
+from conftest import make_folder, small_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "mpi_worker.py")
-SMALL = ["--model", "alexnet-small", "--batch-size", "16", "--init", "he", "--input-scale", "0.015625",
-         "--dropout", "0.5", "--augment", "paper", "--workers", "1", "--log-every", "1", "--no-progress"]
+SMALL = small_argv(batch_size=16, dropout=0.5, augment="paper", log_every=1)
 TIMEOUT = 180
 
 

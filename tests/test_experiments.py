@@ -13,7 +13,7 @@ from PIL import Image
 
 from alexnet.app.cli import main
 from alexnet.app.experiments import colour_specificity, crossing
-from tests.test_data import make_folder
+from conftest import make_folder
 
 
 @pytest.fixture(scope="module")

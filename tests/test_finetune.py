@@ -6,9 +6,10 @@ import pytest
 
 from alexnet.app import checkpoint as ckpt
 from alexnet.app.cli import main
-from tests.test_data import make_folder
+from conftest import make_folder, small_argv
 
-SMALL = ["--model", "alexnet-small", "--batch-size", "6", "--workers", "0", "--no-progress", "--log-every", "1"]
+# the recipe's own init and input scale: fine-tuning takes the checkpoint's
+SMALL = small_argv(init=None, input_scale=None, workers=0, log_every=1)
 
 
 @pytest.fixture(scope="module")

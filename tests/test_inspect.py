@@ -8,10 +8,9 @@ from PIL import Image
 from alexnet.app.cli import main
 from alexnet.app.inspect import hidden_features, nearest, saliency, saliency_map
 from alexnet.models.alexnet import tiny_alexnet
-from tests.test_data import make_folder
+from conftest import make_folder, small_argv
 
-SMALL = ["--model", "alexnet-small", "--batch-size", "6", "--init", "he", "--input-scale", "0.015625",
-         "--workers", "0", "--no-progress"]
+SMALL = small_argv(workers=0, log_every=None)
 
 
 def test_saliency_is_the_gradient_of_the_score_by_finite_differences():

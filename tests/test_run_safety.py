@@ -20,10 +20,9 @@ from alexnet.app import checkpoint as ckpt
 from alexnet.app import rundir
 from alexnet.app.errors import UserError
 from alexnet.app.trainer import Trainer
-from tests.test_train import _config, tiny  # noqa: F401 (tiny is a fixture)
+from conftest import small_argv, small_config as _config
 
-SMALL = ["--model", "alexnet-small", "--batch-size", "6", "--init", "he", "--input-scale", "0.015625",
-         "--workers", "1", "--log-every", "2", "--no-progress"]
+SMALL = small_argv()
 ENV = dict(os.environ)
 
 
@@ -279,6 +278,8 @@ def test_a_second_signal(tiny, tmp_path, monkeypatch, signum, code):
     run = str(tmp_path / "run")
     t = Trainer(_config(tiny), run, progress=False)
     real_step = t.optimizer.step
+    # what the trainer must put back (SIGINT is ignored, not Python's handler, in a background job)
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
 
     def step_then_two_signals():
         real_step()
@@ -296,8 +297,7 @@ def test_a_second_signal(tiny, tmp_path, monkeypatch, signum, code):
     else:
         assert messages[-1] == "second SIGINT (Ctrl-C): stopped at once, without saving; no checkpoint was written"
         assert not os.path.exists(os.path.join(run, "checkpoints"))
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before    # restored
 
 
 # ---- 3. a full disk ------------------------------------------------------------------------------

@@ -11,20 +11,7 @@ import pytest
 from alexnet.app import checkpoint as ckpt
 from alexnet.app.errors import UserError
 from alexnet.app.trainer import TrainConfig, Trainer, topk_correct
-from tests.test_data import make_folder
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    # 3 classes x 7 train images: batch 6 gives 4 steps per epoch, the last one short (3 images).
-    return make_folder(tmp_path_factory.mktemp("tiny"), n_train=7, n_val=2, size=28)
-
-
-def _config(data, **kw):
-    base = dict(data=data, model="alexnet-small", epochs=2, batch_size=6, lr=0.01, init="he",
-                input_scale=1 / 64, workers=1, log_every=2)
-    base.update(kw)
-    return TrainConfig(**base)
+from conftest import make_folder, small_config as _config
 
 
 def _final_state(run_dir):
@@ -33,6 +20,7 @@ def _final_state(run_dir):
 
 
 def test_resume_is_bit_identical(tiny, tmp_path, monkeypatch):
+    sigint_before = signal.getsignal(signal.SIGINT)    # ignored, not Python's handler, in a background job
     straight = str(tmp_path / "straight")
     assert Trainer(_config(tiny), straight, progress=False).run() == 0
     want, want_meta = _final_state(straight)
@@ -61,7 +49,7 @@ def test_resume_is_bit_identical(tiny, tmp_path, monkeypatch):
     second = ckpt.CheckpointDir(os.path.join(parts, "checkpoints")).latest()
     assert ckpt.load(second)[1]["step"] == 6 and ckpt.load(second)[1]["epoch"] == 1
     monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is sigint_before       # put back
 
     assert Trainer(_config(tiny, workers=2), parts, resume=second, progress=False).run() == 0
     got, got_meta = _final_state(parts)

@@ -12,11 +12,10 @@ from PIL import Image
 
 from alexnet.app import checkpoint as ckpt
 from alexnet.app.cli import main
-from tests.test_data import make_folder
+from conftest import make_folder, small_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = ["--model", "alexnet-small", "--batch-size", "6", "--init", "he", "--input-scale", "0.015625",
-         "--workers", "1", "--log-every", "2", "--no-progress"]
+SMALL = small_argv()
 
 
 @pytest.fixture(scope="module")
