@@ -2,12 +2,13 @@
 app/gradcheck.py, train/prepare/eval/predict/plot in app/train_cli.py, kernels in app/kernels_cli.py,
 import/export in app/import_cli.py).
 
-Every error a user can cause ends as one line on stderr and a non-zero exit, never a traceback.
+Every error a user can cause ends as one line on stderr and a non-zero exit, never a traceback;
+a bug in this program shows its traceback (app/errors.py).
 """
 import argparse
 import sys
 
-from alexnet.app.errors import REPORTED, one_line
+from alexnet.app.errors import report
 
 
 def cmd_summary(args):
@@ -76,12 +77,11 @@ def main(argv=None):
         return 2
     try:
         return int(args.func(args) or 0)
-    except REPORTED as e:
-        print(f"alexnet: error: {one_line(e)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("alexnet: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:          # the user's errors as one line; a bug with its traceback
+        return report(e)
 
 
 if __name__ == "__main__":

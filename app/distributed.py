@@ -23,11 +23,10 @@ collective for ever, so `guarded` prints it (naming the rank) and aborts the who
 """
 import os
 import sys
-import traceback
 
 import numpy as np
 
-from alexnet.app.errors import REPORTED, UserError, one_line
+from alexnet.app.errors import UserError, report
 from alexnet.engine import comm
 
 PARALLEL_CHOICES = ("data", "towers")
@@ -81,16 +80,13 @@ def guarded(world, fn):
         if world.rank == 0:
             raise
         return 2
+    except KeyboardInterrupt:
+        print(f"alexnet: error: rank {world.rank} of {world.size}: interrupted; stopping every rank",
+              file=sys.stderr, flush=True)
+        code = 130
     except BaseException as e:
-        if isinstance(e, REPORTED):
-            message = one_line(e)
-        else:
-            traceback.print_exc()
-            message = f"{type(e).__name__} (traceback above)"
-        code = 130 if isinstance(e, KeyboardInterrupt) else 2
-        print(f"alexnet: error: rank {world.rank} of {world.size}: {message}; stopping every rank", file=sys.stderr,
-              flush=True)
-        world.abort(code)
+        code = report(e, where=f"rank {world.rank} of {world.size}: ", then="; stopping every rank")
+    world.abort(code)
 
 
 def strategy(world, parallel, device):

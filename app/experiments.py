@@ -40,7 +40,8 @@ BASE = dict(init="he", input_scale=1 / 64, batch_size=64, lr=0.01, momentum=0.9,
 def train(out, label, data, **settings):
     """One training run into out/runs/<label>; returns its per-epoch records and step records.
     A finished run found there (same settings) is reused, so an interrupted experiment resumes."""
-    from alexnet.app.trainer import TrainConfig, Trainer
+    from alexnet.app.config import TrainConfig
+    from alexnet.app.trainer import Trainer
 
     run_dir = run_path(out, label)
     done_mark = os.path.join(run_dir, "experiment.json")

@@ -4,38 +4,19 @@
 functions so that ``alexnet --help`` and the other subcommands start fast.
 """
 
-import argparse
 import json
 import os
-import re
 import time
 
+from alexnet.app import config
 from alexnet.app.errors import UserError
-from alexnet.app.recipes import CHOICES as RECIPE_CHOICES
 from alexnet.models.registry import MODEL_NAMES
 
 # The demo: alexnet-small on the built-in dataset (5,000 training images, so --recipe auto picks
 # the small-data recipe, app/recipes.py), 25 epochs: ~86% top-1 in about 3 minutes on two cores.
 DEMO = {"model": "alexnet-small", "epochs": 25}
-
-
-def _pool(text):
-    """--pool K/S, e.g. 3/2 (the paper's overlapping pooling) or 2/2."""
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise argparse.ArgumentTypeError(f"expected KERNEL/STRIDE such as 3/2, got {text!r}")
-    return (int(m.group(1)), int(m.group(2)))
-
-
-def _epochs(text):
-    """--lr-drops 30,60: epochs after which the learning rate is divided by 10."""
-    try:
-        epochs = tuple(int(e) for e in text.split(","))
-    except ValueError:
-        epochs = ()
-    if not epochs or min(epochs) < 1:
-        raise argparse.ArgumentTypeError(f"expected epoch numbers >= 1 such as 30,60, got {text!r}")
-    return epochs
+# eval and predict: the flags they share with training, with defaults of their own (no recipe)
+EVAL_DEFAULTS = {"batch_size": 128, "device": "cpu", "workers": 2}
 
 
 def register(subparsers):
@@ -55,65 +36,13 @@ def register(subparsers):
                     "Ctrl-C or SIGTERM saves a checkpoint and prints the command that resumes exactly where it "
                     "stopped (exit status 130 or 143); one process at a time may train in a run directory. "
                     "'mpiexec -n N alexnet train ...' trains on N processes (docs/distributed.md).")
-    p.add_argument("--data", metavar="DIR", help="dataset folder (default: the built-in demo dataset)")
-    p.add_argument("--model", choices=MODEL_NAMES, help="network (default alexnet; alexnet-small for the demo)")
-    p.add_argument("--recipe", choices=RECIPE_CHOICES,
-                   help="auto (default): small or large by the training set's size; paper: the paper's exact recipe")
-    p.add_argument("--epochs", type=int, metavar="N", help="epochs to train in total (default: the recipe's)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="images per step (default: the recipe's)")
-    p.add_argument("--lr", type=float, metavar="LR", help="initial learning rate (default 0.01)")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="where to train (default cpu)")
-    p.add_argument("--parallel", choices=("data", "towers"),
-                   help="under mpiexec -n N: data (default) gives each rank 1/N of every batch and sums the "
-                        "gradients, the same training as one process; towers puts the paper's two towers on 2 "
-                        "ranks (docs/distributed.md)")
+    config.add_options(p)
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<date>-<time>-<model>)")
     p.add_argument("--resume", nargs="?", const="", metavar="CKPT",
                    help="continue a run from a checkpoint file, a run directory (its latest checkpoint), "
                         "or with no value the latest checkpoint of --out")
-    p.add_argument("--seed", type=int, metavar="S", help="seed of the init, data order, augmentation and dropout (default 0)")
-    p.add_argument("--init", choices=("paper", "caffe", "he", "lecun"), help="weight init preset (default: the recipe's)")
-    p.add_argument("--input-scale", type=float, metavar="X",
-                   help="multiply mean-subtracted pixels by X (1: the paper's 0..255 range; the small and large "
-                        "recipes use 0.015625 = 1/64, about unit spread)")
-    p.add_argument("--dropout", type=float, metavar="P", help="dropout probability in fc6/fc7 (default: the recipe's)")
-    p.add_argument("--dropout-variant", choices=("inverted", "paper"),
-                   help="inverted: kept units scaled by 1/(1-p) while training; paper: unscaled while "
-                        "training, outputs times (1-p) at test, which trains as the paper did (layers/dropout.py)")
-    p.add_argument("--patience", type=int, metavar="E",
-                   help="epochs without a better validation error before the LR is divided by 10 (default: the recipe's)")
-    p.add_argument("--rescale-velocity", action=argparse.BooleanOptionalAction, default=None,
-                   help="when the LR drops, scale the momentum buffer with it (PyTorch's rule; the small and large "
-                        "recipes) or keep it (the paper's rule: the weights travel on at the old rate for ~10 steps)")
-    p.add_argument("--lr-drops", type=_epochs, metavar="E1,E2",
-                   help="divide the LR by 10 after these epochs instead of on plateaus")
-    arch = p.add_argument_group("the paper's design choices (to take one out and measure it)")
-    arch.add_argument("--lrn", action=argparse.BooleanOptionalAction, default=None, help="local response normalization (default on)")
-    arch.add_argument("--pool", type=_pool, metavar="K/S", help="max-pool window/stride (default 3/2, overlapping)")
-    arch.add_argument("--groups", type=int, choices=(1, 2), help="2: two towers (default), 1: one tower")
-    arch.add_argument("--activation", choices=("relu", "tanh"), help="the nonlinearity (default relu)")
-    arch.add_argument("--augment", choices=("paper", "crops", "none"),
-                      help="paper: random crops, flips, PCA lighting (default); crops: without lighting; none: centre crop")
-    arch.add_argument("--max-train", type=int, metavar="N", help="train on N of the training images, evenly spread")
-    tune = p.add_argument_group("fine-tuning (docs/weights.md)")
-    tune.add_argument("--init-from", metavar="CKPT",
-                      help="start from this checkpoint's weights (imported or trained here); a new last layer "
-                           "when the classes differ; its input normalisation comes with it")
-    tune.add_argument("--freeze", type=lambda t: tuple(p.strip() for p in t.split(",") if p.strip()), metavar="LAYERS",
-                      help="with --init-from: layers that do not learn, e.g. conv1..conv5 or conv1,conv2")
-    tune.add_argument("--pretrained-lr-mult", type=float, metavar="X",
-                      help="with --init-from: the loaded layers learn at X times --lr (default 0.1); the new head at --lr")
-    p.add_argument("--workers", type=int, metavar="W", help="background loader threads (default 2; 0 loads inline)")
-    p.add_argument("--strict-data", action="store_true", default=None,
-                   help="stop at the first unreadable image instead of skipping and counting it")
-    p.add_argument("--keep", type=int, metavar="K",
-                   help="how many recent checkpoints to keep, mid-epoch ones included (default 3; best.npz is kept apart)")
-    p.add_argument("--save-every", metavar="N|TIME",
-                   help="also save a resumable checkpoint inside epochs: every N steps (e.g. 500) or every "
-                        "TIME (e.g. 90s, 10m, 2h) since the last save (default: at the end of each epoch only)")
     p.add_argument("--stop-after-steps", type=int, metavar="N",
                    help="save a checkpoint and stop after N steps (to test or split up a run; resume continues exactly)")
-    p.add_argument("--log-every", type=int, metavar="N", help="write a step line to log.jsonl every N steps (default 50)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (per-epoch lines only)")
     p.set_defaults(func=cmd_train)
 
@@ -139,9 +68,7 @@ def register(subparsers):
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax of 4 corner + centre crops and their mirrors")
-    p.add_argument("--batch-size", type=int, default=128, metavar="B")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--workers", type=int, default=2, metavar="W")
+    config.add_options(p, ("batch_size", "device", "workers"), defaults=EVAL_DEFAULTS)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -150,7 +77,7 @@ def register(subparsers):
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
     p.add_argument("--ten-crop", action="store_true")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    config.add_options(p, ("device",), defaults=EVAL_DEFAULTS)
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser("plot", help="PNG curves of a run and a grid of its conv1 filters",
@@ -163,14 +90,6 @@ def register(subparsers):
 
 # ---------------------------------------------------------------------------------------------
 # train
-
-
-def _check_device(device):
-    if device == "cuda":
-        from alexnet.engine import backend
-
-        if not backend.cuda_available():
-            raise UserError(f"--device cuda is not usable: {backend.cuda_unavailable_reason()}")
 
 
 def _resume_target(resume, out):
@@ -229,58 +148,29 @@ def _train(args, world):
 
 
 def _train_setup(args):
-    """(config, run dir, resume state, --lr given on resume) from the command line, checked."""
+    """(config, run dir, resume state, --lr given on resume) from the command line, checked before
+    the demo is generated and before anything is written."""
     from alexnet.app import checkpoint as ckpt
-    from alexnet.app.trainer import TrainConfig
+    from alexnet.app.config import TrainConfig
 
-    given = {k: getattr(args, k) for k in ("model", "recipe", "epochs", "batch_size", "lr", "device", "seed", "init",
-                                            "input_scale", "dropout", "dropout_variant", "workers", "strict_data",
-                                            "keep", "log_every", "save_every", "patience", "rescale_velocity",
-                                            "lr_drops", "lrn", "pool", "groups", "activation", "augment",
-                                            "max_train", "parallel", "init_from", "freeze", "pretrained_lr_mult")}
-    given = {k: v for k, v in given.items() if v is not None}
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
         raise UserError(f"--stop-after-steps must be at least 1, got {args.stop_after_steps}")
-    resume_state = None
-    if args.resume is not None:
-        path, run_dir = _resume_target(args.resume, args.out)
-        arrays, meta = ckpt.load(path)
-        if not isinstance(meta.get("config"), dict) or "step" not in meta:
-            raise UserError(f"checkpoint {path} holds no training state to resume from")
-        newer = [p for p in ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints")).list()
-                 if ckpt.CheckpointDir.step_of(p) > meta["step"]]
-        if newer:
-            raise UserError(f"{run_dir} already has a later checkpoint ({os.path.basename(newer[-1])}) than "
-                            f"{os.path.basename(path)}: continue from the latest, or give --out NEW_RUN_DIR "
-                            f"to branch off from this one")
-        config = TrainConfig.from_json(meta["config"])
-        # What fixes the computation cannot change mid-run; the rest can.
-        # (--patience too: the checkpoint's plateau schedule brings its own, and would silently win.)
-        for key in ("model", "recipe", "batch_size", "seed", "init", "input_scale", "dropout", "dropout_variant",
-                    "patience", "rescale_velocity", "lr_drops", "lrn", "pool", "groups", "activation", "augment", "max_train",
-                    "init_from", "freeze", "pretrained_lr_mult"):
-            if key in given and given[key] != getattr(config, key) and not (key == "recipe" and given[key] == "auto"):
-                raise UserError(f"--{key.replace('_', '-')} cannot change when resuming "
-                                f"(the run uses {getattr(config, key)})")
-        for key in ("epochs", "lr", "device", "workers", "strict_data", "keep", "log_every", "save_every"):
-            if key in given:
-                setattr(config, key, given[key])
-        # how the processes share the work is a choice of this launch, not of the run
-        config.parallel = given.get("parallel", "data")
-        if args.data:
-            config.data = os.path.abspath(args.data)
-        resume_state = (path, arrays, meta)
-        lr_override = given.get("lr")
-    else:
-        base = dict(DEMO) if args.data is None else {}
-        base.update(given)
-        config = TrainConfig(data=os.path.abspath(args.data) if args.data else "", **base)
-        config.demo = args.data is None
-        lr_override = None
+    if args.resume is None:
+        config = TrainConfig.from_args(args, base=dict(DEMO, demo=True) if args.data is None else None)
         run_dir = args.out or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{config.model}")
-    # Arguments are checked before the demo is generated and before anything is written.
-    config.validate()
-    return config, run_dir, resume_state, lr_override
+        return config, run_dir, None, None
+    path, run_dir = _resume_target(args.resume, args.out)
+    arrays, meta = ckpt.load(path)
+    if not isinstance(meta.get("config"), dict) or "step" not in meta:
+        raise UserError(f"checkpoint {path} holds no training state to resume from")
+    newer = [p for p in ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints")).list()
+             if ckpt.CheckpointDir.step_of(p) > meta["step"]]
+    if newer:
+        raise UserError(f"{run_dir} already has a later checkpoint ({os.path.basename(newer[-1])}) than "
+                        f"{os.path.basename(path)}: continue from the latest, or give --out NEW_RUN_DIR "
+                        f"to branch off from this one")
+    # --lr on resume is a deliberate change of the checkpoint's current rate
+    return TrainConfig.resumed(meta["config"], args), run_dir, (path, arrays, meta), args.lr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,8 +185,7 @@ def cmd_prepare(args):
     size = args.size if args.size is not None else sizes(args.model)[1]
     if size < 8:
         raise UserError(f"--size must be at least 8, got {size}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    config.check_value("workers", args.workers)
     if args.shard_size is not None and args.shard_size < 1:
         raise UserError(f"--shard-size must be at least 1, got {args.shard_size}")
     t0 = time.perf_counter()
@@ -322,11 +211,8 @@ def cmd_eval(args):
     from alexnet.app.data import fit_mean, open_dataset
     from alexnet.app.trainer import evaluate
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
-    _check_device(args.device)
+    for name in EVAL_DEFAULTS:
+        config.check_value(name, getattr(args, name))
     model, meta, mean = load_model(args.checkpoint, args.device)
     ds = open_dataset(args.data, model.resize_size, need_train=False)
     if ds.classes != meta["classes"]:
@@ -360,7 +246,7 @@ def cmd_predict(args):
 
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
-    _check_device(args.device)
+    config.check_value("device", args.device)
     model, meta, mean = load_model(args.checkpoint, args.device)
     size = model.resize_size
     imgs = []

@@ -27,11 +27,9 @@ which is why a checkpoint can be written after any step: at the end of an epoch,
 """
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -43,170 +41,9 @@ import numpy as np
 
 from alexnet.app import checkpoint as ckpt
 from alexnet.app import rundir
-from alexnet.app.distributed import PARALLEL_CHOICES, CollectiveError
+from alexnet.app.distributed import CollectiveError
+from alexnet.app.config import parse_save_every
 from alexnet.app.errors import UserError
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """What defines a run; stored as config.json.
-
-    The settings a recipe decides (app/recipes.py: init, input_scale, dropout, dropout_variant,
-    batch_size, patience, epochs, rescale_velocity) default to None, "the recipe's"; `resolve`
-    fills them once the training set's size is known. A resolved config (config.json, the
-    checkpoints) has none left, so a resumed run never re-chooses."""
-
-    data: str
-    model: str = "alexnet"
-    recipe: str = "auto"
-    epochs: int = None
-    batch_size: int = None
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    init: str = None
-    seed: int = 0
-    device: str = "cpu"
-    workers: int = 2
-    strict_data: bool = False
-    keep: int = 3
-    patience: int = None
-    max_drops: int = 3
-    log_every: int = 50
-    input_scale: float = None
-    dropout: float = None
-    dropout_variant: str = None
-    rescale_velocity: bool = None
-    save_every: str = None  # "500" (steps) or "10m" (minutes; also s, h); None: epoch ends only
-    # the paper's design choices, so that each can be taken out (alexnet experiment ablations)
-    lrn: bool = True
-    pool: tuple = (3, 2)
-    groups: int = 2
-    activation: str = "relu"
-    augment: str = "paper"
-    lr_drops: tuple = ()  # epochs after which the LR is divided by 10; empty: on plateaus (the paper's)
-    init_from: str = None  # fine-tuning (app/finetune.py): start from this checkpoint's weights
-    freeze: tuple = ()  # with init_from: layers whose weights do not move
-    pretrained_lr_mult: float = None  # with init_from: the loaded layers' LR multiplier (default 0.1)
-    max_train: int = 0  # train on this many images of the training set (evenly spread); 0: all
-    demo: bool = False
-    parallel: str = "data"  # under mpiexec: "data" (each rank a slice of every batch) or "towers" (2 ranks)
-
-    def resolve(self, train_size):
-        """Fill the settings left to the recipe (`recipe` becomes the one `auto` chose)."""
-        from alexnet.app import recipes
-
-        self.recipe = recipes.resolve(self.recipe, train_size)
-        for key, value in recipes.settings(self.recipe).items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
-        self.validate()
-
-    def model_options(self):
-        """The architecture options that differ from the paper's, for models.build_model."""
-        from alexnet.models.alexnet import changed_options
-
-        return changed_options({"lrn": self.lrn, "pool": self.pool, "groups": self.groups,
-                                "activation": self.activation})
-
-    def validate(self):
-        """Reject impossible values with one clear line, before anything touches the disk; settings
-        still left to the recipe (None) are checked once resolved."""
-        from alexnet.app import recipes
-        from alexnet.app.data import AUGMENTATIONS
-        from alexnet.models.alexnet import check_options
-        from alexnet.models.registry import MODEL_NAMES
-
-        if self.model not in MODEL_NAMES:
-            raise UserError(f"unknown model {self.model!r}: expected one of {', '.join(MODEL_NAMES)}")
-        if self.recipe not in recipes.CHOICES:
-            raise UserError(f"unknown --recipe {self.recipe!r}: expected one of {', '.join(recipes.CHOICES)}")
-        if self.augment not in AUGMENTATIONS:
-            raise UserError(f"unknown --augment {self.augment!r}: expected one of {', '.join(AUGMENTATIONS)}")
-        if (self.freeze or self.pretrained_lr_mult is not None) and not self.init_from:
-            raise UserError("--freeze and --pretrained-lr-mult go with --init-from CKPT (fine-tuning)")
-        if self.pretrained_lr_mult is not None and not (math.isfinite(self.pretrained_lr_mult)
-                                                        and self.pretrained_lr_mult >= 0):
-            raise UserError(f"--pretrained-lr-mult must be a finite number >= 0, got {self.pretrained_lr_mult}")
-        if self.max_train < 0 or any(int(e) < 1 for e in self.lr_drops):
-            raise UserError("--max-train must be >= 0 and --lr-drops epochs >= 1")
-        try:
-            check_options(self.groups, tuple(self.pool), self.activation)
-        except ValueError as e:
-            raise UserError(f"--{str(e)}") from None
-        from alexnet.engine.init import PRESETS
-
-        if self.init is not None and self.init not in PRESETS:
-            raise UserError(f"unknown init preset {self.init!r}: expected one of {', '.join(PRESETS)}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not math.isfinite(self.lr) or self.lr <= 0:
-            raise UserError(f"--lr must be a finite number > 0, got {self.lr:g}")
-        for name in ("momentum", "weight_decay"):
-            v = getattr(self, name)
-            if not math.isfinite(v) or v < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
-        if self.input_scale is not None and (not math.isfinite(self.input_scale) or self.input_scale <= 0):
-            raise UserError(f"--input-scale must be a finite number > 0, got {self.input_scale}")
-        if self.workers < 0:
-            raise UserError(f"--workers must be >= 0, got {self.workers}")
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.patience is not None and self.patience < 1:
-            raise UserError(f"--patience must be at least 1, got {self.patience}")
-        from alexnet.layers.dropout import VARIANTS
-
-        if self.dropout_variant is not None and self.dropout_variant not in VARIANTS:
-            raise UserError(f"unknown --dropout-variant {self.dropout_variant!r}: expected one of "
-                            f"{', '.join(VARIANTS)}")
-        if self.log_every < 1:
-            raise UserError(f"--log-every must be at least 1, got {self.log_every}")
-        if self.keep < 1:
-            raise UserError(f"--keep must be at least 1, got {self.keep}")
-        if self.save_every is not None:
-            parse_save_every(self.save_every)
-        if self.parallel not in PARALLEL_CHOICES:
-            raise UserError(f"unknown --parallel {self.parallel!r}: expected one of {', '.join(PARALLEL_CHOICES)}")
-        if self.device not in ("cpu", "cuda"):
-            raise UserError(f"unknown device {self.device!r}: expected cpu or cuda")
-        if self.device == "cuda":
-            from alexnet.engine import backend
-
-            if not backend.cuda_available():
-                raise UserError(f"--device cuda is not usable: {backend.cuda_unavailable_reason()}")
-
-    def to_json(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
-        if "recipe" not in d:
-            # written before recipes existed: its settings are all there, and it ran with the
-            # paper's update rule and dropout scaling
-            d.update(recipe="paper", rescale_velocity=False)
-            d.setdefault("dropout_variant", "inverted")
-        d["pool"], d["lr_drops"] = tuple(d.get("pool", (3, 2))), tuple(d.get("lr_drops", ()))
-        d["freeze"] = tuple(d.get("freeze", ()))
-        return cls(**d)
-
-
-def parse_save_every(text):
-    """--save-every: a number of steps ("500") or a time ("90s", "10m", "1.5h") -> (steps, seconds),
-    the other one None."""
-    value = str(text).strip().lower()
-    if re.fullmatch(r"\d+", value):
-        steps = int(value)
-        if steps >= 1:
-            return steps, None
-    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)", value)
-    if m:
-        seconds = float(m.group(1)) * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
-        if seconds > 0:
-            return None, seconds
-    raise UserError(f"--save-every takes a number of steps (e.g. 500) or a time (e.g. 90s, 10m, 2h), got {text!r}")
 
 
 def softmax(logits):
@@ -402,7 +239,6 @@ class Trainer:
         from alexnet.engine.optim import SGD, MilestoneSchedule, PlateauSchedule
         from alexnet.models import registry
 
-        config.validate()
         self.config = config
         self.run_dir = run_dir
         self.par = parallel or distributed.Alone(Single(), config.device)

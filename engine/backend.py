@@ -121,15 +121,22 @@ def device_of(x):
     return "cuda" if is_gpu_array(x) else "cpu"
 
 
+DEVICES = ("cpu", "cuda")
+
+
+def require(device):
+    """Raise, with the reason, unless `device` is one this machine can compute on: CudaUnavailable
+    (CuPy missing, no GPU) for "cuda", ValueError for a name that is no device."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
+    if device == "cuda" and not cuda_available():
+        raise loader.CudaUnavailable(f"--device cuda is not usable: {cuda_unavailable_reason()}")
+
+
 def to_device(x, device):
     """Copy an array to "cpu" (NumPy) or "cuda" (CuPy); a no-op when it is already there."""
-    if device == "cpu":
-        return to_numpy(x)
-    if device == "cuda":
-        if not cuda_available():
-            raise RuntimeError(f"--device cuda is not usable: {cuda_unavailable_reason()}")
-        return cupy_or_none().asarray(x)
-    raise ValueError(f"unknown device {device!r}: expected 'cpu' or 'cuda'")
+    require(device)
+    return to_numpy(x) if device == "cpu" else cupy_or_none().asarray(x)
 
 
 def to_numpy(x):

@@ -51,7 +51,7 @@ def make_folder(root, classes=("a", "b", "c"), n_train=4, n_val=2, size=32, seed
 
 def small_config(data, **changes):
     """The small run as a TrainConfig on `data`, 2 epochs unless `changes` say otherwise."""
-    from alexnet.app.trainer import TrainConfig
+    from alexnet.app.config import TrainConfig
 
     return TrainConfig(data=data, **{**SMALL_RUN, "epochs": 2, **changes})
 

@@ -10,8 +10,9 @@ import pytest
 
 from alexnet.app import checkpoint as ckpt
 from alexnet.app.errors import UserError
-from alexnet.app.trainer import TrainConfig, Trainer, topk_correct
-from conftest import make_folder, small_config as _config
+from alexnet.app.config import TrainConfig
+from alexnet.app.trainer import Trainer, topk_correct
+from conftest import small_config as _config
 
 
 def _final_state(run_dir):
