@@ -18,13 +18,13 @@ that the trainer removes the next time it opens the run: app/rundir.py).
 
 import json
 import os
-import re
 import tempfile
 import zipfile
 
 import numpy as np
 
 from alexnet.app.errors import UserError
+from alexnet.app.files import TEMP_SUFFIX, atomic_write, fsync_dir
 
 FORMAT = "alexnet-checkpoint-v1"
 META_KEY = "__meta__"
@@ -44,69 +44,6 @@ def estimate_size(arrays):
     """Bytes a checkpoint of ``arrays`` takes on disk (uncompressed .npz: the data plus a few
     hundred bytes of zip and .npy headers per member, and the metadata)."""
     return sum(np.asarray(v).nbytes + 300 + 2 * len(k) for k, v in arrays.items()) + 64 * 1024
-
-
-TEMP_SUFFIX = ".tmp"
-
-
-def temp_name_pattern(target_regex):
-    """A regex for the temporaries ``atomic_write`` makes for targets matching ``target_regex``
-    (mkstemp: prefix "." + target + ".", 8 characters of [a-z0-9_], suffix ".tmp"), so that
-    the leftovers of killed writes can be told from anyone else's files."""
-    return rf"\.(?:{target_regex})\.[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}"
-
-
-def atomic_write(path, write):
-    """Call ``write(f)`` on a binary file that becomes ``path`` only once complete.
-
-    temp file in the same directory -> write -> flush + fsync -> os.replace -> fsync the directory,
-    so after a crash or power loss ``path`` is either the previous complete file or the new one.
-    A failed write (a full disk) removes its temporary and raises the OSError with ``filename``
-    set to ``path``, the file the user knows.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=TEMP_SUFFIX, dir=directory)
-    except OSError as e:
-        e.filename = path
-        raise
-    try:
-        # mkstemp makes the file private (0600); a checkpoint gets the permissions of any file.
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
-            e.filename = path
-        raise
-    fsync_dir(directory)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def fsync_dir(directory):
-    """Make a rename durable: the directory entry must reach the disk too."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load(path):
@@ -164,10 +101,10 @@ def check_model(path, meta, weights, model):
 
 
 def load_model(path, device="cpu"):
-    """Rebuild the model a checkpoint was trained as and load its weights.
-
-    Returns (model, meta, mean). Used by eval, predict and plot, which have no config of their own.
-    """
+    """Rebuild the model a checkpoint was trained as, load its weights, and say how it takes its
+    input. Returns (model, meta, preprocessing: app/preprocess.py). Used by eval, predict, plot,
+    saliency, neighbors and export, which have no config of their own."""
+    from alexnet.app.preprocess import Preprocessing
     from alexnet.models.registry import build_model
 
     arrays, meta = load(path)
@@ -182,12 +119,10 @@ def load_model(path, device="cpu"):
     weights = split(arrays, "model")
     check_model(path, meta, weights, model)
     model.load_state_dict(weights)
-    mean = arrays.get("data/mean")
-    if mean is None:
-        raise UserError(f"checkpoint {path} has no training mean")
+    prep = Preprocessing.from_checkpoint(arrays, meta, model, f"checkpoint {path}")
     if device != "cpu":
         model.to(device)
-    return model, meta, mean.astype(np.float32)
+    return model, meta, prep
 
 
 class CheckpointDir:

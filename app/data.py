@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from alexnet.app.checkpoint import fsync_dir
+from alexnet.app.files import fsync_dir
 from alexnet.app.errors import UserError
 from alexnet.engine.parallel import shares
 
@@ -255,10 +255,10 @@ def peek_classes(root):
 class FolderSource:
     """A split of an image folder; ``load`` decodes a batch of samples."""
 
-    def __init__(self, paths, labels, size, strict=False):
+    def __init__(self, paths, labels, side, strict=False):
         self.paths = paths
         self.labels = labels
-        self.size = size
+        self.image_side = side
         self.strict = strict
         self._bad = {}
         self._lock = threading.Lock()
@@ -275,12 +275,12 @@ class FolderSource:
     def load(self, indices, with_kept=False):
         """uint8 images (k, S, S, 3) and labels (k,) for the samples that decode, k <= len(indices);
         with_kept, also the bool mask of the indices that did."""
-        out = np.empty((len(indices), self.size, self.size, 3), dtype=np.uint8)
+        out = np.empty((len(indices), self.image_side, self.image_side, 3), dtype=np.uint8)
         keep = np.ones(len(indices), dtype=bool)
         for j, i in enumerate(indices):
             path = self.paths[i]
             try:
-                out[j] = decode_image(path, self.size)
+                out[j] = decode_image(path, self.image_side)
             except Exception as e:
                 # Malformed files surface from Pillow's plugins as OSError (truncation),
                 # SyntaxError (headers), DecompressionBombError, struct.error, IndexError...:
@@ -299,7 +299,7 @@ class ShardSource:
     """A split of a prepared dataset: fixed-size uint8 shards opened as memory maps."""
 
     def __init__(self, root, split, meta):
-        self.size = meta["size"]
+        self.image_side = meta["size"]
         self.shard_size = meta["shard_size"]
         count = meta["counts"][split]
         nshards = max(1, math.ceil(count / self.shard_size))
@@ -321,7 +321,7 @@ class ShardSource:
 
     def load(self, indices, with_kept=False):
         indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(indices), self.size, self.size, 3), dtype=np.uint8)
+        out = np.empty((len(indices), self.image_side, self.image_side, 3), dtype=np.uint8)
         shard, local = np.divmod(indices, self.shard_size)
         for s in np.unique(shard):
             sel = shard == s
@@ -343,8 +343,9 @@ class Dataset:
         self.skipped = skipped  # [(path, reason)] found while scanning
 
     @property
-    def size(self):
-        return self.val.size
+    def image_side(self):
+        """The side of the square uint8 images its splits load."""
+        return self.val.image_side
 
 
 def open_dataset(root, size, strict=False, need_train=True, mean_samples=1000):
@@ -612,15 +613,18 @@ def batch_part(indices, part):
 
 class TrainBatches:
     """The training batches of one epoch: order, indices and augmentation fixed by (seed, epoch).
-    ``scale`` multiplies the mean-subtracted pixels (1: the paper's 0..255 range). ``augment``:
-    "paper" (random crops, flips and PCA lighting, section 4.1), "crops" (crops and flips, no
-    lighting) or "none" (the centre crop, as at test time). ``part`` = (rank, ranks): this rank's
-    slice of every global batch of ``batch_size``, with the global batch's augmentation."""
+    ``prep`` (app/preprocess.py) is how an image becomes a network input: its mean, input scale and
+    crop size. ``augment``: "paper" (random crops, flips and PCA lighting, section 4.1), "crops"
+    (crops and flips, no lighting) or "none" (the centre crop, as at test time). ``part`` =
+    (rank, ranks): this rank's slice of every global batch of ``batch_size``, with the global
+    batch's augmentation."""
 
-    def __init__(self, source, batch_size, crop, mean, seed, epoch, scale=1.0, augment="paper", part=None):
+    def __init__(self, source, batch_size, prep, seed, epoch, augment="paper", part=None):
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
-        _batches_of(self, source, batch_size, crop, mean, scale, part)
+        self.source, self.batch_size, self.part = source, batch_size, part
+        self.prep = prep.for_side(source.image_side)
+        self.num_batches = num_batches(len(source), batch_size)
         self.augment, self.seed, self.epoch = augment, seed, epoch
         self.order = epoch_order(len(source), seed, epoch)
 
@@ -628,15 +632,15 @@ class TrainBatches:
         idx = self.order[b * self.batch_size : (b + 1) * self.batch_size]
         mine = batch_part(idx, self.part)
         imgs, labels, kept = self.source.load(idx[mine], with_kept=True)
+        prep = self.prep
         if self.augment == "none":
-            x = center_crop_batch(imgs, self.crop, self.mean)
-        else:
-            # the whole global batch's draws, of which this slice's decoded images take their rows
-            params = augment_params(batch_rng(self.seed, self.epoch, b), len(idx), imgs.shape[1], self.crop,
-                                    lighting=LIGHTING_STD if self.augment == "paper" else 0.0)
-            x = augment_batch(imgs, params, self.crop, self.mean, rows=mine[kept])
-        if self.scale != 1.0:
-            x *= np.float32(self.scale)
+            return prep.views(imgs)[0], labels
+        # the whole global batch's draws, of which this slice's decoded images take their rows
+        params = augment_params(batch_rng(self.seed, self.epoch, b), len(idx), imgs.shape[1], prep.input_size,
+                                lighting=LIGHTING_STD if self.augment == "paper" else 0.0)
+        x = augment_batch(imgs, params, prep.input_size, prep.mean, rows=mine[kept])
+        if prep.input_scale != 1.0:
+            x *= np.float32(prep.input_scale)
         return x, labels
 
 
@@ -648,7 +652,7 @@ class SubsetSource:
         self.source = source
         self.indices = np.unique(np.linspace(0, len(source) - 1, count).round().astype(np.int64))
         self.labels = np.asarray(source.labels)[self.indices]
-        self.size = source.size
+        self.image_side = source.image_side
 
     def __len__(self):
         return len(self.indices)
@@ -665,31 +669,19 @@ def num_batches(n, batch_size):
     return (n + batch_size - 1) // batch_size
 
 
-def _batches_of(batches, source, batch_size, crop, mean, scale, part):
-    """What training and validation batches both hold: the source, the batch size, the crop, the
-    mean, the pixel scale, this rank's part, and the number of batches."""
-    batches.source, batches.batch_size, batches.crop, batches.mean = source, batch_size, crop, mean
-    batches.scale, batches.part = scale, part
-    batches.num_batches = num_batches(len(source), batch_size)
-
-
 class EvalBatches:
-    """Validation batches in file order: centre crop, or the 10 views with ten_crop. ``part`` =
-    (rank, ranks): this rank's slice of each batch (sharded validation)."""
+    """Validation batches in file order as `prep` (app/preprocess.py) turns images into inputs: the
+    centre crop, or the 10 views with ten_crop. ``part`` = (rank, ranks): this rank's slice of each
+    batch (sharded validation)."""
 
-    def __init__(self, source, batch_size, crop, mean, ten_crop=False, scale=1.0, part=None):
-        _batches_of(self, source, batch_size, crop, mean, scale, part)
-        self.ten_crop = ten_crop
+    def __init__(self, source, batch_size, prep, ten_crop=False, part=None):
+        self.source, self.batch_size, self.prep, self.ten_crop, self.part = source, batch_size, prep, ten_crop, part
+        self.num_batches = num_batches(len(source), batch_size)
 
     def __call__(self, b):
         idx = np.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.source)))
         imgs, labels = self.source.load(idx[batch_part(idx, self.part)])
-        views = ten_crop_batches(imgs, self.crop, self.mean) if self.ten_crop else \
-            [center_crop_batch(imgs, self.crop, self.mean)]
-        if self.scale != 1.0:
-            for x in views:
-                x *= np.float32(self.scale)
-        return views, labels
+        return self.prep.views(imgs, self.ten_crop), labels
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ process and several differ:
 
 What every strategy answers: which slice of a batch this rank loads (`train_part`, `eval_part`),
 the global count of a batch and the dropout layers' place in it (`batch_count`), the gradient
-hooks (`after_layer`, `finish_gradients`), the step's statistics (`start_stats`, `combine`), the
+hooks (`after_layer`, `finish_gradients`), the step's statistics (`step_totals`, `combine`), the
 decisions all ranks must take together (`agree`: a signal, a time-based save), and who writes:
 rank 0 alone logs, holds the run directory's lock and writes checkpoints (`lead_does`), and every
 rank learns how that went, so a failed write stops all of them with the same line.
@@ -137,8 +137,9 @@ class Alone:
     def finish_gradients(self):
         pass
 
-    def start_stats(self, loss, correct, n, count):
-        return None
+    def step_totals(self, loss, correct, n, count):
+        """A step's (loss, correct, n), as `train_step` returns them: this rank's."""
+        return _Local((loss, correct, n))
 
     def combine(self, values):
         return values
@@ -224,11 +225,13 @@ class DataParallel(_Ranks):
     def finish_gradients(self):
         self.sync.finish()
 
-    def start_stats(self, loss, correct, n, count):
+    def step_totals(self, loss, correct, n, count):
         """On the CPU the step's loss and correct count, summed over the ranks before the update
         (a NaN must stop every rank before it is applied); on the GPU they stay on the device
         until the next flush (`combine`)."""
-        return _StepStats(self.world.reducer("cpu"), loss, correct, n) if self.device == "cpu" else None
+        if self.device != "cpu":
+            return _Local((loss, correct, n))
+        return _SummedStep(self.world.reducer("cpu"), loss, correct, n, count)
 
     def combine(self, values):
         if self.device == "cpu":                  # summed after every step already
@@ -242,16 +245,28 @@ class DataParallel(_Ranks):
         return (model.state_dict(), velocity) if self.lead else (None, None)
 
 
-class _StepStats:
-    """(loss sum, correct count) of a step summed over the ranks, without blocking until `wait`."""
+class _Local:
+    """A step's figures as they are: `result()` returns them."""
 
-    def __init__(self, reducer, loss, correct, n):
+    def __init__(self, figures):
+        self.figures = figures
+
+    def result(self):
+        return self.figures
+
+
+class _SummedStep:
+    """A step's (loss sum, correct count) summed over the ranks while backward runs; `result()`
+    waits for the sum and returns the global batch's (mean loss, correct, count)."""
+
+    def __init__(self, reducer, loss, correct, n, count):
+        self.count = count
         self.buf = np.array([loss * n, float(correct)], np.float64)
         self.handle = reducer.start(self.buf)
 
-    def wait(self):
+    def result(self):
         self.handle.wait("the other ranks' losses")
-        return float(self.buf[0]), int(self.buf[1])
+        return float(self.buf[0]) / self.count, int(self.buf[1]), self.count
 
 
 class TowerParallel(_Ranks):

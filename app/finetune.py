@@ -52,7 +52,9 @@ def parse_freeze(parts, model):
 def start_from(path, model, model_name, model_options, classes):
     """Load checkpoint `path`'s weights into `model` (the head too when the classes are the same).
     Returns (names of the layers loaded, the head's name if it was replaced else None, the
-    checkpoint's mean, its input scale)."""
+    checkpoint's preprocessing: app/preprocess.py)."""
+    from alexnet.app.preprocess import Preprocessing
+
     arrays, meta = ckpt.load(path)
     if meta.get("arch") != model_name:
         raise UserError(f"--init-from {path} holds a {meta.get('arch')} network; train it with --model "
@@ -77,10 +79,8 @@ def start_from(path, model, model_name, model_options, classes):
                 raise UserError(f"--init-from {path}: {layer.name}.{key} has non-finite values")
             p[...] = w.astype(p.dtype)
         loaded.append(layer.name)
-    mean = arrays.get("data/mean")
-    if mean is None:
-        raise UserError(f"--init-from {path} has no training mean")
-    return loaded, (head if replace_head else None), mean.astype(np.float32), float(meta.get("input_scale", 1.0))
+    prep = Preprocessing.from_checkpoint(arrays, meta, model, f"--init-from {path}")
+    return loaded, (head if replace_head else None), prep
 
 
 def learning_rate_multipliers(loaded, frozen, pretrained_lr_mult):

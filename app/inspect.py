@@ -71,34 +71,6 @@ def _small(crops):
                                 np.float32).reshape(-1) for c in crops])
 
 
-# ---- loading -----------------------------------------------------------------------------------------
-def _load(checkpoint):
-    from alexnet.app.checkpoint import load_model
-    return load_model(checkpoint)
-
-
-def _inputs(imgs, model, mean, scale):
-    """uint8 (N, S, S, 3) images -> (float32 network inputs (N, 3, c, c), uint8 centre crops)."""
-    from alexnet.app.data import center_crop_batch, fit_mean
-    crop = model.input_size
-    off = (imgs.shape[1] - crop) // 2
-    x = center_crop_batch(imgs, crop, fit_mean(mean, imgs.shape[1]))
-    x *= np.float32(scale)
-    return x, imgs[:, off:off + crop, off:off + crop]
-
-
-def _decode_all(paths, size):
-    from alexnet.app.data import decode_image
-    imgs = []
-    for path in paths:
-        try:
-            imgs.append(decode_image(path, size))
-        except Exception as e:  # Pillow's many error types for bad files, as in app/data.py
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise UserError(f"cannot read image {path}: {reason}") from None
-    return np.stack(imgs)
-
-
 # ---- drawing ---------------------------------------------------------------------------------------
 def _heat(m):
     """[0, 1] map -> RGB uint8 (black, red, yellow, white as it rises)."""
@@ -164,7 +136,9 @@ def register(subparsers):
 
 
 def cmd_saliency(args):
-    model, meta, mean = _load(args.checkpoint)
+    from alexnet.app.checkpoint import load_model
+
+    model, meta, prep = load_model(args.checkpoint)
     classes = meta["classes"]
     target = None
     if args.target is not None:
@@ -172,7 +146,7 @@ def cmd_saliency(args):
             raise UserError(f"--class {args.target!r} is not one of the checkpoint's classes "
                             f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})")
         target = [classes.index(args.target)] * len(args.images)
-    x, crops = _inputs(_decode_all(args.images, model.resize_size), model, mean, meta.get("input_scale", 1.0))
+    x, crops = prep.inputs(prep.decode(args.images))
     grad, chosen, scores = saliency(model, x, target)
     maps = saliency_map(grad)
     os.makedirs(args.out, exist_ok=True)
@@ -183,7 +157,7 @@ def cmd_saliency(args):
     return 0
 
 
-def _train_crops_and_features(model, ds, mean, scale, limit, batch_size):
+def _train_crops_and_features(model, ds, prep, limit, batch_size):
     """(feature vectors, pixel vectors, uint8 crops, labels) of up to `limit` training images."""
     from tqdm import tqdm
     source = ds.train
@@ -192,7 +166,7 @@ def _train_crops_and_features(model, ds, mean, scale, limit, batch_size):
     for lo in tqdm(range(0, len(picked), batch_size), desc="features", unit="batch", leave=False):
         idx = picked[lo:lo + batch_size]
         imgs, lab = source.load(idx)
-        x, c = _inputs(imgs, model, mean, scale)
+        x, c = prep.inputs(imgs)
         feats.append(hidden_features(model, x))
         pixels.append(_small(c))
         crops.append(c)
@@ -201,16 +175,16 @@ def _train_crops_and_features(model, ds, mean, scale, limit, batch_size):
 
 
 def cmd_neighbors(args):
+    from alexnet.app.checkpoint import load_model
     from alexnet.app.data import open_dataset
     if args.k < 1 or args.limit < 1 or args.batch_size < 1:
         raise UserError("--k, --limit and --batch-size must be at least 1")
-    model, meta, mean = _load(args.checkpoint)
-    scale = meta.get("input_scale", 1.0)
+    model, meta, prep = load_model(args.checkpoint)
     ds = open_dataset(args.data, model.resize_size)
     if ds.classes != meta["classes"]:
         raise UserError(f"{args.data} has other classes than the checkpoint was trained on")
-    feats, pixels, crops, labels = _train_crops_and_features(model, ds, mean, scale, args.limit, args.batch_size)
-    x, query_crops = _inputs(_decode_all(args.images, model.resize_size), model, mean, scale)
+    feats, pixels, crops, labels = _train_crops_and_features(model, ds, prep, args.limit, args.batch_size)
+    x, query_crops = prep.inputs(prep.decode(args.images))
     k = min(args.k, len(feats))
     by_features, _ = nearest(hidden_features(model, x), feats, k)
     by_pixels, _ = nearest(_small(query_crops), pixels, k)

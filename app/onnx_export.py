@@ -40,8 +40,9 @@ def _onnx():
     return onnx
 
 
-def to_onnx(model, meta, mean):
-    """The ONNX ModelProto of `model` (a Sequential of our layers) with the checkpoint's meta and mean."""
+def to_onnx(model, meta, prep):
+    """The ONNX ModelProto of `model` (a Network of our layers) with the checkpoint's meta and its
+    preprocessing (app/preprocess.py), stated in the model's metadata."""
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
 
@@ -109,7 +110,7 @@ def to_onnx(model, meta, mean):
                                    doc_string=f"{model.arch}, {model.num_classes} classes; input normalisation "
                                               f"in metadata_props")
     onnx_model.ir_version = IR_VERSION
-    mean = np.asarray(mean, np.float64)
+    mean = np.asarray(prep.mean, np.float64)
     props = {
         "arch": model.arch,
         "num_classes": str(model.num_classes),
@@ -121,9 +122,9 @@ def to_onnx(model, meta, mean):
         "mean_rgb": json.dumps([round(float(v), 4) for v in mean.reshape(-1, 3).mean(axis=0)]),
         "mean_kind": "per-channel" if mean.shape[:2] == (1, 1) else
                      f"per-pixel {mean.shape[0]}x{mean.shape[1]} image in the checkpoint, averaged here",
-        "input_scale": repr(float(meta.get("input_scale", 1.0))),
-        "input_size": str(S),
-        "resize_size": str(model.resize_size),
+        "input_scale": repr(float(prep.input_scale)),
+        "input_size": str(prep.input_size),
+        "resize_size": str(prep.resize_size),
         "outputs": "logits (N, classes); probabilities = softmax(logits)",
     }
     helper.set_model_props(onnx_model, props)
@@ -134,10 +135,11 @@ def to_onnx(model, meta, mean):
 def export(checkpoint_path, out_path):
     """Write the ONNX model of a checkpoint to `out_path` (atomically: a temporary, then a rename);
     returns the ModelProto."""
-    from alexnet.app.checkpoint import atomic_write, load_model
+    from alexnet.app.checkpoint import load_model
+    from alexnet.app.files import atomic_write
 
     _onnx()                                                # before the weights are read
-    model, meta, mean = load_model(checkpoint_path)
-    onnx_model = to_onnx(model, meta, mean)
+    model, meta, prep = load_model(checkpoint_path)
+    onnx_model = to_onnx(model, meta, prep)
     atomic_write(out_path, lambda f: f.write(onnx_model.SerializeToString()))
     return onnx_model

@@ -22,17 +22,17 @@ import stat
 import sys
 import time
 
-from alexnet.app import checkpoint as ckpt
+from alexnet.app import files
 from alexnet.app.errors import UserError
 
 LOCK_NAME = ".lock"
 
-# What this project's atomic writes leave when killed mid-write (checkpoint.atomic_write's
+# What this project's atomic writes leave when killed mid-write (files.atomic_write's
 # mkstemp names: "." + target + "." + 8 random characters + ".tmp"), per folder of a run. Only
 # these are removed: anything else in a run directory belongs to someone else.
 _TEMPORARIES = {
-    ".": re.compile(ckpt.temp_name_pattern(r"config\.json")),
-    "checkpoints": re.compile(ckpt.temp_name_pattern(r"ckpt-\d+\.npz|best\.npz")),
+    ".": re.compile(files.temp_name_pattern(r"config\.json")),
+    "checkpoints": re.compile(files.temp_name_pattern(r"ckpt-\d+\.npz|best\.npz")),
 }
 
 

@@ -140,10 +140,10 @@ def _train(args, world):
         config.data = distributed.everywhere(world, ensure_demo)
         if world.rank == 0:
             print(f"no --data given: training {config.model} on the built-in demo dataset {config.data}", flush=True)
-    par = distributed.everywhere(world, lambda: distributed.strategy(world, config.parallel, config.device))
+    strategy = distributed.everywhere(world, lambda: distributed.strategy(world, config.parallel, config.device))
     trainer = distributed.everywhere(world, lambda: Trainer(
         config, run_dir, resume=resume_state, stop_after_steps=args.stop_after_steps,
-        progress=not args.no_progress, lr_override=lr_override, parallel=par))
+        progress=not args.no_progress, lr_override=lr_override, strategy=strategy))
     return trainer.run()
 
 
@@ -208,24 +208,22 @@ def cmd_prepare(args):
 
 def cmd_eval(args):
     from alexnet.app.checkpoint import load_model
-    from alexnet.app.data import fit_mean, open_dataset
-    from alexnet.app.trainer import evaluate
+    from alexnet.app.data import class_difference, open_dataset
+    from alexnet.app.evaluate import evaluate
 
     for name in EVAL_DEFAULTS:
         config.check_value(name, getattr(args, name))
-    model, meta, mean = load_model(args.checkpoint, args.device)
+    model, meta, prep = load_model(args.checkpoint, args.device)
     ds = open_dataset(args.data, model.resize_size, need_train=False)
     if ds.classes != meta["classes"]:
-        from alexnet.app.data import class_difference
-
         raise UserError(f"{args.data} has other classes than the checkpoint was trained on "
                         f"({class_difference(ds.classes, meta['classes'], 'the data', 'the checkpoint')})")
-    if ds.size < model.input_size:
-        raise UserError(f"{args.data} holds {ds.size}x{ds.size} images, smaller than the {model.input_size} crops")
+    if ds.image_side < model.input_size:
+        side = ds.image_side
+        raise UserError(f"{args.data} holds {side}x{side} images, smaller than the {model.input_size} crops")
     t0 = time.perf_counter()
-    r = evaluate(model, ds.val, model.input_size, fit_mean(mean, ds.size), batch_size=args.batch_size,
-                 ten_crop=args.ten_crop, workers=args.workers, device=args.device, progress=not args.no_progress,
-                 scale=meta.get("input_scale", 1.0))
+    r = evaluate(model, ds.val, prep, batch_size=args.batch_size, ten_crop=args.ten_crop, workers=args.workers,
+                 device=args.device, progress=not args.no_progress)
     views = "10-crop" if args.ten_crop else "centre crop"
     print(f"{args.checkpoint} on {args.data} ({r['count']} val images, {views}): top-1 {100 * r['top1']:.2f}% "
           f"(error {100 * (1 - r['top1']):.2f}%), top-5 {100 * r['top5']:.2f}% "
@@ -240,32 +238,13 @@ def cmd_predict(args):
     import numpy as np
 
     from alexnet.app.checkpoint import load_model
-    from alexnet.app.data import center_crop_batch, decode_image, fit_mean, ten_crop_batches
-    from alexnet.app.trainer import softmax
-    from alexnet.engine import backend
+    from alexnet.app.preprocess import probabilities
 
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
     config.check_value("device", args.device)
-    model, meta, mean = load_model(args.checkpoint, args.device)
-    size = model.resize_size
-    imgs = []
-    for path in args.images:
-        try:
-            imgs.append(decode_image(path, size))
-        except Exception as e:  # Pillow's many error types for bad files, as in engine.data
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise UserError(f"cannot read image {path}: {reason}") from None
-    batch = np.stack(imgs)  # (N, S, S, 3)
-    mean = fit_mean(mean, size)
-    views = ten_crop_batches(batch, model.input_size, mean) if args.ten_crop else \
-        [center_crop_batch(batch, model.input_size, mean)]
-    probs = 0.0
-    for x in views:
-        x *= np.float32(meta.get("input_scale", 1.0))
-        logits = backend.to_numpy(model.forward(backend.to_device(x, args.device), keep_cache=False))
-        probs = probs + softmax(logits.astype(np.float64))
-    probs = probs / len(views)
+    model, meta, prep = load_model(args.checkpoint, args.device)
+    probs = probabilities(model, prep.views(prep.decode(args.images), args.ten_crop), args.device)
     classes = meta["classes"]
     k = min(args.top, len(classes))
     for path, p in zip(args.images, probs):

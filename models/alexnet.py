@@ -1,4 +1,5 @@
-"""AlexNet (Krizhevsky, Sutskever, Hinton 2012), Figure 2 and section 3, as a Sequential.
+"""AlexNet (Krizhevsky, Sutskever, Hinton 2012), Figure 2 and section 3, as a Network (a Sequential
+that knows its architecture: models/network.py).
 
     input 3x227x227
     conv1 96@11x11/4            -> ReLU -> LRN -> pool 3/2      96x55x55 -> 96x27x27
@@ -15,7 +16,7 @@ With 1000 classes: 60,965,224 parameters and 724.4M multiply-adds per image. (Th
 
 `AlexNetSmall` keeps the same layer sequence (grouped conv2/4/5, two LRNs, three overlapping
 pools, two dropouts) at CPU scale: 64x64 input, fewer channels, 256-unit fc layers.
-`tiny_alexnet` is the same sequence at gradient-check size (3x31x31 input, a few channels).
+`tiny_alexnet()` builds the same sequence at gradient-check size (3x31x31 input, a few channels).
 
 `dropout_variant`: "inverted" (the default) or "paper", see layers/dropout.py for how the two
 train differently.
@@ -28,6 +29,7 @@ chosen options are kept in `net.options` (checkpoints store them, so a model is 
 from alexnet.engine.init import init_weights
 from alexnet.engine.net import Sequential
 from alexnet.layers import LRN, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU, Tanh
+from alexnet.models.network import Network
 
 # (input size, resize size): random input_size crops of images brought to resize_size (227 of 256:
 # the paper's 224 only works out with 227, (227 - 11) / 4 + 1 = 55)
@@ -58,10 +60,11 @@ def check_options(groups, pool, activation):
         raise ValueError(f"pool must be (kernel, stride), e.g. (3, 2), got {pool!r}")
 
 
-def _build(spec, num_classes, init, seed, dropout, dropout_variant="inverted", lrn=True, pool=(3, 2),
-           activation="relu"):
-    """spec: conv layers as (out, kernel, stride, pad, groups, lrn, pool), then fc widths; `lrn`
-    and `pool` (kernel, stride) apply to the layers whose spec asks for them."""
+def _layers(spec, num_classes, dropout, dropout_variant="inverted", lrn=True, pool=(3, 2), activation="relu",
+            seed=0):
+    """(layers, names) of an AlexNet-shaped net. spec: conv layers as (out, kernel, stride, pad,
+    groups, lrn, pool), then fc widths, then (channels, size) of the input; `lrn` and `pool`
+    (kernel, stride) apply to the layers whose spec asks for them."""
     convs, fcs, (channels, size) = spec
     act = ACTIVATIONS[activation]
     layers, names = [], []
@@ -78,8 +81,7 @@ def _build(spec, num_classes, init, seed, dropout, dropout_variant="inverted", l
         in_ch = out
     layers.append(Flatten())
     names.append("flatten")
-    net = Sequential(layers, names)
-    features = net.summary_rows((channels, size, size))[-1][2][0]
+    features = Sequential(layers, names).summary_rows((channels, size, size))[-1][2][0]
     n_conv = len(convs)
     for j, width in enumerate(list(fcs) + [num_classes], start=n_conv + 1):
         layers.append(Dense(features, width))
@@ -88,52 +90,54 @@ def _build(spec, num_classes, init, seed, dropout, dropout_variant="inverted", l
             layers += [act(), Dropout(dropout, seed=seed * 1000 + j, variant=dropout_variant)]
             names += [f"{activation}{j}", f"drop{j}"]
         features = width
-    net = Sequential(layers, names)
-    init_weights(net, init, seed)
-    return net
+    return layers, names
 
 
-def _check_classes(num_classes):
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-
-
-def _finish(net, arch, num_classes, input_size, resize_size, options):
-    net.arch, net.num_classes, net.input_size, net.resize_size = arch, num_classes, input_size, resize_size
-    net.options = dict(options)
-    return net
-
-
-def AlexNet(num_classes=1000, groups=2, init="paper", seed=0, dropout=0.5, dropout_variant="inverted",
-            lrn=True, pool=(3, 2), activation="relu"):
+class AlexNet(Network):
     """The paper's network; groups=2 is the two-tower model, groups=1 the one-tower one."""
-    _check_classes(num_classes)
-    check_options(groups, pool, activation)
-    convs = [(96, 11, 4, 0, 1, True, True),
-             (256, 5, 1, 2, groups, True, True),
-             (384, 3, 1, 1, 1, False, False),
-             (384, 3, 1, 1, groups, False, False),
-             (256, 3, 1, 1, groups, False, True)]
-    options = dict(groups=groups, lrn=lrn, pool=tuple(pool), activation=activation)
-    net = _build((convs, (4096, 4096), (3, 227)), num_classes, init, seed, dropout, dropout_variant,
-                 lrn, tuple(pool), activation)
-    return _finish(net, "alexnet", num_classes, *SIZES["alexnet"], options)
 
+    ARCH = "alexnet"
+    FCS = (4096, 4096)
 
-def AlexNetSmall(num_classes=10, init="paper", seed=0, dropout=0.5, dropout_variant="inverted", groups=2,
+    @staticmethod
+    def convs(groups):
+        """Per conv layer: (out channels, kernel, stride, padding, groups, LRN after it, pool after it)."""
+        return [(96, 11, 4, 0, 1, True, True),
+                (256, 5, 1, 2, groups, True, True),
+                (384, 3, 1, 1, 1, False, False),
+                (384, 3, 1, 1, groups, False, False),
+                (256, 3, 1, 1, groups, False, True)]
+
+    def __init__(self, num_classes=1000, groups=2, init="paper", seed=0, dropout=0.5, dropout_variant="inverted",
                  lrn=True, pool=(3, 2), activation="relu"):
+        Network.check_num_classes(num_classes)
+        check_options(groups, pool, activation)
+        input_size, resize_size = SIZES[self.ARCH]
+        layers, names = _layers((self.convs(groups), self.FCS, (3, input_size)), num_classes, dropout,
+                                dropout_variant, lrn, tuple(pool), activation, seed)
+        super().__init__(layers, names, arch=self.ARCH, num_classes=num_classes, input_size=input_size,
+                         resize_size=resize_size,
+                         options=dict(groups=groups, lrn=lrn, pool=tuple(pool), activation=activation))
+        init_weights(self, init, seed)
+
+
+class AlexNetSmall(AlexNet):
     """AlexNet's layer sequence for 64x64 inputs (resize 73, crop 64): ~14M multiply-adds/image."""
-    _check_classes(num_classes)
-    check_options(groups, pool, activation)
-    convs = [(32, 5, 2, 2, 1, True, True),        # 64 -> 32 -> pool 15
-             (64, 5, 1, 2, groups, True, True),   # 15 -> pool 7
-             (96, 3, 1, 1, 1, False, False),
-             (96, 3, 1, 1, groups, False, False),
-             (64, 3, 1, 1, groups, False, True)]  # 7 -> pool 3
-    options = dict(groups=groups, lrn=lrn, pool=tuple(pool), activation=activation)
-    net = _build((convs, (256, 256), (3, 64)), num_classes, init, seed, dropout, dropout_variant,
-                 lrn, tuple(pool), activation)
-    return _finish(net, "alexnet-small", num_classes, *SIZES["alexnet-small"], options)
+
+    ARCH = "alexnet-small"
+    FCS = (256, 256)
+
+    @staticmethod
+    def convs(groups):
+        return [(32, 5, 2, 2, 1, True, True),          # 64 -> 32 -> pool 15
+                (64, 5, 1, 2, groups, True, True),     # 15 -> pool 7
+                (96, 3, 1, 1, 1, False, False),
+                (96, 3, 1, 1, groups, False, False),
+                (64, 3, 1, 1, groups, False, True)]    # 7 -> pool 3
+
+    def __init__(self, num_classes=10, init="paper", seed=0, dropout=0.5, dropout_variant="inverted", groups=2,
+                 lrn=True, pool=(3, 2), activation="relu"):
+        super().__init__(num_classes, groups, init, seed, dropout, dropout_variant, lrn, pool, activation)
 
 
 def tiny_alexnet(num_classes=5, seed=0, dropout_variant="inverted"):
@@ -148,6 +152,6 @@ def tiny_alexnet(num_classes=5, seed=0, dropout_variant="inverted"):
     names = ["conv1", "relu1", "lrn1", "pool1", "conv2", "relu2", "lrn2", "pool2", "conv3", "relu3",
              "conv4", "relu4", "conv5", "relu5", "pool5", "flatten", "fc6", "relu6", "drop6", "fc7",
              "relu7", "drop7", "fc8"]
-    net = Sequential(layers, names)
+    net = Network(layers, names, arch="tiny-alexnet", num_classes=num_classes, input_size=31, resize_size=31)
     init_weights(net, "he", seed)
     return net

@@ -15,26 +15,26 @@ normalization between its layers, since the figure is about the nonlinearity alo
 weights for one seed (the init draws the same numbers whatever the nonlinearity).
 """
 from alexnet.engine.init import init_weights
-from alexnet.engine.net import Sequential
 from alexnet.layers import Conv2d, Dense, Flatten, MaxPool2d
 from alexnet.models.alexnet import ACTIVATIONS
+from alexnet.models.network import Network
 
 SIZES = (32, 36)          # 32x32 crops (CIFAR-10's size) of images brought to 36x36
 
 
-def ConvNet4(num_classes=10, activation="relu", init="he", seed=0):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"ConvNet4: activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-    act = ACTIVATIONS[activation]
-    layers, names, in_ch = [], [], 3
-    for i, out in enumerate((32, 32, 64), start=1):
-        layers += [Conv2d(in_ch, out, 5, padding=2), act(), MaxPool2d(3, 2)]
-        names += [f"conv{i}", f"{activation}{i}", f"pool{i}"]
-        in_ch = out
-    layers += [Flatten(), Dense(64 * 3 * 3, num_classes)]
-    names += ["flatten", "fc4"]
-    net = Sequential(layers, names)
-    init_weights(net, init, seed)
-    net.arch, net.num_classes, (net.input_size, net.resize_size) = "convnet4", num_classes, SIZES
-    net.options = {"activation": activation}
-    return net
+class ConvNet4(Network):
+    def __init__(self, num_classes=10, activation="relu", init="he", seed=0):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"ConvNet4: activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        Network.check_num_classes(num_classes)
+        act = ACTIVATIONS[activation]
+        layers, names, in_ch = [], [], 3
+        for i, out in enumerate((32, 32, 64), start=1):
+            layers += [Conv2d(in_ch, out, 5, padding=2), act(), MaxPool2d(3, 2)]
+            names += [f"conv{i}", f"{activation}{i}", f"pool{i}"]
+            in_ch = out
+        layers += [Flatten(), Dense(64 * 3 * 3, num_classes)]
+        names += ["flatten", "fc4"]
+        super().__init__(layers, names, arch="convnet4", num_classes=num_classes, input_size=SIZES[0],
+                         resize_size=SIZES[1], options={"activation": activation})
+        init_weights(self, init, seed)

@@ -22,8 +22,8 @@ The weights expect torchvision's input normalisation; an imported checkpoint fol
 (docs/weights.md).
 """
 from alexnet.engine.init import init_weights
-from alexnet.engine.net import Sequential
 from alexnet.layers import AdaptiveAvgPool2d, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU
+from alexnet.models.network import Network
 
 ARCH = "alexnet-tv"
 # (out channels, kernel, stride, padding, max-pool after it)
@@ -33,30 +33,31 @@ POOL_GRID = 6
 SIZES = (224, 256)        # torchvision's preprocessing: resize to 256, 224x224 centre crop
 
 
-def AlexNetTV(num_classes=1000, init="paper", seed=0, dropout=0.5, dropout_variant="inverted"):
+class AlexNetTV(Network):
     """torchvision's AlexNet (torchvision.models.alexnet) on our layers; 224x224 inputs."""
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    layers, names, in_ch = [], [], 3
-    for i, (out, k, s, p, pool) in enumerate(CONVS, start=1):
-        layers += [Conv2d(in_ch, out, k, stride=s, padding=p), ReLU()]
-        names += [f"conv{i}", f"relu{i}"]
-        if pool:
-            layers.append(MaxPool2d(3, 2))
-            names.append(f"pool{i}")
-        in_ch = out
-    layers += [AdaptiveAvgPool2d(POOL_GRID), Flatten()]
-    names += ["avgpool", "flatten"]
-    features = in_ch * POOL_GRID * POOL_GRID
-    for j, width in ((6, 4096), (7, 4096)):
-        # the same dropout seeds as models/alexnet.py gives its drop6 / drop7
-        layers += [Dropout(dropout, seed=seed * 1000 + j, variant=dropout_variant), Dense(features, width), ReLU()]
-        names += [f"drop{j}", f"fc{j}", f"relu{j}"]
-        features = width
-    layers.append(Dense(features, num_classes))
-    names.append("fc8")
-    net = Sequential(layers, names)
-    init_weights(net, init, seed)
-    net.arch, net.num_classes, (net.input_size, net.resize_size) = ARCH, num_classes, SIZES
-    net.options = {}          # no architecture options (models/alexnet.py's groups, lrn, pool, activation)
-    return net
+
+    def __init__(self, num_classes=1000, init="paper", seed=0, dropout=0.5, dropout_variant="inverted"):
+        Network.check_num_classes(num_classes)
+        layers, names, in_ch = [], [], 3
+        for i, (out, k, s, p, pool) in enumerate(CONVS, start=1):
+            layers += [Conv2d(in_ch, out, k, stride=s, padding=p), ReLU()]
+            names += [f"conv{i}", f"relu{i}"]
+            if pool:
+                layers.append(MaxPool2d(3, 2))
+                names.append(f"pool{i}")
+            in_ch = out
+        layers += [AdaptiveAvgPool2d(POOL_GRID), Flatten()]
+        names += ["avgpool", "flatten"]
+        features = in_ch * POOL_GRID * POOL_GRID
+        for j, width in ((6, 4096), (7, 4096)):
+            # the same dropout seeds as models/alexnet.py gives its drop6 / drop7
+            layers += [Dropout(dropout, seed=seed * 1000 + j, variant=dropout_variant), Dense(features, width),
+                       ReLU()]
+            names += [f"drop{j}", f"fc{j}", f"relu{j}"]
+            features = width
+        layers.append(Dense(features, num_classes))
+        names.append("fc8")
+        # no architecture options (models/alexnet.py's groups, lrn, pool, activation)
+        super().__init__(layers, names, arch=ARCH, num_classes=num_classes, input_size=SIZES[0],
+                         resize_size=SIZES[1])
+        init_weights(self, init, seed)

@@ -26,7 +26,7 @@ def train64(data, out, steps, batch):
     world = distributed.connect()
     cfg = small_config(data, batch_size=int(batch), dropout=0.5, log_every=1)
     trainer = Trainer(cfg, out, stop_after_steps=int(steps), progress=False,
-                      parallel=distributed.strategy(world, "data", "cpu"))
+                      strategy=distributed.strategy(world, "data", "cpu"))
     trainer.model.astype(np.float64)
     trainer.optimizer = SGD(trainer.model, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                             rescale_velocity=cfg.rescale_velocity)
@@ -89,7 +89,7 @@ def misbehave(mode, at, argv):
     real = trainer.Trainer._train_step
 
     def step(self, x, labels, count):
-        if self.par.world.rank == 1 and self.step == at:
+        if self.strategy.world.rank == 1 and self.step == at:
             self.model.forward(x, train=True)
             if mode == "die-at":
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from alexnet.app import checkpoint as ckpt
+from alexnet.app import files
 from alexnet.app.errors import UserError
 
 
@@ -46,7 +47,7 @@ def test_failed_write_never_replaces_the_good_checkpoint(tmp_path, monkeypatch):
     arrays, meta = ckpt.load(path)
     assert meta["step"] == 1 and (arrays["model/conv1.W"] == 1.0).all()
     assert os.listdir(tmp_path) == ["c.npz"]  # the temp file was removed
-    assert os.stat(path).st_mode & 0o777 == 0o666 & ~ckpt._umask()
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~files._umask()
 
 
 def test_stray_temp_file_from_a_killed_write_is_ignored(tmp_path):

@@ -19,6 +19,7 @@ import pytest
 
 from alexnet.app import checkpoint as ckpt
 from alexnet.app.data import FolderSource, TrainBatches, list_classes, scan_split
+from alexnet.app.preprocess import Preprocessing
 from conftest import make_folder, small_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -284,11 +285,11 @@ def test_any_split_of_a_batch_sees_the_pixels_of_the_whole_batch(data):
     classes = list_classes(os.path.join(data, "train"))
     paths, labels, _ = scan_split(os.path.join(data, "train"), classes)
     source = FolderSource(paths, labels, 32)
-    mean = np.full((1, 1, 3), 120, np.float32)
+    prep = Preprocessing(np.full((1, 1, 3), 120, np.float32), 1.0, 32, 28)
     for b in range(2):
-        whole = TrainBatches(source, 16, 28, mean, seed=5, epoch=1)(b)
+        whole = TrainBatches(source, 16, prep, seed=5, epoch=1)(b)
         for ranks in (2, 3):
-            parts = [TrainBatches(source, 16, 28, mean, seed=5, epoch=1, part=(r, ranks))(b) for r in range(ranks)]
+            parts = [TrainBatches(source, 16, prep, seed=5, epoch=1, part=(r, ranks))(b) for r in range(ranks)]
             np.testing.assert_array_equal(np.concatenate([x for x, _ in parts]), whole[0])
             np.testing.assert_array_equal(np.concatenate([y for _, y in parts]), whole[1])
 

@@ -58,11 +58,11 @@ def test_neighbors_of_a_training_image_start_with_itself(run, tmp_path, capsys):
     # and by the numbers: the nearest is the query itself, at distance 0
     from alexnet.app.checkpoint import load_model
     from alexnet.app.data import open_dataset
-    from alexnet.app.inspect import _decode_all, _inputs, _train_crops_and_features
-    model, meta, mean = load_model(ckpt)
+    from alexnet.app.inspect import _train_crops_and_features
+    model, meta, prep = load_model(ckpt)
     ds = open_dataset(data, model.resize_size)
-    feats, _, crops, _ = _train_crops_and_features(model, ds, mean, meta["input_scale"], 1000, 4)
-    x, query_crop = _inputs(_decode_all([query], model.resize_size), model, mean, meta["input_scale"])
+    feats, _, crops, _ = _train_crops_and_features(model, ds, prep, 1000, 4)
+    x, query_crop = prep.inputs(prep.decode([query]))
     own = hidden_features(model, x)
     idx, dist = nearest(own, feats, 2)
     np.testing.assert_array_equal(crops[idx[0, 0]], query_crop[0])

@@ -12,8 +12,9 @@ from conftest import max_rel_diff
 from alexnet.app import checkpoint
 from alexnet.app.cli import main
 from alexnet.app.onnx_export import IR_VERSION, OPSET, to_onnx
-from alexnet.engine.net import Sequential
+from alexnet.app.preprocess import Preprocessing
 from alexnet.layers import AdaptiveAvgPool2d, Conv2d, Dense, Flatten, ReLU
+from alexnet.models.network import Network
 from alexnet.models.registry import build_model
 
 onnx = pytest.importorskip("onnx", reason="the ONNX export needs onnx (pip install -e '.[onnx]')")
@@ -28,7 +29,8 @@ def run_onnx(proto, x):
 def check_against_ours(model, rng, meta=None, batch=2):
     S = model.input_size
     x = rng.standard_normal((batch, 3, S, S)).astype(np.float32) * 30
-    proto = to_onnx(model, meta or {}, np.zeros((1, 1, 3), np.float32))
+    prep = Preprocessing(np.zeros((1, 1, 3), np.float32), 1.0, model.resize_size, model.input_size)
+    proto = to_onnx(model, meta or {}, prep)
     logits, probs = run_onnx(proto, x)
     ours = model.forward(x)
     err = max_rel_diff(logits, ours)
@@ -60,12 +62,12 @@ def test_paper_dropout_and_an_uneven_adaptive_pool(rng):
     small = build_model("alexnet-small", 7, init="he", seed=1, dropout=0.4, dropout_variant="paper")
     proto, _ = check_against_ours(small, rng)
     assert [n.op_type for n in proto.graph.node].count("Mul") == 2
-    net = Sequential([Conv2d(3, 4, 3, padding=1), ReLU(), AdaptiveAvgPool2d((3, 2)), Flatten(), Dense(24, 5)],
-                     ["conv1", "relu1", "avgpool", "flatten", "fc"])
+    net = Network([Conv2d(3, 4, 3, padding=1), ReLU(), AdaptiveAvgPool2d((3, 2)), Flatten(), Dense(24, 5)],
+                  ["conv1", "relu1", "avgpool", "flatten", "fc"], arch="tiny", num_classes=5, input_size=7,
+                  resize_size=8)
     for layer in (net["conv1"], net["fc"]):
         for key, p in layer.params.items():
             layer.params[key] = rng.standard_normal(p.shape).astype(np.float32)
-    net.arch, net.num_classes, net.input_size, net.resize_size = "tiny", 5, 7, 8
     proto, _ = check_against_ours(net, rng, meta={"classes": list("abcde")})
     assert [n.op_type for n in proto.graph.node].count("MatMul") == 2
 
@@ -91,8 +93,8 @@ def test_cli_export_writes_a_checked_model_with_its_normalisation(tmp_path, caps
     pixels = rng.uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
     x = ((pixels - np.array(json.loads(props["mean_rgb"]), np.float32)) * np.float32(props["input_scale"]))
     x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    loaded, meta, ckpt_mean = checkpoint.load_model(str(ckpt))
-    ours = loaded.forward(((pixels - ckpt_mean) * np.float32(meta["input_scale"])).transpose(0, 3, 1, 2))
+    loaded, meta, prep = checkpoint.load_model(str(ckpt))
+    ours = loaded.forward(((pixels - prep.mean) * np.float32(prep.input_scale)).transpose(0, 3, 1, 2))
     assert max_rel_diff(run_onnx(proto, x)[0], ours) < 1e-5
 
 

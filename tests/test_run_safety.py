@@ -227,7 +227,12 @@ def test_saves_inside_an_epoch_read_the_deferred_losses_first(tiny, tmp_path):
     t = Trainer(_config(tiny, log_every=50, save_every="3"), nan_run, progress=False, log=lambda m: None)
     t.read_every_step = False
     real = t.criterion.forward
-    t.criterion.forward = lambda logits, labels: float("nan") if t.step == 1 else real(logits, labels)
+
+    def nan_at_step_2(logits, labels):
+        loss = real(logits, labels)                   # backward needs the cache of a real forward
+        return float("nan") if t.step == 1 else loss
+
+    t.criterion.forward = nan_at_step_2
     with pytest.raises(UserError, match="the mean loss of steps 1-3 became nan at epoch 1; stopped without saving"):
         t.run()
     assert not os.path.exists(os.path.join(nan_run, "checkpoints"))

@@ -1,0 +1,103 @@
+"""What a training checkpoint holds, and how a run is continued from one.
+
+A resumed run ends with the same bits as one that never stopped (app/trainer.py says why that
+holds), so a checkpoint holds everything the computation depends on:
+
+    model/<layer>.<param>      the weights (the two towers' halves joined: the one-model layout)
+    optim/<layer>.<param>      the momentum buffers
+    data/mean + metadata       how images become inputs (app/preprocess.py)
+    position                   epoch, batch inside it, global step, the best epoch so far
+    epoch_stats                the finished steps' totals of a run stopped mid-epoch
+    lr, schedule, rng          the learning rate, the schedule's state, the dropout layers' counters
+    layer_lr_mults             fine-tuning's per-layer learning-rate multipliers
+    config, classes, ...       the run's settings and what it was trained on, to refuse a resume
+                               that would not be exact (other classes, another number of images)
+"""
+import dataclasses
+import time
+
+import numpy as np
+
+from alexnet.app import checkpoint as ckpt
+from alexnet.app.errors import UserError
+
+
+@dataclasses.dataclass
+class Position:
+    """Where a run is: the epoch, the next batch of it, the global step, and the best validation
+    top-1 so far (best.npz is that epoch's checkpoint)."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best_top1: float = -1.0
+    best_epoch: int = 0
+
+
+def capture(weights, velocity, trainer, val=None):
+    """(arrays, meta) of a checkpoint of `trainer` at its position, given the whole model's weights
+    and momentum buffers (the strategy gathers them)."""
+    from alexnet.engine import backend
+
+    prep_arrays, prep_meta = trainer.prep.to_checkpoint()
+    arrays = {f"model/{k}": v for k, v in weights.items()}
+    arrays.update({f"optim/{k}": backend.to_numpy(v) for k, v in velocity.items()})
+    arrays.update(prep_arrays)
+    model, config, pos = trainer.model, trainer.config, trainer.position
+    meta = {
+        "arch": model.arch, "num_classes": model.num_classes, "classes": trainer.dataset.classes, **prep_meta,
+        "dropout": config.dropout, "dropout_variant": config.dropout_variant, "model_options": config.model_options(),
+        **dataclasses.asdict(pos),
+        "ranks": trainer.strategy.world.size, "parallel": config.parallel,
+        "lr": trainer.optimizer.lr, "schedule": trainer.schedule.state_dict(), "rng": model.rng_state(),
+        "layer_lr_mults": trainer.optimizer.layer_lr_mults,
+        "data_seed": config.seed, "train_size": len(trainer.dataset.train),
+        "epoch_stats": trainer.stats.epoch, "val": val, "config": config.to_json(),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return arrays, meta
+
+
+def check_resumable(path, arrays, meta, model, dataset, config):
+    """Refuse, naming the difference, a checkpoint this run cannot continue exactly from."""
+    from alexnet.app.data import class_difference
+
+    ckpt.check_model(path, meta, ckpt.split(arrays, "model"), model)
+    if meta.get("classes") != dataset.classes:
+        raise UserError(f"checkpoint {path} was trained on other classes than {config.data} "
+                        f"({class_difference(meta.get('classes') or [], dataset.classes, 'the checkpoint', 'the data')})")
+    if meta.get("train_size") != len(dataset.train):
+        raise UserError(f"checkpoint {path} was trained on {meta.get('train_size')} images, "
+                        f"{config.data} now has {len(dataset.train)}: resume would not be exact")
+    bad = non_finite(arrays)
+    if bad:
+        raise UserError(f"checkpoint {path} has non-finite weights ({bad}): the run had already diverged "
+                        f"when it was saved; resume from an earlier checkpoint with a lower --lr")
+
+
+def restore_model(arrays, meta, model):
+    """The checkpoint's weights and dropout counters into `model` (the whole one, before a
+    strategy cuts it); returns the position and the epoch's statistics so far."""
+    model.load_state_dict(ckpt.split(arrays, "model"))
+    model.set_rng_state(meta["rng"])
+    names = {f.name for f in dataclasses.fields(Position)}
+    position = Position(**{k: meta[k] for k in names if k in meta})
+    return position, meta["epoch_stats"]
+
+
+def restore_optimizer(arrays, meta, optimizer, schedule, own_tensors):
+    """The momentum buffers (this rank's part: `own_tensors`), learning rate and schedule."""
+    optimizer.load_state_dict({"lr": meta["lr"], "velocity": own_tensors(ckpt.split(arrays, "optim"))})
+    schedule.load_state_dict(meta["schedule"])
+
+
+def non_finite(arrays):
+    """'conv1.W: 12 of 34848 NaN/inf, ...' for the weights and momentum buffers that are not all
+    finite; '' when every one is."""
+    bad = []
+    for name, a in arrays.items():
+        if name.startswith(("model/", "optim/")) and np.issubdtype(a.dtype, np.floating):
+            count = a.size - int(np.count_nonzero(np.isfinite(a)))
+            if count:
+                bad.append(f"{name}: {count} of {a.size} NaN/inf")
+    return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
