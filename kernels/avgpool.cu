@@ -32,7 +32,7 @@ struct AvgQR {
     int q, r;
 };
 
-// The only division: once per thread, before the loops.
+// The pair of v. It divides: only before the loops.
 __device__ __forceinline__ AvgQR avg_divmod(int v, int d) {
     const int q = v / d;
     return {q, v - q * d};

@@ -1,5 +1,5 @@
 // Convolution as a matrix product (im2col), plus the bias kernels it needs around the product.
-// The products themselves run in cuBLAS through cupy.matmul (kernels/dispatch.py):
+// The products themselves run in cuBLAS through cupy.matmul (layers/conv.py):
 //
 //   col  = im2col(x)                         (C*KH*KW, N*OH*OW)
 //   y_g  = W_g @ col_g      per group g       (OC/G, N*OH*OW), all groups in one batched matmul
@@ -45,7 +45,7 @@ struct ConvQR {
     int q, r;
 };
 
-// The only division: once per thread, before the loops. Floor division, so that a negative v (a
+// The pair of v. It divides: only before the loops. Floor division, so that a negative v (a
 // move backwards) also gets 0 <= r < d.
 __device__ __forceinline__ ConvQR conv_divmod(int v, int d) {
     const int q = v / d;
@@ -69,10 +69,10 @@ __device__ __forceinline__ ConvQR conv_add(ConvQR a, ConvQR b, int d) {
 }
 
 // One thread per (c, output pixel q): j = c*NQ + q, q = (n*OH + oh)*OW + ow, grid-stride. It
-// writes the KH*KW entries of column q in rows c*KH*KW .. (c+1)*KH*KW - 1, so the decomposition of
-// j is shared by KH*KW writes, and the (kh, kw) loops step through the window without dividing.
-// Adjacent threads take adjacent columns: every write of a warp is one coalesced row segment.
-// Padding reads as 0.
+// writes the KH*KW entries of column q in rows c*KH*KW .. (c+1)*KH*KW - 1, stepping through the
+// window and down the rows by additions, so the digits (c, n, oh, ow) it carries serve KH*KW
+// writes. Adjacent threads take adjacent columns: every write of a warp is one coalesced row
+// segment. Padding reads as 0.
 extern "C" __global__ void conv_im2col(const float* __restrict__ x, float* __restrict__ col, int N, int C,
                                        int H, int W, int KH, int KW, int S, int P, int OH, int OW) {
     const int NQ = N * OH * OW;
@@ -120,7 +120,8 @@ extern "C" __global__ void conv_col2im(const float* __restrict__ col, float* __r
     const int s_w = conv_digit(rest, W), s_h = conv_digit(rest, H), s_c = conv_digit(rest, C), s_n = rest;
     ConvQR hp = conv_divmod(h + P, S), wp = conv_divmod(w + P, S);  // (oh_top, kh_top), (ow_top, kw_top)
     // what the pairs move by: the stride's digit, one row (a carry in), back one plane or row (a wrap)
-    const ConvQR hp_step = conv_divmod(s_h, S), wp_step = conv_divmod(s_w, S), hp_one = {S == 1, S != 1};  // 1 = 1*S + 0 or 0*S + 1
+    const ConvQR hp_step = conv_divmod(s_h, S), wp_step = conv_divmod(s_w, S);
+    const ConvQR hp_one = {S == 1, S != 1};  // 1 = 1*S + 0 or 0*S + 1
     const ConvQR hp_wrap = conv_divmod(-H, S), wp_wrap = conv_divmod(-W, S);
     for (; i < total; i += stride) {
         const float* src = col + (c * KH * KW) * NQ + n * OH * OW;  // row (c, 0, 0), image n's first column

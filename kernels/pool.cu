@@ -33,7 +33,7 @@ struct PoolQR {
     int q, r;
 };
 
-// The only division: once per thread, before the loops. Floor division, so that a negative v (a
+// The pair of v. It divides: only before the loops. Floor division, so that a negative v (a
 // move backwards) also gets 0 <= r < d.
 __device__ __forceinline__ PoolQR pool_divmod(int v, int d) {
     const int q = v / d;
@@ -112,7 +112,8 @@ extern "C" __global__ void maxpool_backward(const float* __restrict__ dout,
     const int s_w = pool_digit(rest, W), s_h = pool_digit(rest, H), s_nc = rest;
     PoolQR hs = pool_divmod(h, S), ws = pool_divmod(w, S);  // (hq, hr), (wq, wr)
     // what the pairs move by: the stride's digit, one row (a carry in), back one plane or row (a wrap)
-    const PoolQR hs_step = pool_divmod(s_h, S), ws_step = pool_divmod(s_w, S), hs_one = {S == 1, S != 1};  // 1 = 1*S + 0 or 0*S + 1
+    const PoolQR hs_step = pool_divmod(s_h, S), ws_step = pool_divmod(s_w, S);
+    const PoolQR hs_one = {S == 1, S != 1};  // 1 = 1*S + 0 or 0*S + 1
     const PoolQR hs_wrap = pool_divmod(-H, S), ws_wrap = pool_divmod(-W, S);
     for (; i < total; i += stride) {
         const float* d = dout + nc * OH * OW;

@@ -282,7 +282,8 @@ def test_no_integer_division_inside_a_loop():
             bad.append(f"{kernel} ({file}.cu): {total} integer div/rem, more than {bound}")
     lines.append(f"{'all':24} {sum(r[2] for r in rows):7} {sum(r[3] for r in rows):8}")
     table = "\n".join(lines)
-    print(f"\ninteger div/rem per kernel in the PTX (NVRTC {'.'.join(map(str, nvrtc_version()))}, {PTX_ARCH}):\n{table}")
+    version = ".".join(map(str, nvrtc_version()))
+    print(f"\ninteger div/rem per kernel in the PTX (NVRTC {version}, {PTX_ARCH}):\n{table}")
     assert not bad, "\n".join(bad) + "\n" + table
     assert {k for _, k, _, _ in rows} >= set(DIVISIONS_BEFORE_LOOPS)
 
