@@ -83,7 +83,7 @@ extern "C" __global__ void avgpool_forward(const float* __restrict__ x, float* _
         ow += s_ow;
         w_start = avg_add(w_start, w_step, OW);
         const int carry_w = avg_carry(ow, OW);
-        if (carry_w) w_start.q -= W;  // back OW bins: OW*W / OW = W rows exactly
+        if (carry_w) w_start.q -= W;  // back OW bins: OW*W / OW = W columns exactly
         oh += s_oh + carry_w;
         h_start = avg_add(h_start, h_step, OH);
         if (carry_w) h_start = avg_add(h_start, h_one, OH);
