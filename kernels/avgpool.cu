@@ -4,58 +4,175 @@
 // likewise, so neighbouring bins may overlap and OH > H repeats rows. Layout NCHW, contiguous; the
 // N*C planes are independent, so both kernels index planes as nc. No cache: the layer is linear.
 // 256 threads per block (kernels/ops.py), untuned; run on an H200 by the checks, not timed.
+//
+// Index arithmetic. A GPU has no integer divider: `v / d` or `v % d` by a d known only at run time
+// compiles to about 20 instructions (docs/kernels.md). So no loop here divides: each thread splits
+// its first index and the grid stride into digits once, before its loop, and the loop adds the
+// stride's digits to its own with carries, as in written addition. The bin edges, quotients such
+// as oh*H / OH, are carried the same way, as quotient-remainder pairs moved by precomputed pairs.
 
-__device__ __forceinline__ int bin_start(int i, int size, int out_size) { return (i * size) / out_size; }
-
-__device__ __forceinline__ int bin_end(int i, int size, int out_size) {
-    return ((i + 1) * size + out_size - 1) / out_size;
+// The lowest digit of v in base `radix`, leaving the rest in v. It divides: only before the loops.
+__device__ __forceinline__ int avg_digit(int& v, int radix) {
+    const int rest = v / radix;
+    const int digit = v - rest * radix;
+    v = rest;
+    return digit;
 }
 
-// One thread per output element (nc, oh, ow), grid-stride: the mean of its bin.
+// A digit that may have reached its radix after an addition: brought back under it, returning the
+// carry into the next digit. Both addends are below the radix, so one subtraction always suffices.
+__device__ __forceinline__ int avg_carry(int& digit, int radix) {
+    const int carry = digit >= radix;
+    if (carry) digit -= radix;
+    return carry;
+}
+
+// v = q*d + r with 0 <= r < d, for a divisor d fixed for the whole launch.
+struct AvgQR {
+    int q, r;
+};
+
+// The pair of v. It divides: only before the loops.
+__device__ __forceinline__ AvgQR avg_divmod(int v, int d) {
+    const int q = v / d;
+    return {q, v - q * d};
+}
+
+// (a + b) as a pair, from the pairs of a and b: two additions and one compare.
+__device__ __forceinline__ AvgQR avg_add(AvgQR a, AvgQR b, int d) {
+    a.q += b.q;
+    a.r += b.r;
+    if (a.r >= d) {
+        a.r -= d;
+        ++a.q;
+    }
+    return a;
+}
+
+// The end of a bin, ceil((i+1)*size / out_size), from its start i*size / out_size as a pair and
+// `one` = size / out_size as a pair.
+__device__ __forceinline__ int avg_bin_end(AvgQR start, AvgQR one, int out_size) {
+    const AvgQR next = avg_add(start, one, out_size);
+    return next.q + (next.r > 0);
+}
+
+// One thread per output element i = (nc*OH + oh)*OW + ow, grid-stride: the mean of its bin. The
+// thread carries its digits and its bin's first row and column, oh*H / OH and ow*W / OW, as pairs.
 extern "C" __global__ void avgpool_forward(const float* __restrict__ x, float* __restrict__ out, int NC,
                                            int H, int W, int OH, int OW) {
     const int total = NC * OH * OW;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const int nc = i / (OH * OW);
-        const int q = i - nc * OH * OW;
-        const int oh = q / OW;
-        const int ow = q - oh * OW;
-        const int h0 = bin_start(oh, H, OH), h1 = bin_end(oh, H, OH);
-        const int w0 = bin_start(ow, W, OW), w1 = bin_end(ow, W, OW);
+    const int stride = blockDim.x * gridDim.x;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int rest = i;
+    int ow = avg_digit(rest, OW), oh = avg_digit(rest, OH), nc = rest;
+    rest = stride;
+    const int s_ow = avg_digit(rest, OW), s_oh = avg_digit(rest, OH), s_nc = rest;
+    AvgQR h_start = avg_divmod(oh * H, OH), w_start = avg_divmod(ow * W, OW);
+    // what the starts move by: the stride's digit of bins, one bin (also a carry in)
+    const AvgQR h_step = avg_divmod(s_oh * H, OH), w_step = avg_divmod(s_ow * W, OW);
+    const AvgQR h_one = avg_divmod(H, OH), w_one = avg_divmod(W, OW);
+    for (; i < total; i += stride) {
+        const int h0 = h_start.q, h1 = avg_bin_end(h_start, h_one, OH);
+        const int w0 = w_start.q, w1 = avg_bin_end(w_start, w_one, OW);
         const float* plane = x + nc * H * W;
         float sum = 0.0f;
         for (int h = h0; h < h1; ++h) {
             for (int w = w0; w < w1; ++w) sum += plane[h * W + w];
         }
         out[i] = sum / (float)((h1 - h0) * (w1 - w0));
+        ow += s_ow;
+        w_start = avg_add(w_start, w_step, OW);
+        const int carry_w = avg_carry(ow, OW);
+        if (carry_w) w_start.q -= W;  // back OW bins: OW*W / OW = W columns exactly
+        oh += s_oh + carry_w;
+        h_start = avg_add(h_start, h_step, OH);
+        if (carry_w) h_start = avg_add(h_start, h_one, OH);
+        const int carry_h = avg_carry(oh, OH);
+        if (carry_h) h_start.q -= H;
+        nc += s_nc + carry_h;
     }
 }
 
-// One thread per INPUT element (nc, h, w), grid-stride: it gathers dout / |bin| from every bin that
-// contains it, instead of each output scattering into its bin with atomicAdd, so the sum order is
-// fixed and dx is bit-reproducible. Bin i contains h exactly when
-//     floor(h*OH/H) <= i <= floor(((h+1)*OH - 1)/H)
-// (from floor(i*H/OH) <= h and ceil((i+1)*H/OH) > h), which bounds the loops; the bin test inside
-// keeps them correct on its own.
+// Where input row h lies among the bins along one axis (size H -> out_size OH): first = h*OH / H,
+// the first bin holding it, and start = first.q * H / OH, that bin's first row, both as pairs.
+struct AvgAxis {
+    AvgQR first, start;
+};
+
+// What an AvgAxis moves by when h moves by d >= 0: first by d*OH / H, so first.q by that quotient
+// or, when the remainders carry, one more; start by as many bins.
+struct AvgMove {
+    AvgQR first, start;
+};
+
+__device__ __forceinline__ AvgMove avg_move(int d, int size, int out_size) {
+    const AvgQR first = avg_divmod(d * out_size, size);
+    return {first, avg_divmod(first.q * size, out_size)};
+}
+
+// `one` = size / out_size as a pair: one bin further.
+__device__ __forceinline__ void avg_axis_add(AvgAxis& a, AvgMove m, AvgQR one, int size, int out_size) {
+    const int before = a.first.q;
+    a.first = avg_add(a.first, m.first, size);
+    a.start = avg_add(a.start, m.start, out_size);
+    if (a.first.q - before > m.first.q) a.start = avg_add(a.start, one, out_size);
+}
+
+// Back by `size` rows (a wrap of the digit): exactly out_size bins, so first.q - out_size and
+// start.q - size, remainders unchanged.
+__device__ __forceinline__ void avg_axis_wrap(AvgAxis& a, int size, int out_size) {
+    a.first.q -= out_size;
+    a.start.q -= size;
+}
+
+// One thread per INPUT element i = (nc*H + h)*W + w, grid-stride: it gathers dout / |bin| from
+// every bin that contains it, instead of each output scattering into its bin with atomicAdd, so
+// the sum order is fixed and dx is bit-reproducible. Bin oh contains h exactly when
+//     floor(h*OH/H) <= oh <= floor(((h+1)*OH - 1)/H)
+// (from floor(oh*H/OH) <= h, i.e. oh*H < (h+1)*OH, and ceil((oh+1)*H/OH) > h), so the loops run
+// from the first bin holding h while oh*H < (h+1)*OH, with multiplications only; each bin's edges,
+// needed for its size, follow from the carried start by additions.
 extern "C" __global__ void avgpool_backward(const float* __restrict__ dout, float* __restrict__ dx, int NC,
                                             int H, int W, int OH, int OW) {
     const int total = NC * H * W;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const int nc = i / (H * W);
-        const int p = i - nc * H * W;
-        const int h = p / W;
-        const int w = p - h * W;
+    const int stride = blockDim.x * gridDim.x;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int rest = i;
+    int w = avg_digit(rest, W), h = avg_digit(rest, H), nc = rest;
+    rest = stride;
+    const int s_w = avg_digit(rest, W), s_h = avg_digit(rest, H), s_nc = rest;
+    const AvgQR h_one = avg_divmod(H, OH), w_one = avg_divmod(W, OW);
+    AvgAxis ah, aw;
+    ah.first = avg_divmod(h * OH, H);
+    ah.start = avg_divmod(ah.first.q * H, OH);
+    aw.first = avg_divmod(w * OW, W);
+    aw.start = avg_divmod(aw.first.q * W, OW);
+    // the moves: the stride's digit of rows or columns, and one row (a carry in)
+    const AvgMove h_step = avg_move(s_h, H, OH), w_step = avg_move(s_w, W, OW), h_next = avg_move(1, H, OH);
+    for (; i < total; i += stride) {
         const float* plane = dout + nc * OH * OW;
         float sum = 0.0f;
-        for (int oh = (h * OH) / H; oh <= ((h + 1) * OH - 1) / H; ++oh) {
-            const int h0 = bin_start(oh, H, OH), h1 = bin_end(oh, H, OH);
-            if (h < h0 || h >= h1) continue;
-            for (int ow = (w * OW) / W; ow <= ((w + 1) * OW - 1) / W; ++ow) {
-                const int w0 = bin_start(ow, W, OW), w1 = bin_end(ow, W, OW);
-                if (w < w0 || w >= w1) continue;
+        AvgQR hb = ah.start;  // bin oh's first row, as oh*H / OH
+        for (int oh = ah.first.q; oh * H < (h + 1) * OH; ++oh) {
+            const int h0 = hb.q, h1 = avg_bin_end(hb, h_one, OH);
+            AvgQR wb = aw.start;
+            for (int ow = aw.first.q; ow * W < (w + 1) * OW; ++ow) {
+                const int w0 = wb.q, w1 = avg_bin_end(wb, w_one, OW);
                 sum += plane[oh * OW + ow] / (float)((h1 - h0) * (w1 - w0));
+                wb = avg_add(wb, w_one, OW);
             }
+            hb = avg_add(hb, h_one, OH);
         }
         dx[i] = sum;
+        w += s_w;
+        avg_axis_add(aw, w_step, w_one, W, OW);
+        const int carry_w = avg_carry(w, W);
+        if (carry_w) avg_axis_wrap(aw, W, OW);
+        h += s_h + carry_w;
+        avg_axis_add(ah, h_step, h_one, H, OH);
+        if (carry_w) avg_axis_add(ah, h_next, h_one, H, OH);
+        const int carry_h = avg_carry(h, H);
+        if (carry_h) avg_axis_wrap(ah, H, OH);
+        nc += s_nc + carry_h;
     }
 }

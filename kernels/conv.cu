@@ -1,5 +1,5 @@
 // Convolution as a matrix product (im2col), plus the bias kernels it needs around the product.
-// The products themselves run in cuBLAS through cupy.matmul (kernels/dispatch.py):
+// The products themselves run in cuBLAS through cupy.matmul (layers/conv.py):
 //
 //   col  = im2col(x)                         (C*KH*KW, N*OH*OW)
 //   y_g  = W_g @ col_g      per group g       (OC/G, N*OH*OW), all groups in one batched matmul
@@ -16,67 +16,156 @@
 // All layouts contiguous. Every kernel is launched with 256 threads per block (kernels/ops.py);
 // untuned; timed per layer on an H200 (docs/benchmarks.md).
 
-// One thread per element (r, q) of col, i = r*NQ + q, grid-stride; adjacent threads write
-// adjacent columns. Padding reads as 0.
+// Index arithmetic. A GPU has no integer divider: `v / d` or `v % d` by a d known only at run time
+// compiles to about 20 instructions (a float reciprocal and corrections, docs/kernels.md), where
+// the load or store it serves is one. So no loop here divides: each thread splits its first index
+// and the grid stride into digits once, before its loop, and the loop adds the stride's digits to
+// its own with carries, as in written addition. The few quotients the loop bodies need (by the
+// stride S of the convolution, by the pixels P of a channel) are carried the same way, as a
+// quotient-remainder pair.
+
+// The lowest digit of v in base `radix`, leaving the rest in v. It divides: only before the loops.
+__device__ __forceinline__ int conv_digit(int& v, int radix) {
+    const int rest = v / radix;
+    const int digit = v - rest * radix;
+    v = rest;
+    return digit;
+}
+
+// A digit that may have reached its radix after an addition: brought back under it, returning the
+// carry into the next digit. Both addends are below the radix, so one subtraction always suffices.
+__device__ __forceinline__ int conv_carry(int& digit, int radix) {
+    const int carry = digit >= radix;
+    if (carry) digit -= radix;
+    return carry;
+}
+
+// v = q*d + r with 0 <= r < d, for a divisor d fixed for the whole launch.
+struct ConvQR {
+    int q, r;
+};
+
+// The pair of v. It divides: only before the loops. Floor division, so that a negative v (a
+// move backwards) also gets 0 <= r < d.
+__device__ __forceinline__ ConvQR conv_divmod(int v, int d) {
+    const int q = v / d;
+    ConvQR a = {q, v - q * d};
+    if (a.r < 0) {
+        a.r += d;
+        --a.q;
+    }
+    return a;
+}
+
+// (a + b) as a pair, from the pairs of a and b: two additions and one compare.
+__device__ __forceinline__ ConvQR conv_add(ConvQR a, ConvQR b, int d) {
+    a.q += b.q;
+    a.r += b.r;
+    if (a.r >= d) {
+        a.r -= d;
+        ++a.q;
+    }
+    return a;
+}
+
+// One thread per (c, output pixel q): j = c*NQ + q, q = (n*OH + oh)*OW + ow, grid-stride. It
+// writes the KH*KW entries of column q in rows c*KH*KW .. (c+1)*KH*KW - 1, stepping through the
+// window and down the rows by additions, so the digits (c, n, oh, ow) it carries serve KH*KW
+// writes. Adjacent threads take adjacent columns: every write of a warp is one coalesced row
+// segment. Padding reads as 0.
 extern "C" __global__ void conv_im2col(const float* __restrict__ x, float* __restrict__ col, int N, int C,
                                        int H, int W, int KH, int KW, int S, int P, int OH, int OW) {
     const int NQ = N * OH * OW;
-    const int total = C * KH * KW * NQ;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const int r = i / NQ;
-        const int q = i - r * NQ;
-        const int kw = r % KW;
-        const int kh = (r / KW) % KH;
-        const int c = r / (KW * KH);
-        const int ow = q % OW;
-        const int oh = (q / OW) % OH;
-        const int n = q / (OW * OH);
-        const int h = oh * S - P + kh;
-        const int w = ow * S - P + kw;
-        col[i] = (h >= 0 && h < H && w >= 0 && w < W) ? x[((n * C + c) * H + h) * W + w] : 0.0f;
+    const int total = C * NQ;
+    const int stride = blockDim.x * gridDim.x;
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    int rest = j;
+    int ow = conv_digit(rest, OW), oh = conv_digit(rest, OH), n = conv_digit(rest, N), c = rest;
+    rest = stride;
+    const int s_ow = conv_digit(rest, OW), s_oh = conv_digit(rest, OH), s_n = conv_digit(rest, N), s_c = rest;
+    for (; j < total; j += stride) {
+        const float* plane = x + (n * C + c) * H * W;
+        float* dst = col + (c * KH * KW) * NQ + (j - c * NQ);  // row (c, 0, 0), column q; the next row is NQ on
+        const int h0 = oh * S - P, w0 = ow * S - P;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int h = h0 + kh;
+            const bool row_inside = h >= 0 && h < H;
+            for (int kw = 0; kw < KW; ++kw, dst += NQ) {
+                const int w = w0 + kw;
+                *dst = (row_inside && w >= 0 && w < W) ? plane[h * W + w] : 0.0f;
+            }
+        }
+        ow += s_ow;
+        oh += s_oh + conv_carry(ow, OW);
+        n += s_n + conv_carry(oh, OH);
+        c += s_c + conv_carry(n, N);
     }
 }
 
 // One thread per INPUT element (n, c, h, w), grid-stride: it gathers every col entry that was
 // copied from it, i.e. the (kh, kw) with h = oh*S - P + kh for an integer 0 <= oh < OH (likewise
-// w). Only kh congruent to (h + P) mod S can qualify, so the loop steps by S from there.
+// w). Writing h + P = oh_top*S + kh_top, those are kh = kh_top, kh_top + S, ... with oh = oh_top,
+// oh_top - 1, ... The thread carries (oh_top, kh_top) and (ow_top, kw_top) as pairs along with its
+// digits (n, c, h, w), so no element divides by S.
 // Gathering instead of scattering through atomicAdd keeps the sum order fixed (reproducible dx).
 extern "C" __global__ void conv_col2im(const float* __restrict__ col, float* __restrict__ dx, int N, int C,
                                        int H, int W, int KH, int KW, int S, int P, int OH, int OW) {
     const int NQ = N * OH * OW;
     const int total = N * C * H * W;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const int w = i % W;
-        const int h = (i / W) % H;
-        const int c = (i / (W * H)) % C;
-        const int n = i / (W * H * C);
+    const int stride = blockDim.x * gridDim.x;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int rest = i;
+    int w = conv_digit(rest, W), h = conv_digit(rest, H), c = conv_digit(rest, C), n = rest;
+    rest = stride;
+    const int s_w = conv_digit(rest, W), s_h = conv_digit(rest, H), s_c = conv_digit(rest, C), s_n = rest;
+    ConvQR hp = conv_divmod(h + P, S), wp = conv_divmod(w + P, S);  // (oh_top, kh_top), (ow_top, kw_top)
+    // what the pairs move by: the stride's digit, one row (a carry in), back one plane or row (a wrap)
+    const ConvQR hp_step = conv_divmod(s_h, S), wp_step = conv_divmod(s_w, S);
+    const ConvQR hp_one = {S == 1, S != 1};  // 1 = 1*S + 0 or 0*S + 1
+    const ConvQR hp_wrap = conv_divmod(-H, S), wp_wrap = conv_divmod(-W, S);
+    for (; i < total; i += stride) {
+        const float* src = col + (c * KH * KW) * NQ + n * OH * OW;  // row (c, 0, 0), image n's first column
         float sum = 0.0f;
-        for (int kh = (h + P) % S; kh < KH; kh += S) {
-            const int oh = (h + P - kh) / S;
+        for (int kh = hp.r, oh = hp.q; kh < KH && oh >= 0; kh += S, --oh) {
             if (oh >= OH) continue;
-            if (oh < 0) break;  // kh only grows, so oh only shrinks
-            for (int kw = (w + P) % S; kw < KW; kw += S) {
-                const int ow = (w + P - kw) / S;
+            for (int kw = wp.r, ow = wp.q; kw < KW && ow >= 0; kw += S, --ow) {
                 if (ow >= OW) continue;
-                if (ow < 0) break;
-                sum += col[((c * KH + kh) * KW + kw) * NQ + (n * OH + oh) * OW + ow];
+                sum += src[(kh * KW + kw) * NQ + oh * OW + ow];
             }
         }
         dx[i] = sum;
+        w += s_w;
+        wp = conv_add(wp, wp_step, S);
+        const int carry_w = conv_carry(w, W);
+        if (carry_w) wp = conv_add(wp, wp_wrap, S);
+        h += s_h + carry_w;
+        hp = conv_add(hp, hp_step, S);
+        if (carry_w) hp = conv_add(hp, hp_one, S);
+        const int carry_h = conv_carry(h, H);
+        if (carry_h) hp = conv_add(hp, hp_wrap, S);
+        c += s_c + carry_h;
+        n += s_n + conv_carry(c, C);
     }
 }
 
 // out[n, c, p] = y[c, n, p] + b[c]: adds the bias and moves the GEMM's channel-major result into
-// NCHW in one pass. One thread per OUTPUT element, grid-stride: writes coalesce, and reads do
-// too within each run of P pixels.
+// NCHW in one pass. One thread per OUTPUT element i = (n*C + c)*P + p, grid-stride, its digits
+// (n, c, p) carried across the loop (no division per element): writes coalesce, and reads do too
+// within each run of P pixels.
 extern "C" __global__ void conv_bias_forward(const float* __restrict__ y, const float* __restrict__ b,
                                              float* __restrict__ out, int N, int C, int P) {
     const int total = N * C * P;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const int p = i % P;
-        const int c = (i / P) % C;
-        const int n = i / (P * C);
+    const int stride = blockDim.x * gridDim.x;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int rest = i;
+    int p = conv_digit(rest, P), c = conv_digit(rest, C), n = rest;
+    rest = stride;
+    const int s_p = conv_digit(rest, P), s_c = conv_digit(rest, C), s_n = rest;
+    for (; i < total; i += stride) {
         out[i] = y[(c * N + n) * P + p] + b[c];
+        p += s_p;
+        c += s_c + conv_carry(p, P);
+        n += s_n + conv_carry(c, C);
     }
 }
 
@@ -105,18 +194,29 @@ extern "C" __global__ void conv_bias_backward(const float* __restrict__ dout, fl
     extern __shared__ float partials[];
     const int NP = N * P;
     const int run = (NP + slices - 1) / slices;
+    // Entry j of a channel is dout's (n, p) = (j / P, j % P): carried as a pair from the thread's
+    // first entry of its block's first run, by blockDim.x to its next entry, by gridDim.x runs to
+    // the same place in its block's next run. (Block indices past `slices` run no loop; the min
+    // keeps their unused products in range.)
+    const int first_run = (int)blockIdx.x < slices ? (int)blockIdx.x : slices;
+    const int run_step = (int)gridDim.x < slices ? (int)gridDim.x : slices;
+    const ConvQR first = conv_divmod(first_run * run + threadIdx.x, P);
+    const ConvQR next = conv_divmod(blockDim.x, P), next_run = conv_divmod(run_step * run, P);
     for (int c = blockIdx.y; c < C; c += gridDim.y) {
+        ConvQR start = first;
         for (int s = blockIdx.x; s < slices; s += gridDim.x) {
             const int end = (s + 1) * run < NP ? (s + 1) * run : NP;
             float sum = 0.0f;
+            ConvQR np = start;
             for (int j = s * run + threadIdx.x; j < end; j += blockDim.x) {
-                const int n = j / P;
-                const float v = dout[(n * C + c) * P + (j - n * P)];
+                const float v = dout[(np.q * C + c) * P + np.r];
                 dy[c * NP + j] = v;
                 sum += v;
+                np = conv_add(np, next, P);
             }
             sum = conv_block_sum(sum, partials);
             if (threadIdx.x == 0) partial[c * slices + s] = sum;
+            start = conv_add(start, next_run, P);
         }
     }
 }

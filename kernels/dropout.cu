@@ -14,7 +14,10 @@
 // is unit i = base + (e / width) * stride + e % width of the (B, stride) one; base = 0 and
 // width = stride = n is the whole tensor (i = e).
 //
-// Both kernels: one thread per element of the flattened tensor, grid-stride loop. Launched with
+// Both kernels: one thread per element of the flattened tensor, grid-stride loop. The thread splits
+// its first element and the grid stride into (row, column) = (e / width, e % width) once, before
+// the loop, and the loop adds the stride's pair with a carry, as in written addition: an integer
+// division by a run-time value costs ~20 instructions on a GPU (docs/kernels.md). Launched with
 // 256 threads per block (kernels/ops.py); untuned; timed per layer on an H200 (docs/benchmarks.md).
 
 __device__ __forceinline__ unsigned long long dropout_mix(unsigned long long z) {
@@ -23,12 +26,13 @@ __device__ __forceinline__ unsigned long long dropout_mix(unsigned long long z) 
     return z ^ (z >> 31);
 }
 
-// The same splitmix64 stream construction twice: (seed, step) picks a stream, i the element in it.
-__device__ __forceinline__ unsigned long long dropout_unit(int e, unsigned long long base, int width,
+// The unit of the element in row `row`, column `col` of the launch's (rows, width) tensor.
+__device__ __forceinline__ unsigned long long dropout_unit(int row, int col, unsigned long long base,
                                                          unsigned long long stride) {
-    return base + (unsigned long long)(e / width) * stride + (unsigned long long)(e % width);
+    return base + (unsigned long long)row * stride + (unsigned long long)col;
 }
 
+// The same splitmix64 stream construction twice: (seed, step) picks a stream, i the element in it.
 __device__ __forceinline__ bool dropout_keep(unsigned long long seed, unsigned long long step,
                                              unsigned long long i, float p) {
     const unsigned long long golden = 0x9E3779B97F4A7C15ull;
@@ -41,8 +45,18 @@ extern "C" __global__ void dropout_forward(const float* __restrict__ x, float* _
                                            unsigned long long base, int width, unsigned long long stride,
                                            unsigned long long seed, unsigned long long step, float p,
                                            float scale) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        out[i] = dropout_keep(seed, step, dropout_unit(i, base, width, stride), p) ? x[i] * scale : 0.0f;
+    const int threads = blockDim.x * gridDim.x;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int row = i / width, col = i % width;
+    const int s_row = threads / width, s_col = threads % width;
+    for (; i < n; i += threads) {
+        out[i] = dropout_keep(seed, step, dropout_unit(row, col, base, stride), p) ? x[i] * scale : 0.0f;
+        row += s_row;
+        col += s_col;
+        if (col >= width) {
+            col -= width;
+            ++row;
+        }
     }
 }
 
@@ -50,8 +64,18 @@ extern "C" __global__ void dropout_backward(const float* __restrict__ dout, floa
                                             unsigned long long base, int width, unsigned long long stride,
                                             unsigned long long seed, unsigned long long step, float p,
                                             float scale) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        dx[i] = dropout_keep(seed, step, dropout_unit(i, base, width, stride), p) ? dout[i] * scale : 0.0f;
+    const int threads = blockDim.x * gridDim.x;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int row = i / width, col = i % width;
+    const int s_row = threads / width, s_col = threads % width;
+    for (; i < n; i += threads) {
+        dx[i] = dropout_keep(seed, step, dropout_unit(row, col, base, stride), p) ? dout[i] * scale : 0.0f;
+        row += s_row;
+        col += s_col;
+        if (col >= width) {
+            col -= width;
+            ++row;
+        }
     }
 }
 

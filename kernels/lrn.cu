@@ -13,6 +13,10 @@
 // input once. Each pass is a single fused kernel: the forward writes b and keeps s and s^-beta
 // (the backward needs s for b_j / s_j and s_c^-beta; the same four arrays the NumPy path caches,
 // layers/lrn.py), the backward reads x, b, s, s^-beta, dout once and writes dx.
+// A thread needs its channel c = (i / HW) % C: it splits its first index and the grid stride into
+// (c, p) once, before the loop, and the loop adds the stride's digits with a carry, as in written
+// addition, because an integer division by a run-time value costs ~20 instructions on a GPU
+// (docs/kernels.md).
 // The window sum is recomputed per element rather than slid along c: a sliding sum subtracts
 // squares that left the window and loses precision when a large value leaves next to small ones.
 // 256 threads per block (kernels/ops.py), untuned; timed per layer on an H200 (docs/benchmarks.md).
@@ -22,8 +26,11 @@ extern "C" __global__ void lrn_forward(const float* __restrict__ x, float* __res
                                        int C, int HW, int size, float alpha, float beta, float k) {
     const int half = size / 2;
     const int total = N * C * HW;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const int c = (i / HW) % C;
+    const int stride = blockDim.x * gridDim.x;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int p = i % HW, c = i / HW % C;
+    const int s_p = stride % HW, s_c = stride / HW % C;
+    for (; i < total; i += stride) {
         const int lo = c - half < 0 ? 0 : c - half;
         const int hi = c + half > C - 1 ? C - 1 : c + half;
         const float* a = x + (i - c * HW);  // channel 0 of this (n, h, w) column; channel j at a[j*HW]
@@ -37,6 +44,13 @@ extern "C" __global__ void lrn_forward(const float* __restrict__ x, float* __res
         scale[i] = s;
         scale_pow[i] = s_pow;
         out[i] = x[i] * s_pow;
+        p += s_p;
+        c += s_c;
+        if (p >= HW) {
+            p -= HW;
+            ++c;
+        }
+        if (c >= C) c -= C;
     }
 }
 
@@ -46,8 +60,11 @@ extern "C" __global__ void lrn_backward(const float* __restrict__ x, const float
                                         int C, int HW, int size, float alpha, float beta) {
     const int half = size / 2;
     const int total = N * C * HW;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const int c = (i / HW) % C;
+    const int stride = blockDim.x * gridDim.x;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int p = i % HW, c = i / HW % C;
+    const int s_p = stride % HW, s_c = stride / HW % C;
+    for (; i < total; i += stride) {
         const int lo = c - half < 0 ? 0 : c - half;
         const int hi = c + half > C - 1 ? C - 1 : c + half;
         const int col = i - c * HW;  // offset of channel 0 in this (n, h, w) column
@@ -57,5 +74,12 @@ extern "C" __global__ void lrn_backward(const float* __restrict__ x, const float
             sum += dout[o] * out[o] / scale[o];
         }
         dx[i] = dout[i] * scale_pow[i] - 2.0f * alpha * beta * x[i] * sum;
+        p += s_p;
+        c += s_c;
+        if (p >= HW) {
+            p -= HW;
+            ++c;
+        }
+        if (c >= C) c -= C;
     }
 }

@@ -209,7 +209,8 @@ def conv_im2col(rt, x, kernel_size, stride, padding, who="conv"):
     col = rt.xp.empty((C * K * K, N * OH * OW), np.float32)
     if col.size >= INT_LIMIT:
         raise ValueError(f"{who}: the im2col matrix would have {col.size} elements; split the batch")
-    _launch(rt, "conv", "conv_im2col", col.size, (x, col, *_ints(N, C, H, W, K, K, S, P, OH, OW)))
+    # one thread per (channel, output pixel), each writing its K*K rows of the column
+    _launch(rt, "conv", "conv_im2col", C * N * OH * OW, (x, col, *_ints(N, C, H, W, K, K, S, P, OH, OW)))
     return col
 
 

@@ -5,19 +5,71 @@
 // The argmax is the offset kh*K + kw of the maximum inside its window, one byte per output
 // (K <= 16), the same cache the NumPy path keeps (layers/pool.py).
 // 256 threads per block (kernels/ops.py), untuned; timed per layer on an H200 (docs/benchmarks.md).
+//
+// Index arithmetic. A GPU has no integer divider: `v / d` or `v % d` by a d known only at run time
+// compiles to about 20 instructions (docs/kernels.md). So no loop here divides: each thread splits
+// its first index and the grid stride into digits once, before its loop, and the loop adds the
+// stride's digits to its own with carries, as in written addition; the backward carries h / S and
+// w / S the same way, as quotient-remainder pairs.
 
-// One thread per output element (nc, oh, ow), grid-stride. Writes the maximum and its window
-// offset; ties keep the first maximum in row-major window order (strict >), as layers/pool.py and
-// PyTorch do.
+// The lowest digit of v in base `radix`, leaving the rest in v. It divides: only before the loops.
+__device__ __forceinline__ int pool_digit(int& v, int radix) {
+    const int rest = v / radix;
+    const int digit = v - rest * radix;
+    v = rest;
+    return digit;
+}
+
+// A digit that may have reached its radix after an addition: brought back under it, returning the
+// carry into the next digit. Both addends are below the radix, so one subtraction always suffices.
+__device__ __forceinline__ int pool_carry(int& digit, int radix) {
+    const int carry = digit >= radix;
+    if (carry) digit -= radix;
+    return carry;
+}
+
+// v = q*d + r with 0 <= r < d, for a divisor d fixed for the whole launch.
+struct PoolQR {
+    int q, r;
+};
+
+// The pair of v. It divides: only before the loops. Floor division, so that a negative v (a
+// move backwards) also gets 0 <= r < d.
+__device__ __forceinline__ PoolQR pool_divmod(int v, int d) {
+    const int q = v / d;
+    PoolQR a = {q, v - q * d};
+    if (a.r < 0) {
+        a.r += d;
+        --a.q;
+    }
+    return a;
+}
+
+// (a + b) as a pair, from the pairs of a and b: two additions and one compare.
+__device__ __forceinline__ PoolQR pool_add(PoolQR a, PoolQR b, int d) {
+    a.q += b.q;
+    a.r += b.r;
+    if (a.r >= d) {
+        a.r -= d;
+        ++a.q;
+    }
+    return a;
+}
+
+// One thread per output element i = (nc*OH + oh)*OW + ow, grid-stride, its digits carried across
+// the loop. Writes the maximum and its window offset; ties keep the first maximum in row-major
+// window order (strict >), as layers/pool.py and PyTorch do.
 extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* __restrict__ out,
                                            unsigned char* __restrict__ argmax, int NC, int H, int W,
                                            int OH, int OW, int K, int S) {
     const int total = NC * OH * OW;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const int nc = i / (OH * OW);
-        const int q = i - nc * OH * OW;
-        const int oh = q / OW;
-        const int ow = q - oh * OW;
+    const int stride = blockDim.x * gridDim.x;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int rest = i;
+    int ow = pool_digit(rest, OW), oh = pool_digit(rest, OH), nc = rest;
+    rest = stride;
+    const int s_ow = pool_digit(rest, OW), s_oh = pool_digit(rest, OH), s_nc = rest;
+    for (; i < total; i += stride) {
         const float* window = x + nc * H * W + (oh * S) * W + ow * S;  // its top-left input element
         float best = window[0];
         int best_offset = 0;
@@ -32,34 +84,58 @@ extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* _
         }
         out[i] = best;
         argmax[i] = (unsigned char)best_offset;
+        ow += s_ow;
+        oh += s_oh + pool_carry(ow, OW);
+        nc += s_nc + pool_carry(oh, OH);
     }
 }
 
-// One thread per INPUT element (nc, h, w), grid-stride: it gathers dout from the (at most
-// ceil(K/S)^2) windows that cover it and whose argmax is this element, i.e. whose stored offset is
-// (h - oh*S)*K + (w - ow*S). Gathering instead of scattering dout through atomicAdd keeps the sum
-// order fixed, so dx is bit-reproducible. Window oh covers h when oh*S <= h <= oh*S + K - 1.
+// One thread per INPUT element i = (nc*H + h)*W + w, grid-stride: it gathers dout from the windows
+// that cover it and whose argmax is this element, i.e. whose stored offset is kh*K + kw with
+// kh = h - oh*S, kw = w - ow*S. Window oh covers h when 0 <= kh < K. Writing h = hq*S + hr, those
+// windows lie among oh = hq - span .. hq, span = (K - 1) / S, at kh = hr + span*S .. hr: a loop of
+// fixed length that skips the candidates outside the output or with kh >= K, in ascending oh (the
+// order of the sum). The thread carries (hq, hr) and (wq, wr) along with its digits, so no element
+// divides. Gathering instead of scattering dout through atomicAdd keeps the sum order fixed, so dx
+// is bit-reproducible.
 extern "C" __global__ void maxpool_backward(const float* __restrict__ dout,
                                             const unsigned char* __restrict__ argmax,
                                             float* __restrict__ dx, int NC, int H, int W, int OH,
                                             int OW, int K, int S) {
     const int total = NC * H * W;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const int nc = i / (H * W);
-        const int p = i - nc * H * W;
-        const int h = p / W;
-        const int w = p - h * W;
-        const int oh_lo = h < K ? 0 : (h - K) / S + 1;
-        const int ow_lo = w < K ? 0 : (w - K) / S + 1;
-        const int oh_hi = h / S < OH - 1 ? h / S : OH - 1;
-        const int ow_hi = w / S < OW - 1 ? w / S : OW - 1;
+    const int stride = blockDim.x * gridDim.x;
+    const int span = (K - 1) / S;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int rest = i;
+    int w = pool_digit(rest, W), h = pool_digit(rest, H), nc = rest;
+    rest = stride;
+    const int s_w = pool_digit(rest, W), s_h = pool_digit(rest, H), s_nc = rest;
+    PoolQR hs = pool_divmod(h, S), ws = pool_divmod(w, S);  // (hq, hr), (wq, wr)
+    // what the pairs move by: the stride's digit, one row (a carry in), back one plane or row (a wrap)
+    const PoolQR hs_step = pool_divmod(s_h, S), ws_step = pool_divmod(s_w, S);
+    const PoolQR hs_one = {S == 1, S != 1};  // 1 = 1*S + 0 or 0*S + 1
+    const PoolQR hs_wrap = pool_divmod(-H, S), ws_wrap = pool_divmod(-W, S);
+    for (; i < total; i += stride) {
+        const float* d = dout + nc * OH * OW;
+        const unsigned char* offsets = argmax + nc * OH * OW;
         float sum = 0.0f;
-        for (int oh = oh_lo; oh <= oh_hi; ++oh) {
-            for (int ow = ow_lo; ow <= ow_hi; ++ow) {
-                const int j = (nc * OH + oh) * OW + ow;
-                if (argmax[j] == (h - oh * S) * K + (w - ow * S)) sum += dout[j];
+        for (int oh = hs.q - span, kh = hs.r + span * S; oh <= hs.q; ++oh, kh -= S) {
+            if (oh < 0 || oh >= OH || kh >= K) continue;
+            for (int ow = ws.q - span, kw = ws.r + span * S; ow <= ws.q; ++ow, kw -= S) {
+                if (ow < 0 || ow >= OW || kw >= K) continue;
+                if (offsets[oh * OW + ow] == kh * K + kw) sum += d[oh * OW + ow];
             }
         }
         dx[i] = sum;
+        w += s_w;
+        ws = pool_add(ws, ws_step, S);
+        const int carry_w = pool_carry(w, W);
+        if (carry_w) ws = pool_add(ws, ws_wrap, S);
+        h += s_h + carry_w;
+        hs = pool_add(hs, hs_step, S);
+        if (carry_w) hs = pool_add(hs, hs_one, S);
+        const int carry_h = pool_carry(h, H);
+        if (carry_h) hs = pool_add(hs, hs_wrap, S);
+        nc += s_nc + carry_h;
     }
 }

@@ -61,14 +61,25 @@ extern "C" __global__ void softmax_xent_mean(const float* __restrict__ row_loss,
     if (blockIdx.x == 0 && threadIdx.x == 0) loss[0] = sum / (float)N;
 }
 
-// One thread per element (n, k) of dz, grid-stride. Launched with 256 threads per block;
-// untuned; timed per layer on an H200 (docs/benchmarks.md).
+// One thread per element (n, k) of dz, grid-stride. The thread splits its first element and the grid
+// stride into (n, k) once, before the loop, and the loop adds the stride's pair with a carry: an
+// integer division by a run-time value costs ~20 instructions on a GPU (docs/kernels.md).
+// Launched with 256 threads per block; untuned; timed per layer on an H200 (docs/benchmarks.md).
 extern "C" __global__ void softmax_xent_backward(const float* __restrict__ probs, const int* __restrict__ labels,
                                                  float* __restrict__ dlogits, int N, int K, float inv_n) {
     const int total = N * K;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += blockDim.x * gridDim.x) {
-        const int n = i / K;
-        const float onehot = (i - n * K) == labels[n] ? 1.0f : 0.0f;
+    const int stride = blockDim.x * gridDim.x;
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    int n = i / K, k = i % K;
+    const int s_n = stride / K, s_k = stride % K;
+    for (; i < total; i += stride) {
+        const float onehot = k == labels[n] ? 1.0f : 0.0f;
         dlogits[i] = (probs[i] - onehot) * inv_n;
+        n += s_n;
+        k += s_k;
+        if (k >= K) {
+            k -= K;
+            ++n;
+        }
     }
 }

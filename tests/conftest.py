@@ -1,5 +1,5 @@
-"""What the test files share: tolerances, image folders made on the fly, and the one small training
-run most trainer and command-line tests are built on.
+"""What the test files share: tolerances, image folders made on the fly, the one small training
+run most trainer and command-line tests are built on, and the kernel runtimes (harness_rt, rt).
 
 The small run is alexnet-small at batch 6 with the small recipe's He init and 1/64 input scale,
 one loader thread and a step record every 2 steps: a few seconds per epoch on a tiny folder.
@@ -90,4 +90,18 @@ def harness_rt():
     try:
         return backend.kernel_runtime("cpu-harness")
     except harness.HarnessUnavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module", params=["cpu-harness", "cupy"])
+def rt(request):
+    """Each kernel runtime in turn: the CPU harness (g++), then CuPy on a GPU; each skips saying why
+    when it is missing, except CuPy under ALEXNET_REQUIRE_CUDA (bench/gpu_check.sh), which fails."""
+    from alexnet.engine import backend
+    from alexnet.kernels import harness, loader
+    try:
+        return backend.kernel_runtime(request.param)
+    except (harness.HarnessUnavailable, loader.CudaUnavailable) as e:
+        if request.param == "cupy" and os.environ.get("ALEXNET_REQUIRE_CUDA"):
+            pytest.fail(f"ALEXNET_REQUIRE_CUDA is set: {e}")
         pytest.skip(str(e))

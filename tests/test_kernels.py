@@ -1,9 +1,9 @@
 """The CUDA kernels of kernels/*.cu against the NumPy layers, on every backend this machine has.
 
-One test module, a backend fixture: "cpu-harness" runs the .cu files compiled by g++ >= 12 on the
-CPU (every machine, CI included), "cupy" runs them on a GPU when one is usable; each skips with
-the reason otherwise (the CuPy one fails instead when ALEXNET_REQUIRE_CUDA is set). The numeric
-checks live in app/kernel_checks.py, shared with
+One test module, a backend fixture (`rt`, tests/conftest.py): "cpu-harness" runs the .cu files
+compiled by g++ >= 12 on the CPU (every machine, CI included), "cupy" runs them on a GPU when one
+is usable; each skips with the reason otherwise (the CuPy one fails instead when
+ALEXNET_REQUIRE_CUDA is set). The numeric checks live in app/kernel_checks.py, shared with
 `alexnet kernels --check`; the tests below them pin behaviour the numbers cannot show (mask
 reproducibility, one SGD launch, clear errors) and the CPU harness itself.
 """
@@ -26,16 +26,6 @@ from alexnet.layers import Dropout, ReLU
 from alexnet.layers.dropout import keep_mask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module", params=["cpu-harness", "cupy"])
-def rt(request):
-    try:
-        return backend.kernel_runtime(request.param)
-    except (harness.HarnessUnavailable, loader.CudaUnavailable) as e:
-        if request.param == "cupy" and os.environ.get("ALEXNET_REQUIRE_CUDA"):  # bench/gpu_check.sh
-            pytest.fail(f"ALEXNET_REQUIRE_CUDA is set: {e}")
-        pytest.skip(str(e))
 
 
 @functools.cache
