@@ -8,7 +8,8 @@
 
 // One thread per output element (nc, oh, ow), grid-stride. Writes the maximum and its window
 // offset; ties keep the first maximum in row-major window order (strict >), as layers/pool.py and
-// PyTorch do.
+// PyTorch do. A NaN is the maximum of any window that holds one (np.maximum's rule, and PyTorch's),
+// the first NaN if there are several; with `v > best` alone a NaN after the first element was lost.
 extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* __restrict__ out,
                                            unsigned char* __restrict__ argmax, int NC, int H, int W,
                                            int OH, int OW, int K, int S) {
@@ -24,7 +25,7 @@ extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* _
         for (int kh = 0; kh < K; ++kh) {
             for (int kw = 0; kw < K; ++kw) {
                 const float v = window[kh * W + kw];
-                if (v > best) {
+                if (v > best || (v != v && best == best)) {
                     best = v;
                     best_offset = kh * K + kw;
                 }
@@ -39,6 +40,8 @@ extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* _
 // ceil(K/S)^2) windows that cover it and whose argmax is this element, i.e. whose stored offset is
 // (h - oh*S)*K + (w - ow*S). Gathering instead of scattering dout through atomicAdd keeps the sum
 // order fixed, so dx is bit-reproducible. Window oh covers h when oh*S <= h <= oh*S + K - 1.
+// Every covering window's dout is multiplied by its derivative, 1 at the argmax and 0 elsewhere, as
+// the NumPy path does: a NaN or infinite dout reaches its whole window as NaN, not only the argmax.
 extern "C" __global__ void maxpool_backward(const float* __restrict__ dout,
                                             const unsigned char* __restrict__ argmax,
                                             float* __restrict__ dx, int NC, int H, int W, int OH,
@@ -57,7 +60,7 @@ extern "C" __global__ void maxpool_backward(const float* __restrict__ dout,
         for (int oh = oh_lo; oh <= oh_hi; ++oh) {
             for (int ow = ow_lo; ow <= ow_hi; ++ow) {
                 const int j = (nc * OH + oh) * OW + ow;
-                if (argmax[j] == (h - oh * S) * K + (w - ow * S)) sum += dout[j];
+                sum += dout[j] * (argmax[j] == (h - oh * S) * K + (w - ow * S) ? 1.0f : 0.0f);
             }
         }
         dx[i] = sum;
