@@ -69,8 +69,8 @@ class Backend:
     def flushes_subnormals(self):
         return self.rt is not None
 
-    def array(self, a, dtype=np.float32):
-        return self.xp.asarray(np.asarray(a, dtype))
+    def array(self, a):
+        return self.xp.asarray(np.asarray(a, np.float32))
 
     def run(self, layer, x, dout, params=None, train=True):
         """float64 host copies of (out, dx, grads) of `layer` on float32 x, dout and params."""
@@ -107,19 +107,20 @@ def assert_close(what, got, want, m, scale, slack=0.0, inf_or_nan=False):
     with np.errstate(over="ignore"):
         want32 = want.astype(np.float32).astype(np.float64)
     nan, inf = np.isnan(want), np.isinf(want32)
-    finite = ~nan & ~inf
-    wrong = (np.isnan(got) & ~nan & ~(inf_or_nan & inf)) | (nan & ~np.isnan(got)) | (inf & (got != want32) & ~(
-        inf_or_nan & np.isnan(got))) | (finite & ~np.isfinite(got))
+    finite, got_nan = ~nan & ~inf, np.isnan(got)
+    wrong = ((got_nan & ~nan & ~(inf & inf_or_nan)) | (nan & ~got_nan) | (inf & ~got_nan & (got != want32))
+             | (finite & ~np.isfinite(got)))
     assert not wrong.any(), (f"{what}: non-finite values differ at {np.argwhere(wrong)[:4].tolist()}: "
                              f"got {got[wrong][:4]}, want {want[wrong][:4]}")
+    scale = np.broadcast_to(np.asarray(scale, np.float64), want.shape)[finite]
     with np.errstate(invalid="ignore"):
-        tol = np.broadcast_to(m * EPS32 * (np.asarray(scale, np.float64) + TINY32) + slack, want.shape)[finite]
+        tol = m * EPS32 * (scale + TINY32) + np.broadcast_to(slack, want.shape)[finite]
     assert np.isfinite(tol).all(), f"{what}: the condition scale is not finite where the result is"
     excess = np.abs(got[finite] - want[finite]) - tol
     if excess.size:
         i = int(np.argmax(excess))
         assert excess[i] <= 0, (f"{what}: error {excess[i] + tol[i]:.3g} > {tol[i]:.3g} "
-                                f"({m} x EPS32 x scale {np.asarray(scale, np.float64).ravel()[0]:.3g}...)")
+                                f"= {m} EPS32 x (scale {scale[i]:.3g} + TINY32) + slack")
 
 
 def daz(x):
@@ -130,39 +131,40 @@ def daz(x):
 
 
 # ---- the layers: reference, condition scales, roundings ---------------------------------------------------
+# In the comments below, m counts EPS32s (two roundings of EPS32 / 2 make one).
 class Spec:
     """A layer with its float64 reference and its float32 error model.
 
     ref(x, dout, params) -> {"out", "dx", "W", "b"}: the reference results (float64).
     scale(x, dout, params) -> the same keys: each result's condition scale S.
-    m: the same keys: how many roundings (in EPS32) each result takes, at most.
-    gain(x, dout, params) -> the same keys: how far each result moves when every input moves by
-    at most 1 (for the subnormals the kernels flush).
+    m: the same keys: each result's error bound in EPS32s of S.
+    gain(x, dout, params): the scale with every |x| set to 1, which bounds how far each result
+    moves when the inputs move by at most 1 (for what the kernels flush below TINY32).
     inf_or_nan: the results that may be NaN where the reference is infinite (see _lrn)."""
 
-    def __init__(self, name, make, ref, scale, m, shape, params=None, gain=None, inf_or_nan=()):
+    def __init__(self, name, make, ref, scale, m, shape, params=None, inf_or_nan=()):
         self.name, self.make, self.ref, self.scale, self.m = name, make, ref, scale, m
-        self.inf_or_nan = inf_or_nan
-        self.shape, self.params = shape, params or {}
+        self.shape, self.params, self.inf_or_nan = shape, params or {}, inf_or_nan
         self.out_shape = shape[:1] + make().output_shape(shape[1:])
-        self.gain = gain or (lambda x, dout, p: scale(np.ones_like(x), np.abs(dout), _abs(p)))
 
-
-def _abs(params):
-    return {key: np.abs(v) for key, v in params.items()}
+    def gain(self, x, dout, params):
+        return self.scale(np.ones_like(x), np.abs(dout), {key: np.abs(v) for key, v in params.items()})
 
 
 def _all(out, dx, grads=()):
     return {"out": out, "dx": dx, **dict(zip(("W", "b"), grads))}
 
 
+def _magnitudes(reference):
+    """The scale of an exact or one-rounding result: its own magnitude."""
+    return lambda x, dout, p: {key: np.abs(v) for key, v in reference(x, dout, p).items()}
+
+
 def _relu():
     def reference(x, dout, p):
         return _all(ref.relu_forward(x), ref.relu_backward(x, dout))
-    # a selection and a product by 0 or 1: exact
-    def scale(x, dout, p):
-        return {key: np.abs(v) for key, v in reference(x, dout, p).items()}
-    return Spec("relu", ReLU, reference, scale, {"out": 0, "dx": 0}, (2, 3, 4, 5))
+    # a selection, and a product by 0 or 1: exact
+    return Spec("relu", ReLU, reference, _magnitudes(reference), {"out": 0, "dx": 0}, (2, 3, 4, 5))
 
 
 def _tanh():
@@ -171,32 +173,35 @@ def _tanh():
 
     def scale(x, dout, p):
         return _all(np.abs(np.tanh(x)), np.abs(dout))
-    # tanhf is within 2 ulp (glibc and CUDA); dout (1 - out^2) adds two roundings and the out error
-    # twice over (|d(1 - out^2)| = 2 |out| |d out| <= 2 * 4 EPS32): 8 EPS32 of |dout| at most
-    return Spec("tanh", Tanh, reference, scale, {"out": 2, "dx": 12}, (2, 3, 4, 5))
+    # tanhf is within 2 ulp (glibc and CUDA): m = 2 of |out|. dout (1 - out^2): out^2 doubles that
+    # relative error and adds one rounding, 1 - out^2 and the product one each; out^2 <= 1: m = 6 of |dout|
+    return Spec("tanh", Tanh, reference, scale, {"out": 2, "dx": 6}, (2, 3, 4, 5))
 
 
-LRN_ARGS = (5, 1e-4, 0.75, 2.0)
-
-
-def _lrn(size=5, alpha=1e-4, beta=0.75, k=2.0):
+def _lrn(size, alpha, beta, k):
     def reference(x, dout, p):
         return _all(ref.lrn_forward(x, size, alpha, beta, k), ref.lrn_backward(x, dout, size, alpha, beta, k))
 
     def scale(x, dout, p):
         s = k + alpha * window_sum(x * x, size, np.empty_like(x))
         b = x * s ** -beta
-        return _all(np.abs(b), np.abs(dout) * s ** -beta
-                    + 2 * alpha * beta * np.abs(x) * window_sum(np.abs(dout * b) / s, size, np.empty_like(x)))
-    # s: `size` squares and additions, alpha (itself rounded to float32) and k: 2 size + 2 roundings
-    # of positive terms; s^-beta carries beta times that plus pow's own (two square roots and a
-    # reciprocal on the NumPy path, powf on the kernels): 2 size + 6 roundings of EPS32 / 2 for b.
-    # dx: two products of b-sized errors, a window sum of `size` more, the final subtraction.
-    # The fast paths take dx in two terms, dout_c s_c^-beta and a window sum that holds
+        # where s is infinite b is exactly 0 (both ways), and ln s needs no say in the tolerance
+        b_err = beta * (size + 1) + 2.5 + beta * np.nan_to_num(np.abs(np.log(s)), posinf=0.0) / 2
+        terms = np.abs(dout) * s ** -beta + 2 * alpha * beta * np.abs(x) * window_sum(np.abs(dout * b) / s, size,
+                                                                                      np.empty_like(x))
+        return _all(np.abs(b) * b_err, terms * (b_err + 1.5 * (size + 1) + 3))
+    # The scales hold the error bound in EPS32s (m = 1). s = k + alpha sum a^2 adds positive terms
+    # only: `size` squares, size - 1 additions, alpha (itself rounded to float32) and its product,
+    # k: size + 1. s^-beta: beta times that, plus pow's own 2 (powf; the NumPy path's two square
+    # roots and a reciprocal take 1.5), plus beta rounded to float32 (0.6 is not a float32), which
+    # moves s^-beta by ln(s) d beta: beta ln(s) / 2; b = a s^-beta one rounding more. dx:
+    # dout_j b_j / s_j carries b's and s's errors and two roundings, the window sum (size - 1) / 2,
+    # the factor 2 alpha beta a_c and the final subtraction 2 more, of the two terms' magnitudes.
+    # The fast paths take dx in those two terms, dout_c s_c^-beta and a window sum that holds
     # dout_c b_c / s_c as well; the loops combine the two derivatives first. An infinite dout_c
     # meets itself in the subtraction, and inf - inf is NaN where the loops give the infinity.
-    return Spec(f"lrn{size}", lambda: LRN(size, alpha, beta, k), reference, scale,
-                {"out": size + 3, "dx": 2 * size + 8}, (2, 7, 2, 3), inf_or_nan=("dx",))
+    return Spec(f"lrn{size}", lambda: LRN(size, alpha, beta, k), reference, scale, {"out": 1, "dx": 1},
+                (2, 7, 2, 3), inf_or_nan=("dx",))
 
 
 def _maxpool():
@@ -205,8 +210,8 @@ def _maxpool():
 
     def scale(x, dout, p):
         return _all(np.abs(ref.maxpool_forward(x, 3, 2)), ref.maxpool_backward(x, np.abs(dout), 3, 2))
-    # the maximum is a copy (exact); an input in up to 4 overlapping windows adds up to 4 douts
-    return Spec("maxpool", lambda: MaxPool2d(3, 2), reference, scale, {"out": 0, "dx": 4}, (2, 2, 7, 9))
+    # the maximum is a copy: exact. An input in up to 4 overlapping windows adds up to 4 douts: m = 2
+    return Spec("maxpool", lambda: MaxPool2d(3, 2), reference, scale, {"out": 0, "dx": 2}, (2, 2, 7, 9))
 
 
 AVGPOOL_SIZE = (3, 2)
@@ -214,14 +219,16 @@ AVGPOOL_SIZE = (3, 2)
 
 def _avgpool():
     def reference(x, dout, p):
-        return _all(ref.adaptive_avgpool_forward(x, AVGPOOL_SIZE), ref.adaptive_avgpool_backward(x, dout, AVGPOOL_SIZE))
+        return _all(ref.adaptive_avgpool_forward(x, AVGPOOL_SIZE),
+                    ref.adaptive_avgpool_backward(x, dout, AVGPOOL_SIZE))
 
     def scale(x, dout, p):
         return _all(ref.adaptive_avgpool_forward(np.abs(x), AVGPOOL_SIZE),
                     ref.adaptive_avgpool_backward(x, np.abs(dout), AVGPOOL_SIZE))
-    # 7x5 into 3x2: bins of up to 3x3 = 9 pixels (8 additions and a division, or the pooling
-    # matrices' 1/|bin| rounded and 9 products); a pixel is in up to 4 bins
-    return Spec("avgpool", lambda: AdaptiveAvgPool2d(AVGPOOL_SIZE), reference, scale, {"out": 11, "dx": 8},
+    # 7x5 into 3x2: bins of 3x3 pixels. The kernel adds 9 and divides (m = 4.5); the NumPy products
+    # take two passes of 3 products by a rounded 1/3 and 2 additions (m = 5): m = 5 of the mean of
+    # |x|. A pixel is in up to 2x2 bins: up to 4 shares of dout, each rounded, 3 additions: m = 4
+    return Spec("avgpool", lambda: AdaptiveAvgPool2d(AVGPOOL_SIZE), reference, scale, {"out": 5, "dx": 4},
                 (2, 2, 7, 5))
 
 
@@ -230,50 +237,48 @@ DROP_P, DROP_SEED = 0.5, 5
 
 def _dropout():
     def reference(x, dout, p):
-        keep = keep_mask(DROP_SEED, 0, x.size, DROP_P).reshape(x.shape)
+        keep = keep_mask(DROP_SEED, 0, x.size, DROP_P).reshape(x.shape)  # the mask of the layer's first step
         return _all(ref.dropout_forward(x, keep, DROP_P), ref.dropout_backward(dout, keep, DROP_P))
-
-    def scale(x, dout, p):
-        return {key: np.abs(v) for key, v in reference(x, dout, p).items()}
-    # x * mask * 2: one rounding (none at all for finite x: * 2 is exact, but not beyond float32's range)
-    return Spec("dropout", lambda: Dropout(DROP_P, seed=DROP_SEED), reference, scale, {"out": 1, "dx": 1}, (3, 41))
+    # x mask / (1 - p): one rounding (none at p = 0.5, but the test does not rely on it)
+    return Spec("dropout", lambda: Dropout(DROP_P, seed=DROP_SEED), reference, _magnitudes(reference),
+                {"out": 1, "dx": 1}, (3, 41))
 
 
 def _dense(I=7, O=5, N=3):
     def reference(x, dout, p):
-        return _all(ref.dense_forward(x, p["W"], p["b"]), *ref.dense_backward(x, p["W"], dout)[:1],
-                    ref.dense_backward(x, p["W"], dout)[1:])
+        dx, dW, db = ref.dense_backward(x, p["W"], dout)
+        return _all(ref.dense_forward(x, p["W"], p["b"]), dx, (dW, db))
 
     def scale(x, dout, p):
         dx, dW, db = ref.dense_backward(np.abs(x), np.abs(p["W"]), np.abs(dout))
         return _all(ref.dense_forward(np.abs(x), np.abs(p["W"]), np.abs(p["b"])), dx, (dW, db))
-    # a dot product of L terms: L products and L additions (bias included) in any order
-    params = {"W": (O, I), "b": (O,)}
-    return Spec("dense", lambda: Dense(I, O), reference, scale,
-                {"out": I + 2, "dx": O + 1, "W": N + 1, "b": N + 1}, (N, I), params)
+    # a sum of L products in any order (cuBLAS, NumPy's BLAS, the loops): L products and L - 1
+    # additions, m = L of sum |terms|, plus the bias's addition; L = I for out, O for dx, N for dW, db
+    return Spec("dense", lambda: Dense(I, O), reference, scale, {"out": I + 1, "dx": O, "W": N, "b": N}, (N, I),
+                {"W": (O, I), "b": (O,)})
 
 
-def _conv(C, O, K, S, P, G, shape, algorithm="auto", m_factor=1):
+def _conv(C, O, K, S, P, G, shape, m_factor=1):
     def reference(x, dout, p):
-        return _all(ref.conv_forward(x, p["W"], p["b"], S, P, G), ref.conv_backward(x, p["W"], dout, S, P, G)[0],
-                    ref.conv_backward(x, p["W"], dout, S, P, G)[1:])
+        dx, dW, db = ref.conv_backward(x, p["W"], dout, S, P, G)
+        return _all(ref.conv_forward(x, p["W"], p["b"], S, P, G), dx, (dW, db))
 
     def scale(x, dout, p):
         dx, dW, db = ref.conv_backward(np.abs(x), np.abs(p["W"]), np.abs(dout), S, P, G)
         return _all(ref.conv_forward(np.abs(x), np.abs(p["W"]), np.abs(p["b"]), S, P, G), dx, (dW, db))
     N, _, H, W = shape
     OH, OW = (H + 2 * P - K) // S + 1, (W + 2 * P - K) // S + 1
-    # dot products: C/G K K terms for out, (O/G) ceil(K/S)^2 for dx, N OH OW for dW and db
-    m = {"out": C // G * K * K + 2, "dx": O // G * ((K + S - 1) // S) ** 2 + 1, "W": N * OH * OW + 1, "b": N * OH * OW + 1}
-    return Spec(f"conv{K}x{K}/{S}", lambda: Conv2d(C, O, K, S, P, G, algorithm=algorithm), reference, scale,
+    # as for dense, with L = C/G K K for out, (O/G) ceil(K/S)^2 for dx, N OH OW for dW and db
+    m = {"out": C // G * K * K + 1, "dx": O // G * ((K + S - 1) // S) ** 2, "W": N * OH * OW, "b": N * OH * OW}
+    return Spec(f"conv{K}x{K}/{S}", lambda: Conv2d(C, O, K, S, P, G), reference, scale,
                 {key: m_factor * v for key, v in m.items()}, shape, {"W": (O, C // G, K, K), "b": (O,)})
 
 
 # conv 5x5/2 runs im2col on every path; 3x3/1 runs Winograd F(2x2, 3x3) on the NumPy path, whose
 # transforms add and subtract up to 4 terms on each side before the products and 4 after them:
 # its error bound is a small multiple of the direct sum's (4x here)
-SPECS = {s.name: s for s in (_relu(), _tanh(), _lrn(), _lrn(3, 1e-2, 0.6, 1.0), _maxpool(), _avgpool(), _dropout(),
-                             _dense(), _conv(4, 4, 5, 2, 2, 2, (2, 4, 7, 6)),
+SPECS = {s.name: s for s in (_relu(), _tanh(), _lrn(5, 1e-4, 0.75, 2.0), _lrn(3, 1e-2, 0.6, 1.0), _maxpool(),
+                             _avgpool(), _dropout(), _dense(), _conv(4, 4, 5, 2, 2, 2, (2, 4, 7, 6)),
                              _conv(2, 3, 3, 1, 1, 1, (1, 2, 5, 6), m_factor=4))}
 
 
@@ -290,7 +295,10 @@ def check_layer(backend, spec, x, dout, params):
         gain = spec.gain(seen, dout64, p64)
     out, dx, grads = backend.run(spec.make(), x64, dout64, p64)
     for key, got in (("out", out), ("dx", dx), *grads.items()):
-        slack = TINY32 * np.maximum(np.nan_to_num(gain[key], posinf=0.0), 1.0) if backend.flushes_subnormals else 0.0
+        # a gain made infinite by an infinite dout leaves the slack at TINY32: the results there are
+        # NaN or infinite, or exact
+        gain_key = np.nan_to_num(gain[key], nan=0.0, posinf=0.0)
+        slack = TINY32 * np.maximum(gain_key, 1.0) if backend.flushes_subnormals else 0.0
         assert_close(f"{spec.name} {key} on {backend.name}", got, want[key], spec.m[key], scale[key], slack,
                      key in spec.inf_or_nan)
 
@@ -353,8 +361,10 @@ def test_loss_of_confident_logits_is_float32_accurate(backend, logits, label):
 
 
 def test_loss_at_logits_of_1e4_is_the_issues_number(backend):
+    """0.44018966 (float64: 0.4401896985), within the bound above for K = 4 logits: log(sum) to
+    K EPS32, the final subtraction one more. The kernel gave 0.44042969 before (2.4e-4 off)."""
     loss, _ = loss_and_grad(backend, np.array([[10000, 10001, 10002, 10003]], np.float32), [3])
-    assert abs(loss - 0.44018966) < 4 * EPS32 * 0.44  # a few float32 ulps of the loss
+    assert abs(loss - 0.44018966) <= (4 + 1) * EPS32
 
 
 @pytest.mark.parametrize("gain", [1e2, 1e4])
@@ -418,7 +428,7 @@ def subnormals(rng, shape):
     """Magnitudes from 2^-149 (the smallest subnormal) up to just under 2^-126, either sign, with
     zeros and normal numbers of size ~1 between them (so that sums and windows mix the two)."""
     x = np.sign(rng.standard_normal(shape)) * 2.0 ** rng.uniform(-149, -126, shape)
-    kind = rng.integers(0, 4, shape)
+    kind = rng.permutation(np.arange(np.prod(shape)) % 4).reshape(shape)   # half of them subnormal
     return np.where(kind == 0, 0.0, np.where(kind == 1, rng.standard_normal(shape), x))
 
 
@@ -429,7 +439,8 @@ def test_subnormal_input(backend, name):
     rng = np.random.default_rng(13)
     _, dout, params = draw(spec, rng)
     x = subnormals(rng, spec.shape)
-    assert (np.abs(x.astype(np.float32)) < TINY32).mean() > 0.4 and (x.astype(np.float32) != 0).any()
+    x32 = x.astype(np.float32)
+    assert ((x32 != 0) & (np.abs(x32) < TINY32)).mean() > 0.4  # float32 keeps them: they are subnormal there
     check_layer(backend, spec, x, dout, params)
 
 
@@ -438,9 +449,9 @@ def test_subnormals_into_relu_and_maxpool_on_each_path(backend):
     the NumPy path and a dead one on the kernels, and a window of distinct subnormals has a
     unique maximum on the NumPy path and is a tie on the kernels (the first element wins)."""
     tiny = np.array([[[[1e-40, 3e-40, 2e-40], [0.0, -1e-40, 2.5e-40], [1e-45, 0.0, 1e-41]]]], np.float32)
-    out, dx, _ = backend.run(ReLU(), tiny, np.ones_like(tiny))
+    _, dx, _ = backend.run(ReLU(), tiny, np.ones_like(tiny))
     assert (dx.ravel()[[0, 1, 2, 5, 6, 8]] == (0.0 if backend.flushes_subnormals else 1.0)).all()
-    out, dx, _ = backend.run(MaxPool2d(3, 1), tiny, np.ones((1, 1, 1, 1), np.float32))
+    _, dx, _ = backend.run(MaxPool2d(3, 1), tiny, np.ones((1, 1, 1, 1), np.float32))
     assert np.argmax(dx.ravel()) == (0 if backend.flushes_subnormals else 1)
 
 
@@ -495,14 +506,17 @@ def test_winograd_spreads_nan_over_tiles():
     p64 = {key: v.astype(np.float32).astype(np.float64) for key, v in params.items()}
     with np.errstate(all="ignore"):
         want, scale = spec.ref(x64, dout, p64)["out"], spec.scale(x64, dout, p64)["out"]
-    assert (~np.isfinite(want) <= tiles).all() and tiles.sum() > (~np.isfinite(want[0, 0])).sum()
+    direct = ~np.isfinite(want[0]).all(axis=0)                 # the direct sum's non-finite outputs
+    assert (direct <= tiles).all() and direct.sum() < tiles.sum()
     assert_close("conv3x3/1 out outside the tiles", out[:, :, ~tiles], want[:, :, ~tiles], spec.m["out"],
                  scale[:, :, ~tiles])
 
 
 # ---- ties in max-pool windows ---------------------------------------------------------------------------
-TIES = {"zeros": lambda rng, shape: np.zeros(shape), "constant -2": lambda rng, shape: np.full(shape, -2.0),
-        "-inf": lambda rng, shape: np.full(shape, -INF), "three values": lambda rng, shape: rng.integers(-1, 2, shape),
+TIES = {"zeros": lambda rng, shape: np.zeros(shape),
+        "constant -2": lambda rng, shape: np.full(shape, -2.0),
+        "-inf": lambda rng, shape: np.full(shape, -INF),
+        "three values": lambda rng, shape: rng.integers(-1, 2, shape),
         "1e30 or 0": lambda rng, shape: 1e30 * rng.integers(0, 2, shape)}
 
 
@@ -543,7 +557,7 @@ def test_sgd_update_at_large_and_non_finite_values(backend):
     values = {}
     for full, layer, key in net.named_parameters():
         shape = layer.params[key].shape
-        w, g, v = 1e30 * rng.standard_normal(shape), 1e33 * rng.standard_normal(shape), 1e29 * rng.standard_normal(shape)
+        w, g, v = (scale * rng.standard_normal(shape) for scale in (1e30, 1e33, 1e29))
         w.reshape(-1)[0], g.reshape(-1)[-1], v.reshape(-1)[-1] = INF, NAN, -INF
         if w.size > 4:
             w.reshape(-1)[2], g.reshape(-1)[3] = NAN, -INF
