@@ -6,7 +6,7 @@
 //
 // The row loss subtracts the shifted logit z[y] - m, never adds m itself: log(sum) + m - z[y]
 // rounds at m's scale first, so at logits of 1e4 it was 2.4e-4 off a loss of 0.44 (half an ulp
-// of 1e4), while the shifted form is exact to a few ulps of the loss whatever m is.
+// of 1e4), while the shifted form is as accurate as log(sum) itself, whatever m is.
 // A label outside [0, K) makes that row's loss NaN (no host round trip to validate labels), so
 // the trainer's NaN check stops the run.
 

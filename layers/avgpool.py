@@ -80,10 +80,11 @@ class AdaptiveAvgPool2d(Layer):
             self._matrices[key] = (pooling_matrix(H, OH, dtype), pooling_matrix(W, OW, dtype))
         return self._matrices[key]
 
-    def _bins(self, H, W):
-        """([(h0, h1)] per output row, [(w0, w1)] per output column) for an H x W input."""
+    def _bins(self, H, W, dtype):
+        """([(h0, h1)] per output row, [(w0, w1)] per output column, bin sizes (OH, OW)) for H x W."""
         OH, OW = self.output_size
-        return [bin_edges(i, H, OH) for i in range(OH)], [bin_edges(j, W, OW) for j in range(OW)]
+        rows, cols = [bin_edges(i, H, OH) for i in range(OH)], [bin_edges(j, W, OW) for j in range(OW)]
+        return rows, cols, np.outer([h1 - h0 for h0, h1 in rows], [w1 - w0 for w0, w1 in cols]).astype(dtype)
 
     # ---- NumPy -----------------------------------------------------------------------------------
     def forward_numpy(self, x, train):
@@ -115,18 +116,18 @@ class AdaptiveAvgPool2d(Layer):
 
     def _bin_means(self, x, out):
         """out = the mean of each bin as sums over the bin alone (for input holding NaN or inf)."""
-        rows, cols = self._bins(*x.shape[2:])
+        rows, cols, sizes = self._bins(*x.shape[2:], x.dtype)
         row_sums = np.empty(x.shape[:2] + (len(rows), x.shape[3]), x.dtype)      # (n, C, OH, W)
         for i, (h0, h1) in enumerate(rows):
             np.sum(x[:, :, h0:h1], axis=2, out=row_sums[:, :, i])
         for j, (w0, w1) in enumerate(cols):
             np.sum(row_sums[..., w0:w1], axis=3, out=out[..., j])
-        out /= np.outer([h1 - h0 for h0, h1 in rows], [w1 - w0 for w0, w1 in cols]).astype(x.dtype)
+        out /= sizes
 
     def _bin_shares(self, dout, dx):
         """dx = each bin's dout / |bin| added to the pixels of that bin alone (for dout holding NaN or inf)."""
-        rows, cols = self._bins(*dx.shape[2:])
-        share = dout / np.outer([h1 - h0 for h0, h1 in rows], [w1 - w0 for w0, w1 in cols]).astype(dout.dtype)
+        rows, cols, sizes = self._bins(*dx.shape[2:], dout.dtype)
+        share = dout / sizes                                                      # (n, C, OH, OW)
         spread = np.zeros(dx.shape[:3] + (len(cols),), dout.dtype)               # (n, C, H, OW)
         for i, (h0, h1) in enumerate(rows):
             spread[:, :, h0:h1] += share[:, :, i:i + 1]
