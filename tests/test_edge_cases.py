@@ -11,12 +11,13 @@ sets). Inputs are float32; the oracle is layers/reference.py's plain loops in fl
 float32 numbers, so what is measured is the float32 arithmetic alone.
 
 Tolerances. One float32 operation is off by at most EPS32 / 2 relative to its exact result. A
-result computed in m roundings from terms whose magnitudes add up to S is therefore within about
-m * EPS32 * S, however small the result itself is after cancellation: S is the condition scale
-(sum |w x| for a dot product, the same reference computation on absolute values), and each layer
-below states its m and S (`Spec`). `assert_close` holds every element to that, and wants NaN
-exactly where the float64 result is NaN and the same infinity where it is infinite once rounded
-to float32 (a result beyond float32's range must come back as the infinity of its sign).
+result computed in r roundings from terms whose magnitudes add up to S is therefore within
+r * EPS32 / 2 * S, however small the result itself is after cancellation: S is the condition
+scale (sum |w x| for a dot product: the same reference computation on absolute values). Each
+layer below states its S and its bound m in EPS32s of S (r / 2, plus the ulps of exp, pow or tanh;
+`Spec`). `assert_close` holds every element to m * EPS32 * S, and wants NaN exactly where the
+float64 result is NaN and the same infinity where it is infinite once rounded to float32 (a
+result beyond float32's range must come back as the infinity of its sign).
 
 Subnormals (|x| < TINY32 = 2^-126). The NumPy path keeps IEEE gradual underflow: the reference
 holds for the input as it is, each rounding off by at most 2^-150 more. The kernels are compiled
@@ -44,7 +45,6 @@ from alexnet.engine.optim import SGD
 from alexnet.kernels import harness, loader
 from alexnet.layers import LRN, AdaptiveAvgPool2d, Conv2d, Dense, Dropout, MaxPool2d, ReLU, Tanh
 from alexnet.layers import reference as ref
-from alexnet.layers.avgpool import bin_edges
 from alexnet.layers.dropout import keep_mask
 from alexnet.layers.lrn import window_sum
 from alexnet.models.alexnet import tiny_alexnet
@@ -440,7 +440,7 @@ def test_subnormal_input(backend, name):
     _, dout, params = draw(spec, rng)
     x = subnormals(rng, spec.shape)
     x32 = x.astype(np.float32)
-    assert ((x32 != 0) & (np.abs(x32) < TINY32)).mean() > 0.4  # float32 keeps them: they are subnormal there
+    assert ((x32 != 0) & (np.abs(x32) < TINY32)).mean() > 0.4  # nonzero subnormals in float32, not rounded away
     check_layer(backend, spec, x, dout, params)
 
 
@@ -548,10 +548,11 @@ def test_maxpool_argmax_is_the_first_maximum_or_the_first_nan(backend):
 # ---- the SGD update ------------------------------------------------------------------------------------
 def test_sgd_update_at_large_and_non_finite_values(backend):
     """Weights of 1e30, gradients of 1e33, NaN and infinities in both, against the float64 loop.
-    v = m v - decay w - lr g takes 4 roundings of terms that add up to S_v = |m v| + |decay w| + |lr g|
-    (plus the float32 rounding of lr and decay), w + v one more of |w| + |v|. A frozen tensor
-    (lr_mult 0) stays put even where its gradient is NaN, and a tensor without decay (the biases
-    here, Caffe's bias_decay 0) gets no 0 * inf = NaN velocity from an infinite weight."""
+    v = m v - decay w - lr g: three products, two subtractions, and lr and decay formed and rounded
+    to float32, under 8 roundings of terms that add up to S_v = |m v| + |decay w| + |lr g| (m = 4);
+    w + v one more of |w| + |v| (m = 5 of S_v + |w| + |v|). A frozen tensor (lr_mult 0) stays put
+    even where its gradient is NaN, and a tensor without decay (the biases here, Caffe's
+    bias_decay 0) gets no 0 * inf = NaN velocity from an infinite weight."""
     rng = np.random.default_rng(31)
     net = Sequential([Dense(9, 2), Dense(2, 3)], ["fc", "frozen"])
     values = {}
