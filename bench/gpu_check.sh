@@ -11,7 +11,8 @@
 #                  which can neither download nor replace the CuPy that is there); if pip fails,
 #                  a folder of links $TMP/site/alexnet/<floor> -> ./<floor> on PYTHONPATH
 #                  (CPU mode installs nothing: it uses the links only if alexnet does not import)
-#   kernel_tests   tests/test_kernels.py on both backends + tests/test_kernel_compile.py (NVRTC);
+#   kernel_tests   tests/test_kernels.py and tests/test_edge_cases.py (float32's edges: large values,
+#                  ties, subnormals, NaN) on every backend + tests/test_kernel_compile.py (NVRTC);
 #                  ALEXNET_REQUIRE_CUDA=1, so a skipped CuPy backend fails
 #   kernels_check  alexnet kernels --check --backend cupy
 #   gpu_kernels    bench/gpu_kernels.py: every kernel at AlexNet batch-128 shapes against CuPy's own
@@ -253,7 +254,8 @@ finish package "$t0" "$how"
 
 # ---- the kernels -----------------------------------------------------------------------------------
 # -p no:cacheprovider: no .pytest_cache written into the checkout
-part kernel_tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py tests/test_kernel_compile.py
+part kernel_tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py tests/test_edge_cases.py \
+    tests/test_kernel_compile.py
 if [ "$MODE" = gpu ]; then
     part kernels_check 60 bash -c "alexnet_cli kernels --check --backend cupy"
     part gpu_kernels 120 "$PY" bench/gpu_kernels.py --backend cupy --out "$OUT"

@@ -39,17 +39,21 @@ def _paper_update(w, g, v, momentum, decay, lr, block=1 << 16):
     """In place: v <- momentum v - decay w - lr g; w <- w + v (decay = decay_mult wd lr_eff).
     The update is memory-bound (fc6 alone is 150 MB per array), so it walks the arrays in blocks
     of 64K floats: the scratch and each block of w, g, v stay in cache across the five operations,
-    and main memory sees each array once rather than once per operation."""
+    and main memory sees each array once rather than once per operation.
+    A term whose coefficient is 0 is left out rather than multiplied by 0 (kernels/sgd.cu too): a
+    frozen tensor (lr 0, hence decay 0) stays put even where its gradient is NaN, and an infinite
+    weight without decay keeps a finite velocity."""
     scratch = np.empty(min(block, w.size), w.dtype)
     decayed = np.empty_like(scratch) if decay else None
     for lo in range(0, w.size, block):
         hi = min(lo + block, w.size)
         wb, gb, vb, s = w[lo:hi], g[lo:hi], v[lo:hi], scratch[:hi - lo]
         vb *= momentum
-        np.multiply(gb, lr, out=s)
-        if decay:
-            s += np.multiply(wb, decay, out=decayed[:hi - lo])
-        vb -= s
+        if lr:
+            np.multiply(gb, lr, out=s)
+            if decay:
+                s += np.multiply(wb, decay, out=decayed[:hi - lo])
+            vb -= s
         wb += vb
 
 

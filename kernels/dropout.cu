@@ -7,6 +7,8 @@
 // the same seed and step give the same mask on every device and on the CPU harness, and the
 // layer's `step` counter (one per training forward) gives every batch a fresh mask.
 // u = the top 24 bits of the hash / 2^24 is exact in float32; the unit is kept when u >= p.
+// A dropped unit is multiplied by 0, not replaced by 0, as on the NumPy path: a NaN or an
+// infinity stays NaN whether or not its unit is dropped, so a mask never hides one from the checks.
 //
 // i is the unit's index in the tensor one process would see at batch B, not in this launch's own
 // tensor: a data-parallel rank holds rows (samples) of it, a tower of the split model columns
@@ -50,7 +52,7 @@ extern "C" __global__ void dropout_forward(const float* __restrict__ x, float* _
     int row = i / width, col = i % width;
     const int s_row = threads / width, s_col = threads % width;
     for (; i < n; i += threads) {
-        out[i] = dropout_keep(seed, step, dropout_unit(row, col, base, stride), p) ? x[i] * scale : 0.0f;
+        out[i] = (dropout_keep(seed, step, dropout_unit(row, col, base, stride), p) ? scale : 0.0f) * x[i];
         row += s_row;
         col += s_col;
         if (col >= width) {
@@ -69,7 +71,7 @@ extern "C" __global__ void dropout_backward(const float* __restrict__ dout, floa
     int row = i / width, col = i % width;
     const int s_row = threads / width, s_col = threads % width;
     for (; i < n; i += threads) {
-        dx[i] = dropout_keep(seed, step, dropout_unit(row, col, base, stride), p) ? dout[i] * scale : 0.0f;
+        dx[i] = (dropout_keep(seed, step, dropout_unit(row, col, base, stride), p) ? scale : 0.0f) * dout[i];
         row += s_row;
         col += s_col;
         if (col >= width) {

@@ -58,7 +58,9 @@ __device__ __forceinline__ PoolQR pool_add(PoolQR a, PoolQR b, int d) {
 
 // One thread per output element i = (nc*OH + oh)*OW + ow, grid-stride, its digits carried across
 // the loop. Writes the maximum and its window offset; ties keep the first maximum in row-major
-// window order (strict >), as layers/pool.py and PyTorch do.
+// window order (strict >), as layers/pool.py and PyTorch do. A NaN is the maximum of any window that
+// holds one (np.maximum's rule, and PyTorch's), the first NaN if there are several; with `v > best`
+// alone a NaN after the first element was lost.
 extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* __restrict__ out,
                                            unsigned char* __restrict__ argmax, int NC, int H, int W,
                                            int OH, int OW, int K, int S) {
@@ -76,7 +78,7 @@ extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* _
         for (int kh = 0; kh < K; ++kh) {
             for (int kw = 0; kw < K; ++kw) {
                 const float v = window[kh * W + kw];
-                if (v > best) {
+                if (v > best || (v != v && best == best)) {
                     best = v;
                     best_offset = kh * K + kw;
                 }
@@ -97,7 +99,9 @@ extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* _
 // fixed length that skips the candidates outside the output or with kh >= K, in ascending oh (the
 // order of the sum). The thread carries (hq, hr) and (wq, wr) along with its digits, so no element
 // divides. Gathering instead of scattering dout through atomicAdd keeps the sum order fixed, so dx
-// is bit-reproducible.
+// is bit-reproducible. Every covering window's dout is multiplied by its derivative, 1 at the argmax
+// and 0 elsewhere, as the NumPy path does: a NaN or infinite dout reaches its whole window as NaN,
+// not only the argmax.
 extern "C" __global__ void maxpool_backward(const float* __restrict__ dout,
                                             const unsigned char* __restrict__ argmax,
                                             float* __restrict__ dx, int NC, int H, int W, int OH,
@@ -123,7 +127,7 @@ extern "C" __global__ void maxpool_backward(const float* __restrict__ dout,
             if (oh < 0 || oh >= OH || kh >= K) continue;
             for (int ow = ws.q - span, kw = ws.r + span * S; ow <= ws.q; ++ow, kw -= S) {
                 if (ow < 0 || ow >= OW || kw >= K) continue;
-                if (offsets[oh * OW + ow] == kh * K + kw) sum += d[oh * OW + ow];
+                sum += d[oh * OW + ow] * (offsets[oh * OW + ow] == kh * K + kw ? 1.0f : 0.0f);
             }
         }
         dx[i] = sum;

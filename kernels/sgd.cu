@@ -28,7 +28,13 @@ extern "C" __global__ void sgd_update(const unsigned long long* __restrict__ ten
         const float* g = (const float*)tensors[3 * lo + 1];
         float* v = (float*)tensors[3 * lo + 2];
         const long long j = i - offsets[lo];
-        const float vj = momentum * v[j] - mults[2 * lo + 1] * weight_decay * lr * w[j] - mults[2 * lo] * lr * g[j];
+        const float decay = mults[2 * lo + 1] * weight_decay * lr, step = mults[2 * lo] * lr;
+        // a term whose coefficient is 0 is left out, not multiplied by 0 (as on the NumPy path):
+        // a frozen tensor stays put whatever its gradient holds, and an infinite weight without
+        // decay gets no 0 * inf = NaN velocity
+        float vj = momentum * v[j];
+        if (decay != 0.0f) vj -= decay * w[j];
+        if (step != 0.0f) vj -= step * g[j];
         v[j] = vj;
         w[j] += vj;
     }

@@ -18,6 +18,11 @@ rows(i) and 0 elsewhere (and P_W likewise),
     out = P_H @ x @ P_W^T        dx = P_H^T @ dout @ P_W
 over the last two axes, which is how the CPU path computes both: two small matrix products over
 the whole batch, no loop over bins or pixels. (The ONNX export writes the same two products.)
+A product also multiplies every pixel by the zeros of P, though, and 0 * NaN = 0 * inf = NaN: one
+non-finite pixel would make every output of its plane NaN. So a batch chunk that holds a NaN or an
+infinity takes the sums themselves instead (each bin's rows, then its columns: OH + OW slice sums,
+still no loop over pixels), which keep it in the bins that hold it, as the kernels and the reference
+loops do; one np.isfinite pass decides.
 
 Shapes: x (N, C, H, W), out (N, C, OH, OW).
 Cached: the input shape only; the backward needs no input values (the layer is linear).
@@ -75,23 +80,60 @@ class AdaptiveAvgPool2d(Layer):
             self._matrices[key] = (pooling_matrix(H, OH, dtype), pooling_matrix(W, OW, dtype))
         return self._matrices[key]
 
+    def _bins(self, H, W, dtype):
+        """([(h0, h1)] per output row, [(w0, w1)] per output column, bin sizes (OH, OW)) for H x W."""
+        OH, OW = self.output_size
+        rows, cols = [bin_edges(i, H, OH) for i in range(OH)], [bin_edges(j, W, OW) for j in range(OW)]
+        return rows, cols, np.outer([h1 - h0 for h0, h1 in rows], [w1 - w0 for w0, w1 in cols]).astype(dtype)
+
     # ---- NumPy -----------------------------------------------------------------------------------
     def forward_numpy(self, x, train):
         P_H, P_W = self._pooling_matrices(*x.shape[2:], x.dtype)
         out = np.empty(x.shape[:2] + self.output_size, x.dtype)                   # (N, C, OH, OW)
-        # (OH, H) @ (n, C, H, W) -> (n, C, OH, W); @ (W, OW) -> (n, C, OH, OW)
-        run_chunks(lambda lo, hi: np.matmul(np.matmul(P_H, x[lo:hi]), P_W.T, out=out[lo:hi]), len(x),
-                   grain=batch_grain())
+
+        def chunk(lo, hi):
+            if np.isfinite(x[lo:hi]).all():
+                # (OH, H) @ (n, C, H, W) -> (n, C, OH, W); @ (W, OW) -> (n, C, OH, OW)
+                np.matmul(np.matmul(P_H, x[lo:hi]), P_W.T, out=out[lo:hi])
+            else:
+                self._bin_means(x[lo:hi], out[lo:hi])
+        run_chunks(chunk, len(x), grain=batch_grain())
         return out, x.shape                                                       # cache: the input shape
 
     def backward_numpy(self, dout, need_dx):
         x_shape = self.cache
         P_H, P_W = self._pooling_matrices(*x_shape[2:], dout.dtype)
         dx = np.empty(x_shape, dout.dtype)                                        # (N, C, H, W)
-        # (H, OH) @ (n, C, OH, OW) -> (n, C, H, OW); @ (OW, W) -> (n, C, H, W)
-        run_chunks(lambda lo, hi: np.matmul(np.matmul(P_H.T, dout[lo:hi]), P_W, out=dx[lo:hi]), len(dout),
-                   grain=batch_grain())
+
+        def chunk(lo, hi):
+            if np.isfinite(dout[lo:hi]).all():
+                # (H, OH) @ (n, C, OH, OW) -> (n, C, H, OW); @ (OW, W) -> (n, C, H, W)
+                np.matmul(np.matmul(P_H.T, dout[lo:hi]), P_W, out=dx[lo:hi])
+            else:
+                self._bin_shares(dout[lo:hi], dx[lo:hi])
+        run_chunks(chunk, len(dout), grain=batch_grain())
         return dx
+
+    def _bin_means(self, x, out):
+        """out = the mean of each bin as sums over the bin alone (for input holding NaN or inf)."""
+        rows, cols, sizes = self._bins(*x.shape[2:], x.dtype)
+        row_sums = np.empty(x.shape[:2] + (len(rows), x.shape[3]), x.dtype)      # (n, C, OH, W)
+        for i, (h0, h1) in enumerate(rows):
+            np.sum(x[:, :, h0:h1], axis=2, out=row_sums[:, :, i])
+        for j, (w0, w1) in enumerate(cols):
+            np.sum(row_sums[..., w0:w1], axis=3, out=out[..., j])
+        out /= sizes
+
+    def _bin_shares(self, dout, dx):
+        """dx = each bin's dout / |bin| added to the pixels of that bin alone (for dout holding NaN or inf)."""
+        rows, cols, sizes = self._bins(*dx.shape[2:], dout.dtype)
+        share = dout / sizes                                                      # (n, C, OH, OW)
+        spread = np.zeros(dx.shape[:3] + (len(cols),), dout.dtype)               # (n, C, H, OW)
+        for i, (h0, h1) in enumerate(rows):
+            spread[:, :, h0:h1] += share[:, :, i:i + 1]
+        dx[...] = 0
+        for j, (w0, w1) in enumerate(cols):
+            dx[..., w0:w1] += spread[..., j:j + 1]
 
     # ---- CUDA (kernels/avgpool.cu) -------------------------------------------------------------------
     def forward_cuda(self, rt, x, train):

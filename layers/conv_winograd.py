@@ -10,8 +10,11 @@ multiply-adds per channel pair of the direct sum, Winograd computes it with 16 p
              [0,-1, 1, 0],        [1/2,-1/2, 1/2],
              [0, 1, 0,-1]]        [ 0,   0,   1 ]]
 Exact in real arithmetic (a polynomial-interpolation identity; in float32 it agrees with the
-direct sum to ~1e-6 relative). Summed over input channels, the elementwise product becomes 16
-matrix products, one per position xi of the 4x4 transformed tile:
+direct sum to ~1e-6 relative). Not in IEEE arithmetic at NaN and infinity: the transforms multiply
+every pixel of a tile by the zeros of B too, so a non-finite input makes all four outputs of each
+2x2 tile whose 4x4 input holds it NaN (up to 16 outputs, where the direct sum has 9 non-finite).
+Summed over input channels, the elementwise product becomes 16 matrix products, one per position
+xi of the 4x4 transformed tile:
     V[xi] = (B^T d B)[xi]   for every (input channel, tile):  (C, T), T = tiles in the batch chunk
     U[xi] = (G g G^T)[xi]   for every (output, input channel): (O, C)
     M[xi] = U[xi] @ V[xi]                                      (O, T)

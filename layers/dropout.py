@@ -9,6 +9,8 @@ With m[i] ~ Bernoulli(1 - p) the keep mask (1 keeps unit i):
     "inverted"   out = x * m / (1 - p)    out = x              dx = dout * m/(1-p)   dx = dout
     "paper"      out = x * m              out = x * (1 - p)    dx = dout * m         dx = dout * (1-p)
 
+A dropped unit is multiplied by 0, not set to 0, on both paths: a NaN or infinity stays NaN.
+
 Inverted dropout (the default, as in every current framework) computes the same function as the
 paper's but does NOT train the same. Both make the test-time output the expected training output.
 Under inverted dropout the next layer (y = W h) sees inputs 1/(1-p) times larger, so it computes

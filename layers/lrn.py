@@ -20,6 +20,11 @@ Conventions elsewhere: PyTorch `F.local_response_norm(x, n, alpha * n, beta, k)`
 by n); Caffe `alpha_caffe = alpha * n` (and Caffe's k defaults to 1); cuda-convnet
 `scale = alpha * n`, `minDiv = k`.
 
+Range: in float32, a_j^2 overflows beyond |a| ~ 1.8e19; s is then inf and b_c falls to 0 (float64
+gives ~1e-8 there), on both paths. An infinite a_c makes b_c NaN (inf * 0), as in float64. With an
+infinite dout_c the two terms of dx_c are inf - inf = NaN where the combined derivative gives the
+infinity (tests/test_edge_cases.py allows it).
+
 Shapes: x, out, dx (N, C, H, W).
 Cached (LRNCache, the same four arrays on both paths): x, s (the scale), s^(-beta) and b (the
 output): the backward needs all four, and recomputing the window sum and the fractional power

@@ -10,7 +10,11 @@ Backward:  the max is a selector, so its gradient goes to the one input it selec
 Shapes: x (N, C, H, W), out (N, C, OH, OW).
 Cached (PoolCache, the same on both paths): the argmax as the window offset p*K + q, one byte per
 output (so windows are at most 16x16), and the input shape.
-Ties pick the first maximum in row-major window order (as PyTorch does).
+Ties pick the first maximum in row-major window order (as PyTorch does), on every path (this file,
+kernels/pool.cu, layers/reference.py): all-zero or constant windows send their gradient to the
+top-left element. A window holding a NaN outputs NaN and its first NaN is the argmax. The backward
+multiplies dout by the derivative (1 at the argmax, 0 elsewhere) rather than selecting, so a NaN
+dout reaches its whole window, on every path.
 The CPU path loops over the K*K window offsets (9), each a strided view of the whole batch:
 never over pixels. Backward adds `dout * (argmax == offset)` through the same strided views.
 Reference loops: layers/reference.py maxpool_forward / maxpool_backward. GPU: kernels/pool.cu.
@@ -84,6 +88,12 @@ class MaxPool2d(Layer):
             np.subtract(argmax.dtype.type(offset), argmax, out=step)
             np.multiply(step, better, out=step)
             np.add(argmax, step, out=argmax)
+        # np.maximum made a window holding a NaN NaN, but NaN > max is false, so its argmax still
+        # points at a number: point it at the window's first NaN (a rare pass, after one check)
+        nan = np.isnan(out)
+        if nan.any():
+            for offset in reversed(range(K * K)):
+                argmax[nan & np.isnan(self._window(x, offset // K, offset % K, OH, OW))] = offset
 
     def backward_numpy(self, dout, need_dx):
         argmax, x_shape = self.cache

@@ -96,18 +96,18 @@ def conv_backward(x, W, dout, stride=1, padding=0, groups=1):
 
 # ---- ReLU (layers/relu.py) ------------------------------------------------------------------------
 def relu_forward(x):
-    """out = max(0, x)"""
+    """out = max(0, x); max(0, NaN) is NaN"""
     out = np.zeros_like(x)
     for i in np.ndindex(x.shape):
-        out[i] = x[i] if x[i] > 0 else 0.0
+        out[i] = 0.0 if x[i] <= 0 else x[i]
     return out
 
 
 def relu_backward(x, dout):
-    """dx = dout [x > 0]"""
+    """dx = dout [x > 0], a product: a NaN dout stays NaN where the unit is off"""
     dx = np.zeros_like(dout)
     for i in np.ndindex(x.shape):
-        dx[i] = dout[i] if x[i] > 0 else 0.0
+        dx[i] = dout[i] * (1.0 if x[i] > 0 else 0.0)
     return dx
 
 
@@ -165,29 +165,40 @@ def lrn_backward(x, dout, size=5, alpha=1e-4, beta=0.75, k=2.0):
 
 
 # ---- overlapping max-pool (layers/pool.py) ---------------------------------------------------------
+def _argmax(x, n, c, i, j, K, S):
+    """(p*, q*): the first maximum of window (i, j) in row-major order, or its first NaN if it holds one"""
+    best = (0, 0)
+    for p in range(K):
+        for q in range(K):
+            v, b = x[n, c, S * i + p, S * j + q], x[n, c, S * i + best[0], S * j + best[1]]
+            if v > b or (math.isnan(v) and not math.isnan(b)):
+                best = (p, q)
+    return best
+
+
 def maxpool_forward(x, kernel_size=3, stride=2):
-    """out[n, c, i, j] = max_{p, q < K} x[n, c, S i + p, S j + q]"""
+    """out[n, c, i, j] = max_{p, q < K} x[n, c, S i + p, S j + q], NaN if the window holds a NaN"""
     N, C, H, W = x.shape
     K, S = kernel_size, stride
     OH, OW = (H - K) // S + 1, (W - K) // S + 1
     out = np.zeros((N, C, OH, OW), x.dtype)
     for n, c, i, j in np.ndindex(out.shape):
-        out[n, c, i, j] = max(x[n, c, S * i + p, S * j + q] for p in range(K) for q in range(K))
+        p, q = _argmax(x, n, c, i, j, K, S)
+        out[n, c, i, j] = x[n, c, S * i + p, S * j + q]
     return out
 
 
 def maxpool_backward(x, dout, kernel_size=3, stride=2):
-    """dx[n, c, S i + p*, S j + q*] += dout[n, c, i, j], (p*, q*) the first maximum of window (i, j)
-    in row-major order: overlapping windows can send one input several gradients."""
+    """dx[n, c, S i + p, S j + q] += dout[n, c, i, j] [(p, q) = (p*, q*)] for every (p, q) of window (i, j):
+    only the argmax gets dout, but as a product, so a NaN dout reaches its whole window. Overlapping
+    windows can send one input several gradients."""
     K, S = kernel_size, stride
     dx = np.zeros_like(x)
     for n, c, i, j in np.ndindex(dout.shape):
-        best = None
+        best = _argmax(x, n, c, i, j, K, S)
         for p in range(K):
             for q in range(K):
-                if best is None or x[n, c, S * i + p, S * j + q] > x[n, c, best[0], best[1]]:
-                    best = (S * i + p, S * j + q)
-        dx[n, c, best[0], best[1]] += dout[n, c, i, j]
+                dx[n, c, S * i + p, S * j + q] += dout[n, c, i, j] * (1.0 if (p, q) == best else 0.0)
     return dx
 
 
@@ -262,11 +273,16 @@ def softmax_xent_backward(logits, labels):
 
 # ---- the paper's SGD step (engine/optim.py) ------------------------------------------------------------
 def sgd_step(w, g, v, lr, momentum=0.9, weight_decay=5e-4, lr_mult=1.0, decay_mult=1.0):
-    """v <- m v - decay_mult wd (lr lr_mult) w - (lr lr_mult) g;   w <- w + v   (returns new arrays)"""
+    """v <- m v - decay_mult wd (lr lr_mult) w - (lr lr_mult) g;   w <- w + v   (returns new arrays)
+    A term whose coefficient is 0 is absent (not 0 times w or g, which is NaN for an infinite one)."""
     w_new, v_new = np.array(w, dtype=np.float64), np.array(v, dtype=np.float64)
+    decay, step = decay_mult * weight_decay * (lr * lr_mult), lr * lr_mult
     for i in np.ndindex(w.shape):
-        v_new[i] = (momentum * v[i] - decay_mult * weight_decay * (lr * lr_mult) * w[i]
-                    - (lr * lr_mult) * g[i])
+        v_new[i] = momentum * v[i]
+        if decay != 0:
+            v_new[i] -= decay * w[i]
+        if step != 0:
+            v_new[i] -= step * g[i]
         w_new[i] = w[i] + v_new[i]
     return w_new, v_new
 

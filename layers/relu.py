@@ -5,6 +5,10 @@ Paper: section 3.1. ReLUs train several times faster than saturating tanh units 
 Forward:   out = max(0, x)
 Backward:  dx = dout * [x > 0]     (the derivative at exactly 0 is taken as 0, as in PyTorch)
 
+NaN: max(0, NaN) is NaN on every path (as np.maximum and PyTorch give it), and dx is a product,
+so a NaN or infinite dout stays NaN where the unit is off (PyTorch selects 0 there): a NaN is never
+hidden from the loss or the gradients (docs/conventions.md, edge values).
+
 Shapes: any; out and dx have the shape of x.
 Cached: `out` (out > 0 exactly where x > 0), which the next layer keeps alive anyway, so the cache
 costs no extra memory.

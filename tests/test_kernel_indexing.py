@@ -251,8 +251,9 @@ def test_dropout(rt, layout, launch, rng):
     with launch_shape(*launch):
         out = ops.dropout_forward(checked, rt.xp.asarray(x), 0.4, 5, 2, scale, layout=layout)
         dx = ops.dropout_backward(checked, rt.xp.asarray(x), 0.4, 5, 2, scale, layout=layout)
-    same(out, np.where(keep, x * scale, np.float32(0)))
-    same(dx, np.where(keep, x * scale, np.float32(0)))
+    want = np.where(keep, scale, np.float32(0)) * x          # a dropped unit is x * 0 (-0 for x < 0)
+    same(out, want)
+    same(dx, want)
 
 
 @pytest.mark.parametrize("launch", LAUNCHES, ids=LAUNCH_IDS)
