@@ -11,6 +11,17 @@ import sys
 from alexnet.app.errors import report
 
 
+def _class_count(text):
+    """--classes: an integer >= 2 (a model's last layer cannot tell one class from nothing)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = None
+    if count is None or count < 2:
+        raise argparse.ArgumentTypeError(f"expected a number of classes >= 2, got {text!r}")
+    return count
+
+
 def cmd_summary(args):
     from alexnet.layers import Conv2d
     from alexnet.models.alexnet import AlexNet
@@ -48,14 +59,15 @@ def build_parser():
     p = sub.add_parser("summary", help="print the network layer by layer with parameters and multiply-adds")
     p.add_argument("--model", choices=("alexnet", "alexnet-small", "alexnet-tv"), default="alexnet",
                    help="alexnet-tv: torchvision's AlexNet (models/torchvision.py)")
-    p.add_argument("--classes", type=int, default=1000, help="number of classes (default 1000)")
+    p.add_argument("--classes", type=_class_count, default=1000, help="number of classes (default 1000)")
     p.add_argument("--groups", type=int, choices=(1, 2), default=2, help="2: the paper's two towers")
     p.set_defaults(func=cmd_summary)
     p = sub.add_parser("gradcheck", help="check every layer's gradients against finite differences",
                        description="Every layer's analytic gradients (dx and each parameter) against central "
                                    "finite differences in float64, then a tiny AlexNet end to end.")
-    p.add_argument("--layer", metavar="NAME", help="only this layer's cases (conv2d, lrn, maxpool2d, relu, tanh, "
-                                                   "dense, dropout, adaptiveavgpool2d; net for the whole network)")
+    p.add_argument("--layer", metavar="NAME", help="only this layer's cases: conv2d (or conv), lrn, maxpool2d (or "
+                                                   "pool), relu, tanh, dense (or fc), dropout, adaptiveavgpool2d (or "
+                                                   "avgpool); net (or loss) for the whole network with its loss")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="show a few entries of each gradient, analytic and numeric side by side")
     p.set_defaults(func=cmd_gradcheck)

@@ -218,7 +218,7 @@ class TrainConfig:
 
     # ---- what the config decides ------------------------------------------------------------
     def model_options(self):
-        """The architecture options that differ from the paper's, for models.build_model."""
+        """The architecture options that differ from the paper's, for models/registry.py's build_model."""
         return changed_options({"lrn": self.lrn, "pool": self.pool, "groups": self.groups,
                                 "activation": self.activation})
 
@@ -298,11 +298,13 @@ def flag(name):
 # ---- the command line ---------------------------------------------------------------------------
 def given(args):
     """{field: value} of the TrainConfig flags given on the command line (the others are None).
-    --data is made absolute: config.json must find it from any working directory."""
+    Paths are made absolute: config.json must find them from any working directory, and a resumed
+    run given the same relative path asks for the same file."""
     values = {name: getattr(args, name, None) for name, f in FIELDS.items() if f.metadata["cli"]}
     values = {k: v for k, v in values.items() if v is not None}
-    if values.get("data"):
-        values["data"] = os.path.abspath(values["data"])
+    for name in ("data", "init_from"):
+        if values.get(name):
+            values[name] = os.path.abspath(values[name])
     return values
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from alexnet.app.files import fsync_dir
 from alexnet.app.errors import UserError
-from alexnet.engine.parallel import shares
+from alexnet.engine.threads import shares
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -604,7 +604,7 @@ AUGMENTATIONS = ("paper", "crops", "none")
 
 def batch_part(indices, part):
     """(positions) of this rank's slice of a global batch: part = (rank, ranks), the slices
-    contiguous and even (engine/parallel.py shares); None: the whole batch."""
+    contiguous and even (engine/threads.py shares); None: the whole batch."""
     if part is None:
         return np.arange(len(indices))
     lo, hi = shares(len(indices), part[1])[part[0]]

@@ -100,8 +100,28 @@ def draw_sample(cls, rng, size=IMAGE_SIZE):
     n = size * _SUPERSAMPLE
     bg = _gradient_background(rng, n)
     img = Image.fromarray(bg.astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    # Clutter under the shape: lines, dots and arcs in random colours.
+    _draw_clutter(ImageDraw.Draw(img), rng, n)
+    scale = rng.uniform(*SCALE) * n
+    cx, cy = rng.uniform(0.35, 0.65, 2) * n
+    angle = rng.uniform(0, 2 * np.pi)
+    aspect = rng.uniform(0.8, 1.25)
+    colour = _colour(rng, bg[int(cy), int(cx)])
+    outline_only = rng.random() < OUTLINE_P and cls not in ("ring", "crescent")
+    line_w = int(max(2, scale * rng.uniform(0.12, 0.2)))
+    # The shape goes into a mask so round shapes and cut-outs (ring, crescent) composite over the
+    # clutter instead of painting background colour on it.
+    mask = Image.new("L", (n, n), 0)
+    _draw_shape(ImageDraw.Draw(mask), cls, rng, (cx, cy), scale, angle, aspect, line_w if outline_only else None)
+    img.paste(Image.new("RGB", (n, n), colour), (0, 0), mask)
+
+    img = img.resize((size, size), Image.Resampling.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32)
+    arr = arr + rng.normal(0, rng.uniform(*NOISE), arr.shape)
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def _draw_clutter(draw, rng, n):
+    """Clutter under the shape: lines, dots and arcs in random colours, on an n x n canvas."""
     for _ in range(rng.integers(*CLUTTER)):
         kind = rng.integers(0, 3)
         col = tuple(int(v) for v in rng.uniform(0, 255, 3))
@@ -116,51 +136,36 @@ def draw_sample(cls, rng, size=IMAGE_SIZE):
             box = (min(x0, x1), min(y0, y1), max(x0, x1) + 1, max(y0, y1) + 1)
             draw.arc(box, float(rng.uniform(0, 360)), float(rng.uniform(0, 360)), fill=col, width=width)
 
-    scale = rng.uniform(*SCALE) * n
-    cx, cy = rng.uniform(0.35, 0.65, 2) * n
-    angle = rng.uniform(0, 2 * np.pi)
-    aspect = rng.uniform(0.8, 1.25)
-    colour = _colour(rng, bg[int(cy), int(cx)])
-    outline_only = rng.random() < OUTLINE_P and cls not in ("ring", "crescent")
-    line_w = int(max(2, scale * rng.uniform(0.12, 0.2)))
-    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
 
-    # The shape goes into a mask so round shapes and cut-outs (ring, crescent) composite over the
-    # clutter instead of painting background colour on it.
-    mask = Image.new("L", (n, n), 0)
-    mdraw = ImageDraw.Draw(mask)
+def _draw_shape(mdraw, cls, rng, centre, scale, angle, aspect, outline):
+    """Class `cls`'s shape into a mask (255 inside), centred at `centre`, of size `scale`, turned by
+    `angle`, stretched by `aspect`; only its outline, `outline` wide, unless that is None."""
+    cx, cy = centre
     poly = _unit_outline(cls, rng)
     if poly is not None:
-        pts = (poly * [aspect, 1 / aspect]) @ rot.T * scale + [cx, cy]
-        pts = [tuple(p) for p in pts]
-        if outline_only:
-            mdraw.polygon(pts, outline=255, width=line_w)
+        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        pts = [tuple(p) for p in (poly * [aspect, 1 / aspect]) @ rot.T * scale + [cx, cy]]
+        if outline:
+            mdraw.polygon(pts, outline=255, width=outline)
         else:
             mdraw.polygon(pts, fill=255)
-    else:
-        rx, ry = scale * aspect, scale / aspect
-        box = (cx - rx, cy - ry, cx + rx, cy + ry)
-        if cls == "circle":
-            if outline_only:
-                mdraw.ellipse(box, outline=255, width=line_w)
-            else:
-                mdraw.ellipse(box, fill=255)
-        elif cls == "ring":
-            mdraw.ellipse(box, fill=255)
-            inner = rng.uniform(0.45, 0.7)
-            mdraw.ellipse((cx - rx * inner, cy - ry * inner, cx + rx * inner, cy + ry * inner), fill=0)
-        else:  # crescent: a disc with an offset disc cut out
-            mdraw.ellipse(box, fill=255)
-            off = rng.uniform(0.35, 0.6) * scale
-            ox, oy = cx + off * math.cos(angle), cy + off * math.sin(angle)
-            r2 = scale * rng.uniform(0.85, 1.0)
-            mdraw.ellipse((ox - r2, oy - r2, ox + r2, oy + r2), fill=0)
-    img.paste(Image.new("RGB", (n, n), colour), (0, 0), mask)
-
-    img = img.resize((size, size), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32)
-    arr = arr + rng.normal(0, rng.uniform(*NOISE), arr.shape)
-    return np.clip(arr, 0, 255).astype(np.uint8)
+        return
+    rx, ry = scale * aspect, scale / aspect
+    box = (cx - rx, cy - ry, cx + rx, cy + ry)
+    if cls == "circle" and outline:
+        mdraw.ellipse(box, outline=255, width=outline)
+    elif cls == "circle":
+        mdraw.ellipse(box, fill=255)
+    elif cls == "ring":
+        mdraw.ellipse(box, fill=255)
+        inner = rng.uniform(0.45, 0.7)
+        mdraw.ellipse((cx - rx * inner, cy - ry * inner, cx + rx * inner, cy + ry * inner), fill=0)
+    else:  # crescent: a disc with an offset disc cut out
+        mdraw.ellipse(box, fill=255)
+        off = rng.uniform(0.35, 0.6) * scale
+        ox, oy = cx + off * math.cos(angle), cy + off * math.sin(angle)
+        r2 = scale * rng.uniform(0.85, 1.0)
+        mdraw.ellipse((ox - r2, oy - r2, ox + r2, oy + r2), fill=0)
 
 
 def _write_class(args):

@@ -46,25 +46,27 @@ def connect():
     world = comm.connect()
     if isinstance(world, comm.Single):
         return world
-    from alexnet.engine import parallel
+    from alexnet.engine import threads
 
     visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     bound = visible < (os.cpu_count() or visible)       # the launcher pinned this rank to its cores
-    parallel.share_cores(visible if bound else max(1, visible // world.local_size))
+    threads.share_cores(visible if bound else max(1, visible // world.local_size))
     return world
 
 
 def everywhere(world, fn):
     """fn() on every rank; a UserError on any of them stops all with the first rank's message
-    (setup errors: a rank that failed alone would leave the others waiting)."""
+    (setup errors: a rank that failed alone would leave the others waiting). One process: fn()."""
+    if isinstance(world, comm.Single):
+        return fn()
     try:
         result, error = fn(), None
     except UserError as e:
-        result, error = None, str(e)
-    errors = world.objects(error)
+        result, error = None, e
+    errors = world.objects(str(error) if error else None)
     first = next((e for e in errors if e), None)
     if first is not None:
-        raise CollectiveError(first)
+        raise CollectiveError(first) from error      # this rank's own error, if any, with its traceback
     return result
 
 
@@ -193,11 +195,11 @@ class DataParallel(_Ranks):
         self._dropouts = []
 
     def describe(self):
-        from alexnet.engine import backend, parallel
+        from alexnet.engine import backend, threads
 
-        threads = parallel.num_threads()
+        count = threads.num_threads()
         if self.device == "cpu":
-            share = f"{threads} thread{'s' * (threads > 1)} each"
+            share = f"{count} thread{'s' * (count > 1)} each"
         else:
             gpus = backend.gpu_count()
             share = ("one GPU each" if self.world.local_size <= gpus

@@ -24,7 +24,7 @@ def quiet_numerics():
     Training reports a non-finite loss itself, as one line that names the step and the last good
     checkpoint; the warnings NumPy prints on the way there (LRN's squares, Winograd's products
     overflowing) would only precede it. np.errstate covers this thread; the warnings filter
-    covers the layers' chunk threads (engine/parallel.py), which do not inherit errstate."""
+    covers the layers' chunk threads (engine/threads.py), which do not inherit errstate."""
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered",
                                 RuntimeWarning)

@@ -110,6 +110,24 @@ def table(header, rows):
 
 
 # ---- relu-vs-tanh (Figure 1) ---------------------------------------------------------------------
+def _error_curve(out, data, act, seed, epochs, quick, levels):
+    """One run of the four-layer net: its training error per logged step and per epoch, and the
+    epochs its running mean over a quarter epoch takes to reach each of `levels`."""
+    epoch_recs, step_recs = train(out, f"{act}-seed{seed}", data, model="convnet4", activation=act,
+                                  epochs=epochs, seed=seed, init="caffe", input_scale=1.0, lr=0.001,
+                                  dropout=0.0, lr_drops=[epochs + 1], log_every=2,
+                                  max_train=600 if quick else 0, batch_size=16 if quick else 64)
+    steps_per_epoch = epoch_recs[0]["step"] / epoch_recs[0]["epoch"]
+    xs = [r["step"] / steps_per_epoch for r in step_recs]
+    ys = [1 - r["train_top1"] for r in step_recs]
+    # crossings of the running mean over a quarter epoch: one lucky batch is not a level reached
+    window = max(1, round(steps_per_epoch / 2 / 4))          # logged every 2 steps
+    smoothed = smooth(ys, window)
+    return {"epochs_x": xs, "train_error": ys, "smoothed": smoothed,
+            "epoch_train_error": [1 - r["train_top1"] for r in epoch_recs],
+            "epochs_to": {str(level): crossing(xs[window - 1:], smoothed[window - 1:], level) for level in levels}}
+
+
 def relu_vs_tanh(out, data, quick, seeds, epochs, log):
     """The four-layer net with each nonlinearity, in the paper's regime: raw 0..255 pixels (minus the
     mean), weights N(0, 0.01^2), one learning rate for both. Training error per logged step
@@ -120,36 +138,26 @@ def relu_vs_tanh(out, data, quick, seeds, epochs, log):
     levels = (0.75, 0.5, 0.25)
     curves, reach = {}, {}
     for act in ("relu", "tanh"):
-        per_seed = []
+        curves[act] = []
         for seed in range(1, seeds + 1):
             log(f"relu-vs-tanh: {act}, seed {seed}, {epochs} epochs")
-            epoch_recs, step_recs = train(out, f"{act}-seed{seed}", data, model="convnet4", activation=act,
-                                          epochs=epochs, seed=seed, init="caffe", input_scale=1.0, lr=0.001,
-                                          dropout=0.0, lr_drops=[epochs + 1], log_every=2,
-                                          max_train=600 if quick else 0, batch_size=16 if quick else 64)
-            steps_per_epoch = epoch_recs[0]["step"] / epoch_recs[0]["epoch"]
-            xs = [r["step"] / steps_per_epoch for r in step_recs]
-            ys = [1 - r["train_top1"] for r in step_recs]
-            # crossings of the running mean over a quarter epoch: one lucky batch is not a level reached
-            window = max(1, round(steps_per_epoch / 2 / 4))          # logged every 2 steps
-            smoothed = smooth(ys, window)
-            per_seed.append({"epochs_x": xs, "train_error": ys, "smoothed": smoothed,
-                             "epoch_train_error": [1 - r["train_top1"] for r in epoch_recs],
-                             "epochs_to": {str(level): crossing(xs[window - 1:], smoothed[window - 1:], level)
-                                           for level in levels}})
-        curves[act] = per_seed
-        reach[act] = {}
-        for level in levels:
-            hits = [s["epochs_to"][str(level)] for s in per_seed]
-            reach[act][str(level)] = mean_spread(hits) if None not in hits else None
+            curves[act].append(_error_curve(out, data, act, seed, epochs, quick, levels))
+        hits = {str(level): [s["epochs_to"][str(level)] for s in curves[act]] for level in levels}
+        reach[act] = {level: mean_spread(h) if None not in h else None for level, h in hits.items()}
     ratios = {str(level): (reach["tanh"][str(level)][0] / reach["relu"][str(level)][0]
                            if reach["relu"][str(level)] and reach["tanh"][str(level)] else None) for level in levels}
     line_chart("training error of the four-layer net, ReLU against tanh (running mean, 1/4 epoch)",
                [(act, c[0]["epochs_x"], c[0]["smoothed"]) for act, c in curves.items()],
                xlabel="epochs", size=(640, 380)).save(os.path.join(out, "relu_vs_tanh.png"))
+    _relu_vs_tanh_report(out, data, seeds, epochs, levels, curves, reach, ratios)
+    return {"ratios": ratios, "epochs_to": reach}
 
+
+def _relu_vs_tanh_report(out, data, seeds, epochs, levels, curves, reach, ratios):
+    """report.md and results.json of relu-vs-tanh."""
     def fmt(r):
         return "not reached" if r is None else f"{r[0]:.2f}" + (f" ± {r[1]:.2f}" if r[1] else "")
+
     def ratio_text(level):
         relu, tanh = reach["relu"][str(level)], reach["tanh"][str(level)]
         if relu and tanh:
@@ -173,7 +181,6 @@ def relu_vs_tanh(out, data, quick, seeds, epochs, log):
     write_report(out, "ReLU against tanh (Figure 1)", sections,
                  {"epochs": epochs, "seeds": seeds, "levels": levels, "epochs_to": reach, "ratios": ratios,
                   "curves": curves})
-    return {"ratios": ratios, "epochs_to": reach}
 
 
 # ---- ablations -------------------------------------------------------------------------------------

@@ -71,6 +71,11 @@ def layer_kinds():
     return sorted({type(make()).__name__.lower() for _, make, _ in standard_layer_cases()} | {"net"})
 
 
+# the names people type for a layer, and the class each stands for
+ALIASES = {"conv": "conv2d", "convolution": "conv2d", "pool": "maxpool2d", "maxpool": "maxpool2d",
+           "avgpool": "adaptiveavgpool2d", "fc": "dense", "linear": "dense", "softmax": "net", "loss": "net"}
+
+
 def _entry_rows(entries, shape, error_scale):
     """Lines showing analytic and numeric entries side by side, with their differences."""
     for flat, analytic, numeric in entries:
@@ -87,8 +92,10 @@ def run(args):
     from alexnet.models.alexnet import tiny_alexnet
 
     wanted = (args.layer or "").lower()
+    wanted = ALIASES.get(wanted, wanted)
     if wanted and wanted not in layer_kinds():
-        raise UserError(f"--layer {args.layer!r} is not one of {', '.join(layer_kinds())}")
+        raise UserError(f"--layer {args.layer!r} is not one of {', '.join(layer_kinds())} "
+                        f"(or {', '.join(sorted(ALIASES))})")
     verbose = 4 if args.verbose else 0
     start = time.perf_counter()
     print(f"{'case':<34} {'tensor':<10} {'max rel. error':>15}  result (float64, tolerance {TOLERANCE:g})")

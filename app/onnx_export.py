@@ -40,81 +40,71 @@ def _onnx():
     return onnx
 
 
-def to_onnx(model, meta, prep):
-    """The ONNX ModelProto of `model` (a Network of our layers) with the checkpoint's meta and its
-    preprocessing (app/preprocess.py), stated in the model's metadata."""
-    onnx = _onnx()
-    from onnx import TensorProto, helper, numpy_helper
+class _Graph:
+    """The nodes and initializers of a graph being built, each named as the layer that makes it."""
 
+    def __init__(self):
+        from onnx import helper, numpy_helper
+
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.nodes, self.inits = [], []
+
+    def constant(self, name, value):
+        self.inits.append(self.numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
+        return name
+
+    def node(self, op, inputs, name, **attrs):
+        self.nodes.append(self.helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+
+def _layer_nodes(graph, layer, x, shape):
+    """Add `layer`'s operators reading tensor `x` (one sample of `shape`); returns its output's name."""
     from alexnet.engine.backend import to_numpy
     from alexnet.layers import LRN, AdaptiveAvgPool2d, Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU, Tanh
     from alexnet.layers.avgpool import pooling_matrix
 
-    S = model.input_size
-    nodes, inits = [], []
-    x = "image"
-    shape = (3, S, S)                                          # one sample's shape after each layer
+    n, node, constant = layer.name, graph.node, graph.constant
+    if isinstance(layer, (Conv2d, Dense)):
+        W, b = (constant(f"{n}.{k}", to_numpy(layer.params[k])) for k in ("W", "b"))
+        if isinstance(layer, Dense):
+            return node("Gemm", [x, W, b], n, transB=1)
+        K, P, St = layer.kernel_size, layer.padding, layer.stride
+        return node("Conv", [x, W, b], n, kernel_shape=[K, K], strides=[St, St], pads=[P, P, P, P],
+                    group=layer.groups)
+    if isinstance(layer, ReLU):
+        return node("Relu", [x], n)
+    if isinstance(layer, Tanh):
+        return node("Tanh", [x], n)
+    if isinstance(layer, Flatten):
+        return node("Flatten", [x], n, axis=1)
+    if isinstance(layer, LRN):
+        return node("LRN", [x], n, size=layer.size, alpha=layer.alpha * layer.size, beta=layer.beta, bias=layer.k)
+    if isinstance(layer, MaxPool2d):
+        K, St = layer.kernel_size, layer.stride
+        return node("MaxPool", [x], n, kernel_shape=[K, K], strides=[St, St])
+    if isinstance(layer, AdaptiveAvgPool2d):
+        (H, W_), (OH, OW) = shape[1:], layer.output_size
+        if (H, W_) == (OH, OW):
+            return x
+        # (N, C, H, W) @ (W, OW) -> (N, C, H, OW); (OH, H) @ that -> (N, C, OH, OW)
+        cols = node("MatMul", [x, constant(f"{n}.P_W_T", pooling_matrix(W_, OW).T)], f"{n}.cols")
+        return node("MatMul", [constant(f"{n}.P_H", pooling_matrix(H, OH)), cols], n)
+    if isinstance(layer, Dropout):
+        if layer.variant == "paper" and layer.p > 0:
+            return node("Mul", [x, constant(f"{n}.scale", np.array(1.0 - layer.p))], n)
+        return x
+    raise UserError(f"cannot export layer {n} ({type(layer).__name__}) to ONNX")
 
-    def constant(name, value):
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(value, np.float32), name))
-        return name
 
-    def node(op, inputs, name, **attrs):
-        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
-        return name
-
-    for layer in model.layers:
-        n = layer.name
-        if isinstance(layer, (Conv2d, Dense)):
-            W, b = (constant(f"{n}.{k}", to_numpy(layer.params[k])) for k in ("W", "b"))
-            if isinstance(layer, Conv2d):
-                K, P, St = layer.kernel_size, layer.padding, layer.stride
-                x = node("Conv", [x, W, b], n, kernel_shape=[K, K], strides=[St, St], pads=[P, P, P, P],
-                         group=layer.groups)
-            else:
-                x = node("Gemm", [x, W, b], n, transB=1)
-        elif isinstance(layer, ReLU):
-            x = node("Relu", [x], n)
-        elif isinstance(layer, Tanh):
-            x = node("Tanh", [x], n)
-        elif isinstance(layer, LRN):
-            x = node("LRN", [x], n, size=layer.size, alpha=layer.alpha * layer.size, beta=layer.beta, bias=layer.k)
-        elif isinstance(layer, MaxPool2d):
-            K, St = layer.kernel_size, layer.stride
-            x = node("MaxPool", [x], n, kernel_shape=[K, K], strides=[St, St])
-        elif isinstance(layer, AdaptiveAvgPool2d):
-            (H, W_), (OH, OW) = shape[1:], layer.output_size
-            if (H, W_) != (OH, OW):
-                # (N, C, H, W) @ (W, OW) -> (N, C, H, OW); (OH, H) @ that -> (N, C, OH, OW)
-                cols = node("MatMul", [x, constant(f"{n}.P_W_T", pooling_matrix(W_, OW).T)], f"{n}.cols")
-                x = node("MatMul", [constant(f"{n}.P_H", pooling_matrix(H, OH)), cols], n)
-        elif isinstance(layer, Flatten):
-            x = node("Flatten", [x], n, axis=1)
-        elif isinstance(layer, Dropout):
-            if layer.variant == "paper" and layer.p > 0:
-                x = node("Mul", [x, constant(f"{n}.scale", np.array(1.0 - layer.p))], n)
-        else:
-            raise UserError(f"cannot export layer {n} ({type(layer).__name__}) to ONNX")
-        shape = layer.output_shape(shape)
-
-    logits = node("Identity", [x], "logits")
-    probs = node("Softmax", [logits], "probabilities", axis=1)
-    classes = meta.get("classes") or [str(i) for i in range(model.num_classes)]
-    graph = helper.make_graph(
-        nodes, f"{model.arch}", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, S, S])],
-        [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["N", model.num_classes]),
-         helper.make_tensor_value_info(probs, TensorProto.FLOAT, ["N", model.num_classes])],
-        initializer=inits)
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                   producer_name="alexnet-from-scratch",
-                                   doc_string=f"{model.arch}, {model.num_classes} classes; input normalisation "
-                                              f"in metadata_props")
-    onnx_model.ir_version = IR_VERSION
+def _metadata(model, meta, prep):
+    """The model's metadata_props: what it is and how an image becomes its input."""
+    S = prep.input_size
     mean = np.asarray(prep.mean, np.float64)
-    props = {
+    return {
         "arch": model.arch,
         "num_classes": str(model.num_classes),
-        "classes": json.dumps(classes),
+        "classes": json.dumps(meta.get("classes") or [str(i) for i in range(model.num_classes)]),
         "input": f"image: float32 (N, 3, {S}, {S}), NCHW, RGB",
         "input_normalisation": "image = (pixel - mean_rgb) * input_scale, pixels 0..255 RGB of the central "
                                f"{S}x{S} crop of the image with its shorter side resized to resize_size",
@@ -123,11 +113,36 @@ def to_onnx(model, meta, prep):
         "mean_kind": "per-channel" if mean.shape[:2] == (1, 1) else
                      f"per-pixel {mean.shape[0]}x{mean.shape[1]} image in the checkpoint, averaged here",
         "input_scale": repr(float(prep.input_scale)),
-        "input_size": str(prep.input_size),
+        "input_size": str(S),
         "resize_size": str(prep.resize_size),
         "outputs": "logits (N, classes); probabilities = softmax(logits)",
     }
-    helper.set_model_props(onnx_model, props)
+
+
+def to_onnx(model, meta, prep):
+    """The ONNX ModelProto of `model` (a Network of our layers) with the checkpoint's meta and its
+    preprocessing (app/preprocess.py), stated in the model's metadata."""
+    onnx = _onnx()
+    from onnx import TensorProto, helper
+
+    S, graph, x = model.input_size, _Graph(), "image"
+    shape = (3, S, S)                                          # one sample's shape after each layer
+    for layer in model.layers:
+        x = _layer_nodes(graph, layer, x, shape)
+        shape = layer.output_shape(shape)
+    logits = graph.node("Identity", [x], "logits")
+    probs = graph.node("Softmax", [logits], "probabilities", axis=1)
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", model.num_classes])
+               for name in (logits, probs)]
+    onnx_graph = helper.make_graph(graph.nodes, f"{model.arch}",
+                                   [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, S, S])],
+                                   outputs, initializer=graph.inits)
+    onnx_model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                   producer_name="alexnet-from-scratch",
+                                   doc_string=f"{model.arch}, {model.num_classes} classes; input normalisation "
+                                              f"in metadata_props")
+    onnx_model.ir_version = IR_VERSION
+    helper.set_model_props(onnx_model, _metadata(model, meta, prep))
     onnx.checker.check_model(onnx_model)
     return onnx_model
 

@@ -245,11 +245,9 @@ def _caffe_weights(theirs, mine):
     return out
 
 
-def from_caffe(layers, mean_image=None):
-    """The layers of bvlc_alexnet.caffemodel (app/caffe_format.read_net) -> Imported for `alexnet`:
-    BGR -> RGB in conv1, Caffe's LRN folded into the convolutions around it, the mean into data/mean."""
-    from alexnet.layers import LRN, Conv2d, Dense, MaxPool2d
-
+def _paper_layers(layers):
+    """The layers of a Caffe net that carry AlexNet's conv, LRN, pool and fully connected roles, in
+    order; refused, saying why, when they are not the paper's sequence."""
     odd = [f"{layer.name} ({layer.type})" for layer in layers
            if layer.type not in _CAFFE_ROLES and layer.type not in _CAFFE_PASSIVE]
     if odd:
@@ -263,25 +261,22 @@ def from_caffe(layers, mean_image=None):
     if sequence != _PAPER_SEQUENCE:
         raise UserError(f"not the paper's AlexNet: its conv (C), LRN (N), pool (P) and fully connected (F) "
                         f"layers come as {sequence}, alexnet's as {_PAPER_SEQUENCE}")
-    fc8 = net[-1]
-    if len(fc8.blobs) < 1 or fc8.blobs[0].ndim < 2:
-        raise UserError(f"Caffe layer {fc8.name} has no weights: a .prototxt-only net, not a trained model?")
-    model = _target("alexnet", int(fc8.blobs[0].shape[-2]))
-    ours = [layer for layer in model.layers if isinstance(layer, (Conv2d, LRN, MaxPool2d, Dense))]
-    in_size, size = {}, model.input_size                 # each layer's input side, for the pools
-    for name, _, shape, _, _ in model.summary_rows((3, size, size)):
+    if len(net[-1].blobs) < 1 or net[-1].blobs[0].ndim < 2:
+        raise UserError(f"Caffe layer {net[-1].name} has no weights: a .prototxt-only net, not a trained model?")
+    return net
+
+
+def _fold_lrns(pairs, ours, weights, notes):
+    """Check each layer's settings against ours, and fold Caffe's LRNs into the convolutions around
+    them (in place in `weights`; one factor per array, applied once)."""
+    from alexnet.layers import LRN, Conv2d, MaxPool2d
+
+    in_size, size = {}, ours.input_size                 # each layer's input side, for the pools
+    for name, _, shape, _, _ in ours.summary_rows((3, size, size)):
         in_size[name] = size
         size = shape[1] if len(shape) == 3 else size
-
-    pairs = list(zip(net, ours))
-    weights = {}
-    # the weights' shapes first: a net of another shape (one tower, other widths) is told as such
-    for theirs, mine in pairs:
-        if isinstance(mine, (Conv2d, Dense)):
-            weights.update(_caffe_weights(theirs, mine))
-    # then each layer's settings, and what the LRNs need rescaled (one factor per array, applied once)
+    mine_in_order = [mine for _, mine in pairs]
     factors = {}
-    notes = ["conv1's input channels reversed: Caffe's BGR to our RGB"]
     for i, (theirs, mine) in enumerate(pairs):
         if isinstance(mine, Conv2d):
             _check_conv(theirs, mine)
@@ -292,8 +287,8 @@ def from_caffe(layers, mean_image=None):
             if (s, c) == (1.0, 1.0):
                 continue
             # the conv whose ReLU output this LRN normalises, and the conv that reads the result
-            before = next(m.name for m in reversed(ours[:i]) if isinstance(m, Conv2d))
-            after = next(m.name for m in ours[i:] if isinstance(m, Conv2d))
+            before = next(m.name for m in reversed(mine_in_order[:i]) if isinstance(m, Conv2d))
+            after = next(m.name for m in mine_in_order[i:] if isinstance(m, Conv2d))
             for key, factor in ((f"{before}.W", s), (f"{before}.b", s), (f"{after}.W", 1.0 / c)):
                 factors[key] = factors.get(key, 1.0) * factor
             p = theirs.params
@@ -303,6 +298,23 @@ def from_caffe(layers, mean_image=None):
     for key, factor in factors.items():
         a = weights[key]
         weights[key] = (a.astype(np.float64) * factor).astype(a.dtype)
+
+
+def from_caffe(layers, mean_image=None):
+    """The layers of bvlc_alexnet.caffemodel (app/caffe_format.read_net) -> Imported for `alexnet`:
+    BGR -> RGB in conv1, Caffe's LRN folded into the convolutions around it, the mean into data/mean."""
+    from alexnet.layers import LRN, Conv2d, Dense, MaxPool2d
+
+    net = _paper_layers(layers)
+    model = _target("alexnet", int(net[-1].blobs[0].shape[-2]))
+    pairs = list(zip(net, [layer for layer in model.layers if isinstance(layer, (Conv2d, LRN, MaxPool2d, Dense))]))
+    weights = {}
+    # the weights' shapes first: a net of another shape (one tower, other widths) is told as such
+    for theirs, mine in pairs:
+        if isinstance(mine, (Conv2d, Dense)):
+            weights.update(_caffe_weights(theirs, mine))
+    notes = ["conv1's input channels reversed: Caffe's BGR to our RGB"]
+    _fold_lrns(pairs, model, weights, notes)           # then each layer's settings, and the LRNs
     weights["conv1.W"] = np.ascontiguousarray(weights["conv1.W"][:, ::-1])      # BGR input channels -> RGB
     if mean_image is not None:
         mean = np.asarray(mean_image, np.float32)

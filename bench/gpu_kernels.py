@@ -29,6 +29,7 @@ Prints a table and writes DIR/gpu_kernels.json (gpu_kernels_small.json with --sm
 to $OUT, else ./gpu_out). Exit status 1 on any failure, or when the backend is unusable.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -369,32 +370,38 @@ def pool_cases(layer, x_shape, out_shape):
 
 
 def dropout_cases(layer, x_shape):
+    return [case for variant, train_scale, test_scale in (("inverted", 1 / (1 - layer.p), 1.0),
+                                                          ("paper", 1.0, 1 - layer.p))
+            for case in _dropout_variant_cases(layer, x_shape, variant, train_scale, test_scale)]
+
+
+def _dropout_variant_cases(layer, x_shape, variant, train_scale, test_scale):
+    """One dropout variant's cases: the training forward and backward (scale `train_scale` on the
+    kept units) and inference (times `test_scale`)."""
     p, seed, step = layer.p, layer.seed, 3     # step 3: the fourth mask, not the first
-    cases = []
-    for variant, train_scale, test_scale in (("inverted", 1 / (1 - p), 1.0), ("paper", 1.0, 1 - p)):
-        def train(kernel, rt, inputs, scale=train_scale):
-            x = inputs.normal(x_shape)                  # x, or dout for the backward
-            launch, key = ((ops.dropout_forward, "out") if kernel == "dropout_forward"
-                           else (ops.dropout_backward, "dx"))
 
-            def reference():
-                keep = ref_keep(rt.xp, seed, step, x.size, p).reshape(x_shape)
-                return {key: (rt.xp.where(keep, x * np.float32(scale), np.float32(0)), EXACT)}
-            return lambda: {key: launch(rt, x, p, seed, step, scale)}, reference
+    def train(kernel, rt, inputs):
+        x = inputs.normal(x_shape)                  # x, or dout for the backward
+        launch, key = ((ops.dropout_forward, "out") if kernel == "dropout_forward"
+                       else (ops.dropout_backward, "dx"))
 
-        def test(rt, inputs, scale=test_scale):
-            x = inputs.normal(x_shape)
-            return (lambda: {"out": ops.dropout_scale(rt, x, scale)},
-                    lambda: {"out": (x * np.float32(scale), EXACT)})
+        def reference():
+            keep = ref_keep(rt.xp, seed, step, x.size, p).reshape(x_shape)
+            return {key: (rt.xp.where(keep, np.float32(train_scale), np.float32(0)) * x, EXACT)}
+        return lambda: {key: launch(rt, x, p, seed, step, train_scale)}, reference
 
-        label = f"x {fmt(x_shape)} p {p:g} seed {seed} step {step}"
-        cases += [Case(f"{layer.name} {variant} forward (train)", ("dropout_forward",), label,
-                       lambda rt, inputs, t=train: t("dropout_forward", rt, inputs)),
-                  Case(f"{layer.name} {variant} backward (train)", ("dropout_backward",), label,
-                       lambda rt, inputs, t=train: t("dropout_backward", rt, inputs)),
-                  Case(f"{layer.name} {variant} inference (x {test_scale:g})", ("dropout_scale",),
-                       f"x {fmt(x_shape)}", test)]
-    return cases
+    def test(rt, inputs):
+        x = inputs.normal(x_shape)
+        return (lambda: {"out": ops.dropout_scale(rt, x, test_scale)},
+                lambda: {"out": (x * np.float32(test_scale), EXACT)})
+
+    label = f"x {fmt(x_shape)} p {p:g} seed {seed} step {step}"
+    return [Case(f"{layer.name} {variant} forward (train)", ("dropout_forward",), label,
+                 functools.partial(train, "dropout_forward")),
+            Case(f"{layer.name} {variant} backward (train)", ("dropout_backward",), label,
+                 functools.partial(train, "dropout_backward")),
+            Case(f"{layer.name} {variant} inference (x {test_scale:g})", ("dropout_scale",),
+                 f"x {fmt(x_shape)}", test)]
 
 
 def softmax_cases(N, K):

@@ -36,14 +36,14 @@ def worker(mode, batch, steps):
     from alexnet.app.trainer import train_step
     from alexnet.engine.loss import SoftmaxCrossEntropy
     from alexnet.engine.optim import SGD
-    from alexnet.engine.parallel import num_threads, shares
+    from alexnet.engine.threads import num_threads, shares
     from alexnet.models.alexnet import AlexNet
 
     world = distributed.connect()
-    par = distributed.strategy(world, mode if mode != "alone" else "data", "cpu")
-    model = par.build(AlexNet(1000, init="paper", seed=0))
+    strategy = distributed.strategy(world, mode if mode != "alone" else "data", "cpu")
+    model = strategy.build(AlexNet(1000, init="paper", seed=0))
     optimizer, criterion = SGD(model), SoftmaxCrossEntropy()
-    par.attach(model)
+    strategy.attach(model)
     lo, hi = shares(batch, world.size)[world.rank] if mode == "data" else (0, batch)
     rng = np.random.default_rng(world.rank)
     x = rng.standard_normal((hi - lo, 3, 227, 227)).astype(np.float32)
@@ -51,14 +51,14 @@ def worker(mode, batch, steps):
     times, waits, grad_waits, sent = [], [], [], []
     for i in range(steps + 1):                        # the first step warms the workspace up
         wait0, sent0 = world.wait_seconds, world.sent_bytes
-        grad0 = par.sync.wait_seconds if getattr(par, "sync", None) else 0.0
+        grad0 = strategy.sync.wait_seconds if getattr(strategy, "sync", None) else 0.0
         t0 = time.perf_counter()
-        train_step(model, criterion, optimizer, par, x, labels, par.batch_count(hi - lo, model))
+        train_step(model, criterion, optimizer, strategy, x, labels, strategy.batch_count(hi - lo, model))
         elapsed = time.perf_counter() - t0
         if i:
             times.append(elapsed)
             waits.append(world.wait_seconds - wait0)
-            grad_waits.append((par.sync.wait_seconds if getattr(par, "sync", None) else 0.0) - grad0)
+            grad_waits.append((strategy.sync.wait_seconds if getattr(strategy, "sync", None) else 0.0) - grad0)
             sent.append(world.sent_bytes - sent0)
     if world.rank == 0:
         step = statistics.median(times)

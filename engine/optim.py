@@ -23,15 +23,14 @@ Reference loop: layers/reference.py sgd_step. On the CPU the update walks each t
 sized blocks on every core; on the GPU one launch of kernels/sgd.cu updates every tensor.
 
 Schedules: `PlateauSchedule` is the paper's "divide the learning rate by 10 when the validation
-error stops improving", at most 3 times; `MilestoneSchedule` divides by 10 after given epochs;
-`StepSchedule` divides by a factor every `step_size` epochs.
+error stops improving", at most 3 times; `MilestoneSchedule` divides by 10 after given epochs.
 """
 from collections import OrderedDict
 
 import numpy as np
 
 from alexnet.engine import backend
-from alexnet.engine.parallel import run_chunks
+from alexnet.engine.threads import run_chunks
 from alexnet.kernels import ops
 
 
@@ -228,30 +227,3 @@ class MilestoneSchedule:
 
     def load_state_dict(self, state):
         self.milestones, self.factor = [int(m) for m in state["milestones"]], float(state["factor"])
-
-
-class StepSchedule:
-    """lr = base_lr * gamma ** (epoch // step_size)."""
-
-    def __init__(self, optimizer, step_size, gamma=0.1):
-        if step_size < 1 or not 0 < gamma <= 1:
-            raise ValueError(f"StepSchedule: need step_size >= 1 and 0 < gamma <= 1, got "
-                             f"{step_size!r}, {gamma!r}")
-        self.optimizer = optimizer
-        self.step_size, self.gamma = int(step_size), float(gamma)
-        self.base_lr = optimizer.lr
-
-    def step(self, epoch):
-        """Set the LR for `epoch` (0-based); returns True when it changed."""
-        new_lr = self.base_lr * self.gamma ** (epoch // self.step_size)
-        changed = new_lr != self.optimizer.lr
-        self.optimizer.lr = new_lr
-        return changed
-
-    def state_dict(self):
-        return {"kind": "step", "step_size": self.step_size, "gamma": self.gamma,
-                "base_lr": self.base_lr}
-
-    def load_state_dict(self, state):
-        self.step_size, self.gamma = int(state["step_size"]), float(state["gamma"])
-        self.base_lr = float(state["base_lr"])

@@ -1,6 +1,6 @@
-"""Run the CUDA kernels of kernels/*.cu on the CPU, with NumPy arrays (DESIGN.md section 5).
+"""Run the CUDA kernels of kernels/*.cu on the CPU, with NumPy arrays (docs/kernels.md).
 
-`load(name)` compiles kernels/<name>.cu with g++ -std=c++20 against harness/cuda_cpu.h into a
+`load(name)` compiles kernels/<name>.cu with g++ -std=c++20 against include/cuda_cpu.h into a
 shared library and returns a module shaped like `cupy.RawModule`:
 
     module.get_function("relu_forward")(grid, block, (x, out, numpy.int32(n)), shared_mem=0)
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 KERNEL_DIR = Path(__file__).resolve().parent
-HEADER = KERNEL_DIR / "harness" / "cuda_cpu.h"
+HEADER = KERNEL_DIR / "include" / "cuda_cpu.h"
 FLAGS = ("-std=c++20", "-O2", "-shared", "-fPIC", "-pthread")
 SANITIZE_FLAGS = {
     "address": ("-fsanitize=address", "-fno-omit-frame-pointer", "-g"),

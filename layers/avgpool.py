@@ -32,7 +32,7 @@ GPU: kernels/avgpool.cu (one thread per output in the forward, per input in the 
 import numpy as np
 
 from alexnet.engine.layer import Layer
-from alexnet.engine.parallel import batch_grain, run_chunks
+from alexnet.engine.threads import batch_grain, run_chunks
 from alexnet.kernels import ops
 
 

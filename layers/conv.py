@@ -25,7 +25,7 @@ with its own derivation: im2col (layers/conv_im2col.py: patches copied into a ma
 group) and Winograd F(2x2, 3x3) (layers/conv_winograd.py: 3x3 stride-1 kernels, about half the
 multiplications). `algorithm="auto"` takes Winograd where it applies (AlexNet's conv3-5) and
 im2col elsewhere (conv1, conv2); `alexnet summary` says which each layer uses and why. The batch
-is cut into chunks of up to 8 samples run on every core (engine/parallel.py).
+is cut into chunks of up to 8 samples run on every core (engine/threads.py).
 The GPU path is im2col for every layer: the im2col/col2im and bias kernels of kernels/conv.cu
 around cuBLAS products (cupy.matmul), the whole batch in one chunk.
 
@@ -41,7 +41,7 @@ import numpy as np
 
 from alexnet.engine import workspace
 from alexnet.engine.layer import Layer
-from alexnet.engine.parallel import batch_grain, run_chunks
+from alexnet.engine.threads import batch_grain, run_chunks
 from alexnet.kernels import ops
 from alexnet.layers import conv_im2col, conv_winograd
 
@@ -117,7 +117,7 @@ class Conv2d(Layer):
         algo = self.cpu_algorithm()
         out = workspace.empty((N, O, OH, OW), x.dtype)
         prepared = algo.prepare_weights(self.params["W"], self.groups)      # once for all chunks
-        # batch chunks of up to 8 samples over the cores (engine/parallel.py); each returns what
+        # batch chunks of up to 8 samples over the cores (engine/threads.py); each returns what
         # its backward needs, kept with the chunk's sample range
         chunks = run_chunks(lambda lo, hi: (lo, hi, algo.forward_chunk(self, x[lo:hi], prepared, out[lo:hi])),
                             N, grain=batch_grain())

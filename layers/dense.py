@@ -17,7 +17,7 @@ import numpy as np
 
 from alexnet.engine import workspace
 from alexnet.engine.layer import Layer
-from alexnet.engine.parallel import run_chunks
+from alexnet.engine.threads import run_chunks
 from alexnet.kernels import ops
 
 

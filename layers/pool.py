@@ -25,7 +25,7 @@ import numpy as np
 
 from alexnet.engine import workspace
 from alexnet.engine.layer import Layer
-from alexnet.engine.parallel import batch_grain, run_chunks
+from alexnet.engine.threads import batch_grain, run_chunks
 from alexnet.kernels import ops
 
 PoolCache = namedtuple("PoolCache", "argmax x_shape")

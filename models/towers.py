@@ -26,24 +26,29 @@ import copy
 import numpy as np
 
 from alexnet.engine.net import Sequential
-from alexnet.engine.parallel import shares
+from alexnet.engine.threads import shares
 from alexnet.layers import LRN, Conv2d, Dense, Dropout, Flatten
 from alexnet.layers.towers import TowerGather, TowerLRN
 
 
-def _cut(layer, counts, tower, cuts, make):
-    """This tower's part of `layer`, `make(its outputs)` holding rows of the layer's W and b (its
-    outputs split as `counts`); the cut is recorded in `cuts` for the whole model's tensors."""
-    lo = sum(counts[:tower])
-    part = make(counts[tower])
+def _cut(layer, in_channels, counts, tower, cuts):
+    """This tower's part of `layer` (a Conv2d or Dense whose outputs are split as `counts`), reading
+    `in_channels` inputs: rows of the layer's W and b. The cut is recorded in `cuts` for the whole
+    model's tensors."""
+    lo, out = sum(counts[:tower]), counts[tower]
+    dtype = layer.params["W"].dtype
+    if isinstance(layer, Conv2d):
+        part = Conv2d(in_channels, out, layer.kernel_size, layer.stride, layer.padding, 1, dtype, layer.algorithm)
+    else:
+        part = Dense(in_channels, out, dtype)
     for key, value in layer.params.items():
-        part.params[key] = np.ascontiguousarray(value[lo:lo + counts[tower]])
+        part.params[key] = np.ascontiguousarray(value[lo:lo + out])
         cuts[f"{layer.name}.{key}"] = counts
     return part
 
 
 class TowerModel:
-    """Tower `exchange.tower` of `model` (a two-tower AlexNet-shaped Sequential). It trains like a
+    """Tower `exchange.tower` of `model` (a two-tower AlexNet-shaped Network). It trains like a
     Sequential (forward, backward, named_parameters: this tower's halves) and saves like the whole
     model (state_dict gathers the halves; collective: both ranks call it)."""
 
@@ -53,57 +58,55 @@ class TowerModel:
         self.input_size, self.resize_size, self.options = model.input_size, model.resize_size, model.options
         self.full_params = model.num_params()
         self.cuts = {}                     # full tensor name -> its row counts per tower
-        tower, towers = exchange.tower, exchange.towers
         layers, names = [], []
         split = None                       # None: the whole activation is on every tower, else its counts
         shape = (3, model.input_size, model.input_size)
-
-        def gather(name):
-            layers.append(TowerGather(exchange, split))
-            names.append(f"gather_{name}")
-
         for layer in model.layers:
-            name = layer.name
-            if isinstance(layer, (Conv2d, Dense)):
-                out = layer.out_channels if isinstance(layer, Conv2d) else layer.out_features
-                counts = [hi - lo for lo, hi in shares(out, towers)]
-                grouped = isinstance(layer, Conv2d) and layer.groups == towers
-                if isinstance(layer, Conv2d) and layer.groups not in (1, towers):
-                    raise ValueError(f"{name}: groups={layer.groups} does not split over {towers} towers")
-                if grouped and split is None:
-                    raise ValueError(f"{name}: a grouped layer needs its input split over the towers")
-                if split is not None and not grouped:
-                    gather(name)           # a layer that reads both towers
-                elif grouped and split[tower] != layer.in_channels // towers:
-                    raise ValueError(f"{name}: its groups do not match the towers' {split} channels")
-                if isinstance(layer, Conv2d):
-                    cin = layer.in_channels // towers if grouped else layer.in_channels
-                    make = (lambda n, L=layer, c=cin: Conv2d(c, n, L.kernel_size, L.stride, L.padding, 1,
-                                                             L.params["W"].dtype, L.algorithm))
-                else:
-                    make = lambda n, L=layer: Dense(L.in_features, n, L.params["W"].dtype)
-                part = _cut(layer, counts, tower, self.cuts, make)
-                split = counts
-            elif split is None:
-                part = copy.deepcopy(layer)
-            elif isinstance(layer, LRN):
-                part = TowerLRN(LRN(layer.size, layer.alpha, layer.beta, layer.k), exchange)
-            elif isinstance(layer, Dropout):
-                part = Dropout(layer.p, seed=layer.seed, variant=layer.variant)
-                part.place(0, sum(split[:tower]), sum(split))
-            elif isinstance(layer, Flatten):
-                part = copy.deepcopy(layer)
-                split = [c * int(np.prod(shape[1:])) for c in split]
-            else:                          # ReLU, tanh, max-pool: channel by channel
-                part = copy.deepcopy(layer)
+            if isinstance(layer, (Conv2d, Dense)) and split is not None and not self._grouped(layer):
+                layers.append(TowerGather(exchange, split))          # a layer that reads both towers
+                names.append(f"gather_{layer.name}")
+            part, split = self._part(layer, split, shape)
             shape = layer.output_shape(shape)
             layers.append(part)
-            names.append(name)
+            names.append(layer.name)
         if split is not None:
             layers.append(TowerGather(exchange, split, replicated=True))
             names.append("gather_logits")
         self.net = Sequential(layers, names)
         self.layers, self.device = self.net.layers, self.net.device
+
+    def _grouped(self, layer):
+        """Whether a layer's groups are the towers: each tower convolves its own half."""
+        return isinstance(layer, Conv2d) and layer.groups == self.exchange.towers
+
+    def _part(self, layer, split, shape):
+        """(this tower's part of `layer`, how its output is split over the towers afterwards), given
+        how its input is split (`split`, None: whole on every tower) and its input's `shape`."""
+        tower, towers, name = self.exchange.tower, self.exchange.towers, layer.name
+        if isinstance(layer, (Conv2d, Dense)):
+            out = layer.out_channels if isinstance(layer, Conv2d) else layer.out_features
+            counts = [hi - lo for lo, hi in shares(out, towers)]
+            grouped = self._grouped(layer)
+            if isinstance(layer, Conv2d) and layer.groups not in (1, towers):
+                raise ValueError(f"{name}: groups={layer.groups} does not split over {towers} towers")
+            if grouped and split is None:
+                raise ValueError(f"{name}: a grouped layer needs its input split over the towers")
+            if grouped and split[tower] != layer.in_channels // towers:
+                raise ValueError(f"{name}: its groups do not match the towers' {split} channels")
+            in_channels = layer.in_channels // towers if grouped else \
+                (layer.in_channels if isinstance(layer, Conv2d) else layer.in_features)
+            return _cut(layer, in_channels, counts, tower, self.cuts), counts
+        if split is None:
+            return copy.deepcopy(layer), split
+        if isinstance(layer, LRN):
+            return TowerLRN(LRN(layer.size, layer.alpha, layer.beta, layer.k), self.exchange), split
+        if isinstance(layer, Dropout):
+            part = Dropout(layer.p, seed=layer.seed, variant=layer.variant)
+            part.place(0, sum(split[:tower]), sum(split))
+            return part, split
+        if isinstance(layer, Flatten):
+            return copy.deepcopy(layer), [c * int(np.prod(shape[1:])) for c in split]
+        return copy.deepcopy(layer), split                          # ReLU, tanh, max-pool: channel by channel
 
     # ---- training: this tower's half ---------------------------------------------------------------
     def forward(self, x, train=False, keep_cache=True, runtime=None):

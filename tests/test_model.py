@@ -150,8 +150,11 @@ def test_cli_gradcheck_one_layer_verbose_shows_entries(capsys):
     assert len(entries) >= 8
     for analytic, numeric in entries:
         assert abs(float(analytic) - float(numeric)) < 1e-6 * max(1.0, abs(float(analytic)))
-    assert main(["gradcheck", "--layer", "softmax"]) == 2
-    assert "--layer 'softmax' is not one of" in capsys.readouterr().err
+    assert main(["gradcheck", "--layer", "attention"]) == 2
+    assert "--layer 'attention' is not one of" in capsys.readouterr().err
+    assert main(["gradcheck", "--layer", "conv"]) == 0                 # the name people type
+    out = capsys.readouterr().out
+    assert "conv 11x11/4" in out or "conv" in out.splitlines()[1] and "lrn" not in out
 
 
 def test_cli_gradcheck_passes(capsys):

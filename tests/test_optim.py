@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from alexnet.engine.net import Sequential
-from alexnet.engine.optim import SGD, PlateauSchedule, StepSchedule
+from alexnet.engine.optim import SGD, PlateauSchedule
 from alexnet.layers import Dense
 
 
@@ -126,16 +126,6 @@ def test_plateau_patience_waits():
     sched = PlateauSchedule(opt, patience=2)
     assert [sched.step(e) for e in (0.5, 0.6, 0.6, 0.4, 0.5, 0.5)] == [False, False, True, False, False, True]
     assert opt.lr == pytest.approx(0.01)
-
-
-def test_step_schedule():
-    opt = SGD(one_dense_net()[0], lr=0.1)
-    sched = StepSchedule(opt, step_size=2)
-    lrs = []
-    for epoch in range(5):
-        sched.step(epoch)
-        lrs.append(opt.lr)
-    np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 0.01, 0.001])
 
 
 @pytest.mark.parametrize("kw", [dict(lr=-0.1), dict(momentum=float("nan")), dict(weight_decay=-1)])

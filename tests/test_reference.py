@@ -1,7 +1,7 @@
 """Every fast path held to the plain loops of layers/reference.py.
 
 In float64 to 1e-12, on small odd shapes: both convolution algorithms, any way of cutting the
-batch into chunks over any number of threads (engine/parallel.py), and the loss and the SGD
+batch into chunks over any number of threads (engine/threads.py), and the loss and the SGD
 update. The CUDA paths, run on the CPU harness in float32, are held to the same loops with
 float32 tolerances.
 """

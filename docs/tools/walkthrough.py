@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import examples  # noqa: E402  (docs/tools/examples.py: the script's own folder is on sys.path)
 from alexnet.engine import loss as loss_module  # noqa: E402
 from alexnet.engine import optim as optim_module  # noqa: E402
-from alexnet.engine import parallel  # noqa: E402
+from alexnet.engine import threads  # noqa: E402
 from alexnet.engine.loss import SoftmaxCrossEntropy  # noqa: E402
 from alexnet.engine.optim import SGD  # noqa: E402
 from alexnet.kernels import ops  # noqa: E402
@@ -114,27 +114,27 @@ def code(text, lang="text"):
 
 # ---- where things are in the source --------------------------------------------------------------
 def where(fn):
-    """(repo-relative path, first line) of a Python function, found with inspect."""
-    fn = inspect.unwrap(fn)
-    _, line = inspect.getsourcelines(fn)
-    module = inspect.getmodule(fn).__name__                   # alexnet.layers.conv
-    return module.split(".", 1)[1].replace(".", "/") + ".py", line
+    """The repo-relative path of a Python function's file, found with inspect."""
+    module = inspect.getmodule(inspect.unwrap(fn)).__name__  # alexnet.layers.conv
+    return module.split(".", 1)[1].replace(".", "/") + ".py"
 
 
-def link(path, line):
-    return f"[{path}:{line}](../{path}#L{line})"
+def link(path, symbol):
+    """A link to the file, naming the symbol: by name, not by line, so that an edit elsewhere in the
+    file leaves the walkthrough true (an editor's or GitHub's symbol search finds the name)."""
+    return f"[{path}](../{path}) `{symbol}`"
 
 
 def fn_link(fn):
-    return f"{link(*where(fn))} `{fn.__qualname__}`"
+    return link(where(fn), fn.__qualname__)
 
 
-def kernel_line(file, name):
+def kernel_link(file, name):
+    """A link to kernel `name` of kernels/<file>.cu, after checking that the file defines it."""
     pattern = re.compile(rf'extern\s+"C"\s+__global__\s+void\s+{re.escape(name)}\s*\(')
-    for i, line in enumerate((KERNELS / f"{file}.cu").read_text().splitlines(), 1):
-        if pattern.search(line):
-            return f"kernels/{file}.cu", i
-    raise Failure(f'kernels/{file}.cu has no line `extern "C" __global__ void {name}(`')
+    if not pattern.search((KERNELS / f"{file}.cu").read_text()):
+        raise Failure(f'kernels/{file}.cu has no line `extern "C" __global__ void {name}(`')
+    return link(f"kernels/{file}.cu", name)
 
 
 def _literal(node, env):
@@ -221,7 +221,7 @@ def describe_gpu(fn):
     parts = []
     for kind, k in gpu_calls(fn):
         if kind == "kernel":
-            parts.append(f"{link(*kernel_line(*k))} `{k[1]}`")
+            parts.append(kernel_link(*k))
         else:
             parts.append("cuBLAS (`cupy.matmul`)")
     return ", ".join(parts) if parts else "no kernel (a reshape is a view on either device)"
@@ -381,9 +381,9 @@ def chunk_per_sample(chunk_lists, what):
 
 
 def conv_chunk_bounds(n):
-    """The chunks Conv2d.forward_numpy cuts n samples into: engine.parallel.run_chunks with the
+    """The chunks Conv2d.forward_numpy cuts n samples into: engine.threads.run_chunks with the
     grain it passes (batch_grain()); checked against the measured chunks."""
-    return parallel.run_chunks(lambda lo, hi: (lo, hi), n, grain=parallel.batch_grain())
+    return threads.run_chunks(lambda lo, hi: (lo, hi), n, grain=threads.batch_grain())
 
 
 def owner_of(a, params, earlier):
@@ -892,7 +892,7 @@ def document(net, record, caches, info, loss, crit_cache, crit_bytes, param_byte
          f"batch {nb}. Every cached array then either has the same shape at both sizes (it does not depend on "
          f"the batch) or differs in exactly one axis, by exactly {na}:{nb} (checked; the script stops "
          f"otherwise). The batch-{TARGET} shapes set that axis to {TARGET} samples' worth, and the bytes follow "
-         f"from the shape and dtype. The convolutions' chunk lists at {TARGET} are `engine.parallel.run_chunks` "
+         f"from the shape and dtype. The convolutions' chunk lists at {TARGET} are `engine.threads.run_chunks` "
          f"called as `Conv2d.forward_numpy` calls it (checked against the measured chunks at {na} and {nb}); "
          f"the script pins `ALEXNET_THREADS=2`, since the number of chunks depends on the thread count. "
          f"`{COMMAND} --verify-128` runs the forward at batch {TARGET} and compares every cache with these "

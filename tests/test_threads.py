@@ -4,7 +4,7 @@ import pytest
 
 from alexnet.engine.loss import SoftmaxCrossEntropy
 from alexnet.engine.optim import SGD
-from alexnet.engine.parallel import batch_grain, chunk_bounds, run_chunks
+from alexnet.engine.threads import batch_grain, chunk_bounds, run_chunks
 from alexnet.models.alexnet import AlexNetSmall
 
 

@@ -1,5 +1,5 @@
 // cuda_cpu.h: just enough of CUDA for the kernels in kernels/*.cu to compile with g++ -std=c++20
-// and run on the CPU, so every kernel is tested on machines without a GPU (DESIGN.md section 5).
+// and run on the CPU, so every kernel is tested on machines without a GPU (docs/kernels.md).
 //
 // kernels/harness.py includes this header, then the .cu file, then a table of its kernels
 // (HARNESS_KERNELS at the bottom). Execution model:

@@ -1,4 +1,4 @@
-"""Batch-chunk parallelism for the NumPy path.
+"""Batch chunks over the cores (threads) for the NumPy path.
 
 NumPy's elementwise operations use one core; its BLAS can use all of them, but only inside a
 matrix product. The CPU layers instead split their work (usually the batch) into one chunk per
