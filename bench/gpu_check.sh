@@ -11,9 +11,10 @@
 #                  which can neither download nor replace the CuPy that is there); if pip fails,
 #                  a folder of links $TMP/site/alexnet/<floor> -> ./<floor> on PYTHONPATH
 #                  (CPU mode installs nothing: it uses the links only if alexnet does not import)
-#   kernel_tests   tests/test_kernels.py and tests/test_edge_cases.py (float32's edges: large values,
-#                  ties, subnormals, NaN) on every backend + tests/test_kernel_compile.py (NVRTC);
-#                  ALEXNET_REQUIRE_CUDA=1, so a skipped CuPy backend fails
+#   kernel_tests   tests/test_kernels.py, tests/test_edge_cases.py (float32's edges: large values,
+#                  ties, subnormals, NaN), tests/test_kernel_indexing.py (carried indices under odd
+#                  launches) on every backend + tests/test_kernel_compile.py (NVRTC);
+#                  ALEXNET_REQUIRE_CUDA=1, so a skipped CuPy backend fails (CPU mode: collected only)
 #   kernels_check  alexnet kernels --check --backend cupy
 #   gpu_kernels    bench/gpu_kernels.py: every kernel at AlexNet batch-128 shapes against CuPy's own
 #                  operations, rerun on a 7-block grid (bit-identical), a step run thrice (bit-identical)
@@ -253,9 +254,15 @@ RC=${PIPESTATUS[0]}
 finish package "$t0" "$how"
 
 # ---- the kernels -----------------------------------------------------------------------------------
-# -p no:cacheprovider: no .pytest_cache written into the checkout
-part kernel_tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_kernels.py tests/test_edge_cases.py \
-    tests/test_kernel_compile.py
+# -p no:cacheprovider: no .pytest_cache written into the checkout. In CPU mode the test suite that
+# runs this script (tests/test_gpu_check.py) runs these tests itself: here they are only collected,
+# which checks that the files and the command still hold.
+KERNEL_TESTS="tests/test_kernels.py tests/test_edge_cases.py tests/test_kernel_indexing.py tests/test_kernel_compile.py"
+if [ "$MODE" = gpu ]; then
+    part kernel_tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider $KERNEL_TESTS
+else
+    part kernel_tests 60 "$PY" -m pytest -q --collect-only -p no:cacheprovider $KERNEL_TESTS
+fi
 if [ "$MODE" = gpu ]; then
     part kernels_check 60 bash -c "alexnet_cli kernels --check --backend cupy"
     part gpu_kernels 120 "$PY" bench/gpu_kernels.py --backend cupy --out "$OUT"
