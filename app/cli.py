@@ -6,8 +6,10 @@ Every error a user can cause ends as one line on stderr and a non-zero exit, nev
 a bug in this program shows its traceback (app/errors.py).
 """
 import argparse
+import os
 import sys
 
+from alexnet.app import config
 from alexnet.app.errors import report
 
 
@@ -23,16 +25,16 @@ def _class_count(text):
 
 
 def cmd_summary(args):
+    from alexnet.app.errors import UserError
     from alexnet.layers import Conv2d
-    from alexnet.models.alexnet import AlexNet
     from alexnet.models.registry import build_model
-    if args.model == "alexnet":
-        model = AlexNet(args.classes, groups=args.groups)
-    else:
-        model = build_model(args.model, args.classes)
+
+    try:
+        model = build_model(args.model, args.classes, **({"groups": args.groups} if args.groups != 2 else {}))
+    except ValueError as e:                  # an option the model does not take: --groups 1 of convnet4
+        raise UserError(str(e)) from None
     in_shape = (3, model.input_size, model.input_size)
-    one = (args.groups == 1 and args.model == "alexnet") or args.model == "alexnet-tv"
-    towers = "one tower" if one else "two towers"
+    towers = "two towers" if model.options.get("groups") == 2 else "one tower"
     print(f"{model.arch} ({towers}), input "
           f"{'x'.join(map(str, in_shape))}, {args.classes} classes")
     print(f"{'layer':<9} {'type':<48} {'output':>14} {'params':>12} {'mult-adds':>14}")
@@ -57,10 +59,8 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="alexnet", description="AlexNet from scratch on NumPy and CuPy")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("summary", help="print the network layer by layer with parameters and multiply-adds")
-    p.add_argument("--model", choices=("alexnet", "alexnet-small", "alexnet-tv"), default="alexnet",
-                   help="alexnet-tv: torchvision's AlexNet (models/torchvision.py)")
+    config.add_options(p, ("model", "groups"), defaults={"model": "alexnet", "groups": 2})
     p.add_argument("--classes", type=_class_count, default=1000, help="number of classes (default 1000)")
-    p.add_argument("--groups", type=int, choices=(1, 2), default=2, help="2: the paper's two towers")
     p.set_defaults(func=cmd_summary)
     p = sub.add_parser("gradcheck", help="check every layer's gradients against finite differences",
                        description="Every layer's analytic gradients (dx and each parameter) against central "
@@ -92,6 +92,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("alexnet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (alexnet summary | head): stop quietly, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as e:          # the user's errors as one line; a bug with its traceback
         return report(e)
 

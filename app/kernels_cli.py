@@ -7,16 +7,15 @@ The check runs every kernel on small inputs (app/kernel_checks.py), on the GPU t
 the CPU through the g++ harness (the default when no GPU is usable), and prints one row per
 kernel: its worst error relative to its tolerance, and pass or FAIL; --verbose adds one row per
 comparison. Exit status 1 when anything fails or the backend is unusable (one line, no traceback).
-This module imports nothing heavy at the top: app/cli.py imports it for every command.
 """
-BACKENDS = ("cpu-harness", "cupy")   # as alexnet.engine.backend.KERNEL_BACKENDS (imported lazily)
+from alexnet.engine.backend import KERNEL_BACKENDS
 
 
 def register(subparsers):
     p = subparsers.add_parser("kernels", help="list the CUDA kernels or check them against the NumPy layers",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="run every kernel against the NumPy layers")
-    p.add_argument("--backend", choices=BACKENDS, help="cupy (GPU) or cpu-harness (g++); "
+    p.add_argument("--backend", choices=KERNEL_BACKENDS, help="cupy (GPU) or cpu-harness (g++); "
                    "default: cupy when a GPU is usable, else cpu-harness")
     p.add_argument("--verbose", "-v", action="store_true", help="also print every comparison")
     p.set_defaults(func=run)
