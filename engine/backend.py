@@ -81,6 +81,17 @@ def current_stream_pointer():
     return cupy_or_none().cuda.get_current_stream().ptr
 
 
+def cublas():
+    """(CuPy's cuBLAS bindings, its CUDA runtime bindings, the current device's cuBLAS handle), for
+    engine/gemm.py. The names used there were checked against CuPy's source (cupy_backends/cuda/
+    libs/cublas.pyx: gemmEx and gemmStridedBatchedEx, which set the handle's stream to CuPy's
+    current one before each call; cupy/cuda/device.pyx: get_cublas_handle)."""
+    from cupy.cuda import device
+    from cupy_backends.cuda.api import runtime
+    from cupy_backends.cuda.libs import cublas as bindings
+    return bindings, runtime, device.get_cublas_handle()
+
+
 def is_gpu_array(x):
     cp = cupy_or_none()
     return cp is not None and isinstance(x, cp.ndarray)

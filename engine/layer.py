@@ -29,30 +29,46 @@ implementations:
 A NumPy input takes the NumPy path and a CuPy input the CUDA path on the GPU. `runtime=` forces the
 CUDA path on a given kernel runtime (kernels/loader.py): the tests pass the CPU harness there, so
 the very code a GPU runs is checked with NumPy arrays on machines without one.
+
+Precision (engine/precision.py). `layer.precision` ("fp32", "tf32" or "bf16") is set by the model
+when it moves to its device and read by the CUDA path only: it picks the products' compute type
+(engine/gemm.py) and, under bf16, the activations arrive and leave stored as BF16 (dtype uint16,
+accepted on the CUDA path only). A layer whose weights are products' operands keeps their BF16
+copies in `low_params` under bf16 (`low_param_keys` names them; the SGD kernel updates them).
+
+Fusion. Inside a Sequential, `absorb(next_layer)` lets a layer take over the one after it on the
+CUDA path (a Conv2d or Dense applies the ReLU after it in its bias kernels); the absorbed layer
+then passes its input and its gradient through unchanged there (the one exception to "dx is a new
+array"). The NumPy paths never fuse.
 """
 import numpy as np
 
 from alexnet.engine import backend
 
 FLOAT_DTYPES = (np.float32, np.float64)
+BF16_STORAGE = np.uint16     # BF16 activations on the CUDA path (kernels/ops.py BF16)
 
 
 class Layer:
+    precision = "fp32"       # set by Sequential.to; the CUDA path reads it
+    low_param_keys = ()      # the params the products read, kept as BF16 copies under bf16
     def __init__(self):
         self.params = {}
         self.grads = {}
         self.cache = None
         self.name = type(self).__name__.lower()
+        self.low_params = {}
+        self.fused_into = None   # the layer that applies this one on the CUDA path (absorb)
 
     # ---- the contract -------------------------------------------------------------------------
     def forward(self, x, train=False, keep_cache=True, runtime=None):
-        self._check_array(x, "input")
+        rt = runtime or backend.kernel_runtime_of(x)
+        self._check_array(x, "input", bf16=rt is not None)
         self.check_input_shape(tuple(x.shape[1:]))
         backend.check_same_device(self.name, x, self.params)
         # the last forward's cache is dead now: dropping it first lets its memory
         # (engine/workspace.py) serve this forward instead of holding two steps' worth at once
         self.cache = None
-        rt = runtime or backend.kernel_runtime_of(x)
         out, cache = self.forward_numpy(x, train) if rt is None else self.forward_cuda(rt, x, train)
         if keep_cache:
             self.cache = cache
@@ -63,8 +79,8 @@ class Layer:
         if self.cache is None:
             raise ValueError(f"{self.name}: backward() needs a forward() that kept its cache first "
                              f"(forward(x, keep_cache=False) keeps none)")
-        self._check_array(dout, "dout")
         rt = runtime or backend.kernel_runtime_of(dout)
+        self._check_array(dout, "dout", bf16=rt is not None)
         dx = self.backward_numpy(dout, need_dx) if rt is None else self.backward_cuda(rt, dout, need_dx)
         return dx if need_dx else None
 
@@ -80,6 +96,15 @@ class Layer:
 
     def backward_cuda(self, rt, dout, need_dx):
         raise TypeError(f"{self.name}: no CUDA kernels for layer type {type(self).__name__}")
+
+    # ---- fusion and precision (see the module docstring) -------------------------------------------
+    def absorb(self, following):
+        """Take over `following` on the CUDA path if this layer can; True when it did."""
+        return False
+
+    def gemm_param(self, key):
+        """The array the products read for params[key]: its BF16 copy under bf16, else itself."""
+        return self.low_params.get(key, self.params[key])
 
     # ---- randomness (dropout overrides these) -----------------------------------------------------
     def rng_state(self):
@@ -106,10 +131,10 @@ class Layer:
         return int(sum(p.size for p in self.params.values()))
 
     # ---- helpers --------------------------------------------------------------------------------
-    def _check_array(self, x, what):
+    def _check_array(self, x, what, bf16=False):
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise ValueError(f"{self.name}: {what} must be a NumPy or CuPy array, got {type(x).__name__}")
-        if x.dtype not in FLOAT_DTYPES:
+        if x.dtype not in FLOAT_DTYPES and not (bf16 and x.dtype == BF16_STORAGE):
             raise ValueError(f"{self.name}: {what} must be float32 or float64, got dtype {x.dtype} "
                              f"with shape {tuple(x.shape)}")
         if x.ndim == 0 or x.shape[0] == 0:

@@ -3,8 +3,16 @@
 The backward loop is written out (as in llm.c) so the chain rule is visible: each layer turns the
 gradient of the loss w.r.t. its output into the gradient w.r.t. its input and writes its own
 parameter gradients on the way.
+
+`to(device, precision)` chooses where the parameters live and, on the GPU, the precision
+(engine/precision.py). Under bf16 the net takes and returns float32 (the loss stays float32) and
+stores everything between its first and last layer as BF16: `forward` converts its input once and
+its output back, `backward` its gradient likewise (kernels/cast.cu).
+On the CUDA path a layer may take over the one after it (engine/layer.py, absorb: a ReLU after a
+Conv2d or Dense runs in their bias kernels); the net offers each layer its successor once, here.
 """
-from alexnet.engine import backend
+from alexnet.engine import backend, precision as precisions
+from alexnet.kernels import ops
 
 
 class Sequential:
@@ -16,6 +24,10 @@ class Sequential:
             layer.name = name
         self.layers = list(layers)
         self.device = "cpu"
+        self.precision = precisions.DEFAULT
+        self._runtime = None          # set_precision's runtime, for the CPU harness
+        for layer, following in zip(self.layers, self.layers[1:]):
+            layer.absorb(following)
 
     def __getitem__(self, name):
         for layer in self.layers:
@@ -26,9 +38,11 @@ class Sequential:
     def forward(self, x, train=False, keep_cache=True, runtime=None):
         """The layers in order. train=False (the default) applies no dropout; keep_cache=False is
         inference that needs no gradients: each layer drops its cache (engine/layer.py)."""
+        rt = runtime or backend.kernel_runtime_of(x)
+        x = self._store(rt, x)
         for layer in self.layers:
             x = layer.forward(x, train, keep_cache=keep_cache, runtime=runtime)
-        return x
+        return self._load(rt, x)
 
     def backward(self, dout, need_dx=True, runtime=None, after_layer=None):
         """Backpropagate dL/d(output); returns dL/d(input), or None with need_dx=False (saves the
@@ -36,11 +50,25 @@ class Sequential:
         Works after any forward that kept its caches, training or not. `after_layer(layer)` is
         called as each layer's gradients are written: data-parallel training starts summing them
         over the processes there, while the layers below are still working (engine/grad_sync.py)."""
+        rt = runtime or backend.kernel_runtime_of(dout)
+        dout = self._store(rt, dout)
         for i in reversed(range(len(self.layers))):
             dout = self.layers[i].backward(dout, need_dx=need_dx or i > 0, runtime=runtime)
             if after_layer is not None:
                 after_layer(self.layers[i])
-        return dout
+        return self._load(rt, dout) if dout is not None else None
+
+    def _store(self, rt, x):
+        """An input or a gradient arriving from outside, as the layers store it (BF16 under bf16)."""
+        if rt is None or self.precision != "bf16" or x.dtype != "float32":
+            return x
+        return ops.cast(rt, x, ops.BF16, who=f"{type(self).__name__} input")
+
+    def _load(self, rt, x):
+        """An output or input gradient leaving the net: float32 whatever the layers stored."""
+        if rt is None or x.dtype != ops.BF16:
+            return x
+        return ops.cast(rt, x, "float32", who=f"{type(self).__name__} output")
 
     # ---- parameters ------------------------------------------------------------------------------
     def named_parameters(self):
@@ -71,6 +99,7 @@ class Sequential:
         for full, (layer, key) in own.items():
             p = layer.params[key]
             p[...] = backend.get_array_module(p).asarray(state[full], dtype=p.dtype)
+        self._refresh_low_params()
 
     def astype(self, dtype):
         """Cast every parameter (float64 for gradient checks); returns self."""
@@ -79,15 +108,38 @@ class Sequential:
                 layer.params[key] = layer.params[key].astype(dtype)
         return self
 
-    def to(self, device):
-        """Move every parameter to "cpu" (NumPy) or "cuda" (CuPy); returns self."""
+    def to(self, device, precision=precisions.DEFAULT):
+        """Move every parameter to "cpu" (NumPy) or "cuda" (CuPy), to be computed in `precision`
+        (engine/precision.py: "fp32", or on the GPU "tf32" or "bf16"); returns self."""
+        precisions.check(precision, device)
         for layer in self.layers:
             for key in layer.params:
                 layer.params[key] = backend.to_device(layer.params[key], device)
             layer.grads = {}
             layer.cache = None
         self.device = device
+        return self.set_precision(precision)
+
+    def set_precision(self, precision, runtime=None):
+        """Compute in `precision` from now on, where the parameters are (`to` checks that the device
+        can). `runtime` is for kernels on NumPy arrays: the CPU harness runs a model's CUDA path in
+        any precision (tests); otherwise the parameters' own device decides. Returns self."""
+        for layer in self.layers:
+            layer.precision = precision
+        self.precision, self._runtime = precision, runtime
+        self._refresh_low_params()
         return self
+
+    def _refresh_low_params(self):
+        """Under bf16, each layer's BF16 copies of the weights its products read, made from the
+        float32 masters (after a move or a load; the SGD kernel keeps them current after a step)."""
+        for layer in self.layers:
+            layer.low_params = {}
+            if self.precision == "bf16":
+                for key in layer.low_param_keys:
+                    p = layer.params[key]
+                    rt = self._runtime or backend.kernel_runtime_of(p)
+                    layer.low_params[key] = ops.cast(rt, p, ops.BF16, who=layer.name)
 
     # ---- randomness ------------------------------------------------------------------------------
     def rng_state(self):

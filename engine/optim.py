@@ -20,7 +20,11 @@ uses 2) and a decay multiplier (`bias_decay`, Caffe uses 0). For a tensor with m
 (lr_mult, decay_mult) the rule is v <- m v - decay_mult wd (lr lr_mult) w - (lr lr_mult) g.
 
 Reference loop: layers/reference.py sgd_step. On the CPU the update walks each tensor in cache-
-sized blocks on every core; on the GPU one launch of kernels/sgd.cu updates every tensor.
+sized blocks on every core; on the GPU one launch of kernels/sgd.cu updates every tensor, and
+under --precision bf16 also writes the BF16 copies of the weights the products read (the
+layers' `low_params`): the masters, the velocity and the update stay float32. The kernel reads the
+learning rate from a one-element device array (`lr_slot`, written through engine/graphs.py
+write_scalar), so a training step captured as a CUDA graph replays with each step's rate.
 
 Schedules: `PlateauSchedule` is the paper's "divide the learning rate by 10 when the validation
 error stops improving", at most 3 times; `MilestoneSchedule` divides by 10 after given epochs.
@@ -30,6 +34,7 @@ from collections import OrderedDict
 import numpy as np
 
 from alexnet.engine import backend
+from alexnet.engine.graphs import write_scalar
 from alexnet.engine.threads import run_chunks
 from alexnet.kernels import ops
 
@@ -73,6 +78,7 @@ class SGD:
         if unknown or any(not np.isfinite(m) or m < 0 for m in self.layer_lr_mults.values()):
             raise ValueError(f"SGD: layer_lr_mults needs layers of the model and multipliers >= 0, got "
                              f"{self.layer_lr_mults!r}")
+        self.lr_slot = None      # the GPU path's device copy of the learning rate
         self.velocity = {}
         for full, layer, key in model.named_parameters():
             p = layer.params[key]
@@ -105,14 +111,17 @@ class SGD:
                 raise ValueError(f"SGD: no gradient for {full}: call backward() before step()")
             w, g, v = layer.params[key], layer.grads[key], self.velocity[full]
             lr_mult, decay_mult = self._multipliers(layer, key)
-            entries.append((w, g, v, lr_mult, decay_mult))
+            entries.append((w, g, v, lr_mult, decay_mult, layer.low_params.get(key)))
         rt = runtime or (backend.kernel_runtime_of(entries[0][0]) if entries else None)
         if rt is not None:
+            if self.lr_slot is None or not isinstance(self.lr_slot, rt.xp.ndarray):
+                self.lr_slot = rt.xp.zeros(1, np.float32)
+            write_scalar(self.lr_slot, self.lr, lambda: self.lr)
             # the kernel computes v = m v - decay_mult wd lr w - lr_mult lr g: fold lr_mult into decay
-            sgd_update_cuda(rt, [(w, g, v, lm, dm * lm) for w, g, v, lm, dm in entries],
-                            self.lr, self.momentum, self.weight_decay)
+            sgd_update_cuda(rt, [(w, g, v, lm, dm * lm, low) for w, g, v, lm, dm, low in entries],
+                            self.lr_slot, self.momentum, self.weight_decay)
             return
-        for w, g, v, lr_mult, decay_mult in entries:
+        for w, g, v, lr_mult, decay_mult, _ in entries:
             dt = w.dtype.type
             lr, decay = dt(self.lr * lr_mult), dt(decay_mult * self.weight_decay * self.lr * lr_mult)
             w, g, v = w.reshape(-1), g.reshape(-1), v.reshape(-1)
@@ -149,10 +158,12 @@ _TABLES_KEPT = 8
 
 def sgd_update_cuda(rt, entries, lr, momentum, weight_decay):
     """v <- m v - decay_mult wd lr w - lr_mult lr g;  w <- w + v, for every entry
-    (w, g, v, lr_mult, decay_mult), in one launch."""
+    (w, g, v, lr_mult, decay_mult, low), in one launch, and low <- w as BF16 where low is not
+    None. `lr` is the rate or its one-element float32 device array."""
     ops.check_sgd_entries(rt, entries, who="SGD")
-    key = (rt.name,) + tuple((rt.pointer(w), rt.pointer(g), rt.pointer(v), w.size, float(lm), float(dm))
-                             for w, g, v, lm, dm in entries)
+    entries = ops.sgd_entries(entries)
+    key = (rt.name,) + tuple((rt.pointer(w), rt.pointer(g), rt.pointer(v), 0 if low is None else rt.pointer(low),
+                              w.size, float(lm), float(dm)) for w, g, v, lm, dm, low in entries)
     table = _TABLES.get(key)
     if table is None:
         table = _TABLES[key] = ops.sgd_table(rt, entries)

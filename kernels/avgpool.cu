@@ -3,6 +3,7 @@
 // Bins follow PyTorch: output row i averages input rows [floor(i*H/OH), ceil((i+1)*H/OH)), columns
 // likewise, so neighbouring bins may overlap and OH > H repeats rows. Layout NCHW, contiguous; the
 // N*C planes are independent, so both kernels index planes as nc. No cache: the layer is linear.
+// T is the storage (float, or bf16: kernels/include/precision.h); sums are float32.
 // 256 threads per block (kernels/ops.py), untuned; run on an H200 by the checks, not timed.
 //
 // Index arithmetic. A GPU has no integer divider: `v / d` or `v % d` by a d known only at run time
@@ -10,6 +11,8 @@
 // its first index and the grid stride into digits once, before its loop, and the loop adds the
 // stride's digits to its own with carries, as in written addition. The bin edges, quotients such
 // as oh*H / OH, are carried the same way, as quotient-remainder pairs moved by precomputed pairs.
+
+#include "precision.h"
 
 // The lowest digit of v in base `radix`, leaving the rest in v. It divides: only before the loops.
 __device__ __forceinline__ int avg_digit(int& v, int radix) {
@@ -58,8 +61,9 @@ __device__ __forceinline__ int avg_bin_end(AvgQR start, AvgQR one, int out_size)
 
 // One thread per output element i = (nc*OH + oh)*OW + ow, grid-stride: the mean of its bin. The
 // thread carries its digits and its bin's first row and column, oh*H / OH and ow*W / OW, as pairs.
-extern "C" __global__ void avgpool_forward(const float* __restrict__ x, float* __restrict__ out, int NC,
-                                           int H, int W, int OH, int OW) {
+template <class T>
+__device__ void avgpool_forward_body(const T* __restrict__ x, T* __restrict__ out, int NC, int H, int W, int OH,
+                                     int OW) {
     const int total = NC * OH * OW;
     const int stride = blockDim.x * gridDim.x;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -74,12 +78,12 @@ extern "C" __global__ void avgpool_forward(const float* __restrict__ x, float* _
     for (; i < total; i += stride) {
         const int h0 = h_start.q, h1 = avg_bin_end(h_start, h_one, OH);
         const int w0 = w_start.q, w1 = avg_bin_end(w_start, w_one, OW);
-        const float* plane = x + nc * H * W;
+        const T* plane = x + nc * H * W;
         float sum = 0.0f;
         for (int h = h0; h < h1; ++h) {
-            for (int w = w0; w < w1; ++w) sum += plane[h * W + w];
+            for (int w = w0; w < w1; ++w) sum += to_f32(plane[h * W + w]);
         }
-        out[i] = sum / (float)((h1 - h0) * (w1 - w0));
+        store(out, i, sum / (float)((h1 - h0) * (w1 - w0)));
         ow += s_ow;
         w_start = avg_add(w_start, w_step, OW);
         const int carry_w = avg_carry(ow, OW);
@@ -132,8 +136,9 @@ __device__ __forceinline__ void avg_axis_wrap(AvgAxis& a, int size, int out_size
 // (from floor(oh*H/OH) <= h, i.e. oh*H < (h+1)*OH, and ceil((oh+1)*H/OH) > h), so the loops run
 // from the first bin holding h while oh*H < (h+1)*OH, with multiplications only; each bin's edges,
 // needed for its size, follow from the carried start by additions.
-extern "C" __global__ void avgpool_backward(const float* __restrict__ dout, float* __restrict__ dx, int NC,
-                                            int H, int W, int OH, int OW) {
+template <class T>
+__device__ void avgpool_backward_body(const T* __restrict__ dout, T* __restrict__ dx, int NC, int H, int W, int OH,
+                                      int OW) {
     const int total = NC * H * W;
     const int stride = blockDim.x * gridDim.x;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -150,7 +155,7 @@ extern "C" __global__ void avgpool_backward(const float* __restrict__ dout, floa
     // the moves: the stride's digit of rows or columns, and one row (a carry in)
     const AvgMove h_step = avg_move(s_h, H, OH), w_step = avg_move(s_w, W, OW), h_next = avg_move(1, H, OH);
     for (; i < total; i += stride) {
-        const float* plane = dout + nc * OH * OW;
+        const T* plane = dout + nc * OH * OW;
         float sum = 0.0f;
         AvgQR hb = ah.start;  // bin oh's first row, as oh*H / OH
         for (int oh = ah.first.q; oh * H < (h + 1) * OH; ++oh) {
@@ -158,12 +163,12 @@ extern "C" __global__ void avgpool_backward(const float* __restrict__ dout, floa
             AvgQR wb = aw.start;
             for (int ow = aw.first.q; ow * W < (w + 1) * OW; ++ow) {
                 const int w0 = wb.q, w1 = avg_bin_end(wb, w_one, OW);
-                sum += plane[oh * OW + ow] / (float)((h1 - h0) * (w1 - w0));
+                sum += to_f32(plane[oh * OW + ow]) / (float)((h1 - h0) * (w1 - w0));
                 wb = avg_add(wb, w_one, OW);
             }
             hb = avg_add(hb, h_one, OH);
         }
-        dx[i] = sum;
+        store(dx, i, sum);
         w += s_w;
         avg_axis_add(aw, w_step, w_one, W, OW);
         const int carry_w = avg_carry(w, W);
@@ -175,4 +180,24 @@ extern "C" __global__ void avgpool_backward(const float* __restrict__ dout, floa
         if (carry_h) avg_axis_wrap(ah, H, OH);
         nc += s_nc + carry_h;
     }
+}
+
+extern "C" __global__ void avgpool_forward(const float* __restrict__ x, float* __restrict__ out, int NC, int H,
+                                           int W, int OH, int OW) {
+    avgpool_forward_body(x, out, NC, H, W, OH, OW);
+}
+
+extern "C" __global__ void avgpool_backward(const float* __restrict__ dout, float* __restrict__ dx, int NC, int H,
+                                            int W, int OH, int OW) {
+    avgpool_backward_body(dout, dx, NC, H, W, OH, OW);
+}
+
+extern "C" __global__ void avgpool_forward_bf16(const bf16* __restrict__ x, bf16* __restrict__ out, int NC, int H,
+                                                int W, int OH, int OW) {
+    avgpool_forward_body(x, out, NC, H, W, OH, OW);
+}
+
+extern "C" __global__ void avgpool_backward_bf16(const bf16* __restrict__ dout, bf16* __restrict__ dx, int NC,
+                                                 int H, int W, int OH, int OW) {
+    avgpool_backward_body(dout, dx, NC, H, W, OH, OW);
 }

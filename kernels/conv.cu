@@ -13,8 +13,15 @@
 // product a single large GEMM (rows c*KH*KW of group g are contiguous), at the price of a
 // channel-major result (OC, N, OH*OW), which the bias kernels transpose while they pass over it.
 // A Dense layer is the same thing with OH*OW = 1, so it reuses both bias kernels.
+// A ReLU right after the layer (inside a Sequential, layers/conv.py) is applied by the bias kernels
+// (`relu` = 1): the forward rectifies y + b as it writes it, and the backward multiplies dout by
+// [out > 0] as it reads it, so the ReLU costs no pass of its own over the activations.
+// T is the storage of activations, gradients and col (float, or bf16 under --precision bf16:
+// kernels/include/precision.h); y, the product's output, and b stay float32, as do all sums.
 // All layouts contiguous. Every kernel is launched with 256 threads per block (kernels/ops.py);
 // untuned; timed per layer on an H200 (docs/benchmarks.md).
+
+#include "precision.h"
 
 // Index arithmetic. A GPU has no integer divider: `v / d` or `v % d` by a d known only at run time
 // compiles to about 20 instructions (a float reciprocal and corrections, docs/kernels.md), where
@@ -73,8 +80,9 @@ __device__ __forceinline__ ConvQR conv_add(ConvQR a, ConvQR b, int d) {
 // window and down the rows by additions, so the digits (c, n, oh, ow) it carries serve KH*KW
 // writes. Adjacent threads take adjacent columns: every write of a warp is one coalesced row
 // segment. Padding reads as 0.
-extern "C" __global__ void conv_im2col(const float* __restrict__ x, float* __restrict__ col, int N, int C,
-                                       int H, int W, int KH, int KW, int S, int P, int OH, int OW) {
+template <class T>
+__device__ void conv_im2col_body(const T* __restrict__ x, T* __restrict__ col, int N, int C, int H, int W, int KH,
+                                 int KW, int S, int P, int OH, int OW) {
     const int NQ = N * OH * OW;
     const int total = C * NQ;
     const int stride = blockDim.x * gridDim.x;
@@ -84,15 +92,19 @@ extern "C" __global__ void conv_im2col(const float* __restrict__ x, float* __res
     rest = stride;
     const int s_ow = conv_digit(rest, OW), s_oh = conv_digit(rest, OH), s_n = conv_digit(rest, N), s_c = rest;
     for (; j < total; j += stride) {
-        const float* plane = x + (n * C + c) * H * W;
-        float* dst = col + (c * KH * KW) * NQ + (j - c * NQ);  // row (c, 0, 0), column q; the next row is NQ on
+        const T* plane = x + (n * C + c) * H * W;
+        T* dst = col + (c * KH * KW) * NQ + (j - c * NQ);  // row (c, 0, 0), column q; the next row is NQ on
         const int h0 = oh * S - P, w0 = ow * S - P;
         for (int kh = 0; kh < KH; ++kh) {
             const int h = h0 + kh;
             const bool row_inside = h >= 0 && h < H;
             for (int kw = 0; kw < KW; ++kw, dst += NQ) {
                 const int w = w0 + kw;
-                *dst = (row_inside && w >= 0 && w < W) ? plane[h * W + w] : 0.0f;
+                if (row_inside && w >= 0 && w < W) {
+                    *dst = plane[h * W + w];  // a copy: BF16 stays its bits
+                } else {
+                    store(dst, 0, 0.0f);
+                }
             }
         }
         ow += s_ow;
@@ -108,8 +120,9 @@ extern "C" __global__ void conv_im2col(const float* __restrict__ x, float* __res
 // oh_top - 1, ... The thread carries (oh_top, kh_top) and (ow_top, kw_top) as pairs along with its
 // digits (n, c, h, w), so no element divides by S.
 // Gathering instead of scattering through atomicAdd keeps the sum order fixed (reproducible dx).
-extern "C" __global__ void conv_col2im(const float* __restrict__ col, float* __restrict__ dx, int N, int C,
-                                       int H, int W, int KH, int KW, int S, int P, int OH, int OW) {
+template <class T>
+__device__ void conv_col2im_body(const T* __restrict__ col, T* __restrict__ dx, int N, int C, int H, int W, int KH,
+                                 int KW, int S, int P, int OH, int OW) {
     const int NQ = N * OH * OW;
     const int total = N * C * H * W;
     const int stride = blockDim.x * gridDim.x;
@@ -124,16 +137,16 @@ extern "C" __global__ void conv_col2im(const float* __restrict__ col, float* __r
     const ConvQR hp_one = {S == 1, S != 1};  // 1 = 1*S + 0 or 0*S + 1
     const ConvQR hp_wrap = conv_divmod(-H, S), wp_wrap = conv_divmod(-W, S);
     for (; i < total; i += stride) {
-        const float* src = col + (c * KH * KW) * NQ + n * OH * OW;  // row (c, 0, 0), image n's first column
+        const T* src = col + (c * KH * KW) * NQ + n * OH * OW;  // row (c, 0, 0), image n's first column
         float sum = 0.0f;
         for (int kh = hp.r, oh = hp.q; kh < KH && oh >= 0; kh += S, --oh) {
             if (oh >= OH) continue;
             for (int kw = wp.r, ow = wp.q; kw < KW && ow >= 0; kw += S, --ow) {
                 if (ow >= OW) continue;
-                sum += src[(kh * KW + kw) * NQ + oh * OW + ow];
+                sum += to_f32(src[(kh * KW + kw) * NQ + oh * OW + ow]);
             }
         }
-        dx[i] = sum;
+        store(dx, i, sum);
         w += s_w;
         wp = conv_add(wp, wp_step, S);
         const int carry_w = conv_carry(w, W);
@@ -148,12 +161,14 @@ extern "C" __global__ void conv_col2im(const float* __restrict__ col, float* __r
     }
 }
 
-// out[n, c, p] = y[c, n, p] + b[c]: adds the bias and moves the GEMM's channel-major result into
-// NCHW in one pass. One thread per OUTPUT element i = (n*C + c)*P + p, grid-stride, its digits
+// out[n, c, p] = y[c, n, p] + b[c], rectified when `relu`: adds the bias (and applies the ReLU
+// after the layer) and moves the GEMM's channel-major result into NCHW in one pass. A NaN stays NaN
+// through the ReLU, as in relu.cu. One thread per OUTPUT element i = (n*C + c)*P + p, grid-stride, its digits
 // (n, c, p) carried across the loop (no division per element): writes coalesce, and reads do too
 // within each run of P pixels.
-extern "C" __global__ void conv_bias_forward(const float* __restrict__ y, const float* __restrict__ b,
-                                             float* __restrict__ out, int N, int C, int P) {
+template <class T>
+__device__ void conv_bias_forward_body(const float* __restrict__ y, const float* __restrict__ b, T* __restrict__ out,
+                                       int N, int C, int P, int relu) {
     const int total = N * C * P;
     const int stride = blockDim.x * gridDim.x;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -162,7 +177,8 @@ extern "C" __global__ void conv_bias_forward(const float* __restrict__ y, const 
     rest = stride;
     const int s_p = conv_digit(rest, P), s_c = conv_digit(rest, C), s_n = rest;
     for (; i < total; i += stride) {
-        out[i] = y[(c * N + n) * P + p] + b[c];
+        const float v = y[(c * N + n) * P + p] + b[c];
+        store(out, i, relu && v <= 0.0f ? 0.0f : v);
         p += s_p;
         c += s_c + conv_carry(p, P);
         n += s_n + conv_carry(c, C);
@@ -182,16 +198,19 @@ __device__ float conv_block_sum(float v, float* partials) {
 }
 
 // dy[c, n, p] = dout[n, c, p] (the transposed copy is exactly the GEMM operand the weight and input
-// gradients need) and the bias gradient's first pass, in one read of dout. Channel c's N*P entries
+// gradients need) and the bias gradient's first pass, in one read of dout. With `relu`, dout is
+// first multiplied by [out > 0] (the backward of the ReLU after the layer; `out` is the layer's
+// rectified output), zero included as in relu.cu, so a NaN dout at a unit that is off stays NaN. Channel c's N*P entries
 // are cut into `slices` equal runs; block (s, c) of a 2-D grid (grid-stride along both axes) copies
 // run s and writes its sum to partial[c * slices + s]. conv_bias_reduce then adds each channel's
 // partials in a fixed order, so db is bit-reproducible and no atomics are needed. Slicing keeps
 // every SM busy where one block per channel would not (conv1 has 96 channels, an H100 132 SMs);
 // the launcher picks `slices` from the sizes alone, never from the grid. Needs blockDim.x a
 // multiple of 32 and blockDim.x / 32 floats of dynamic shared memory.
-extern "C" __global__ void conv_bias_backward(const float* __restrict__ dout, float* __restrict__ dy,
-                                              float* __restrict__ partial, int N, int C, int P, int slices) {
-    extern __shared__ float partials[];
+template <class T>
+__device__ void conv_bias_backward_body(const T* __restrict__ dout, const T* __restrict__ out, T* __restrict__ dy,
+                                        float* __restrict__ partial, int N, int C, int P, int slices, int relu,
+                                        float* partials) {
     const int NP = N * P;
     const int run = (NP + slices - 1) / slices;
     // Entry j of a channel is dout's (n, p) = (j / P, j % P): carried as a pair from the thread's
@@ -209,8 +228,9 @@ extern "C" __global__ void conv_bias_backward(const float* __restrict__ dout, fl
             float sum = 0.0f;
             ConvQR np = start;
             for (int j = s * run + threadIdx.x; j < end; j += blockDim.x) {
-                const float v = dout[(np.q * C + c) * P + np.r];
-                dy[c * NP + j] = v;
+                const int o = (np.q * C + c) * P + np.r;
+                const float v = to_f32(dout[o]) * (relu && !(to_f32(out[o]) > 0.0f) ? 0.0f : 1.0f);
+                store(dy, (long long)c * NP + j, v);
                 sum += v;
                 np = conv_add(np, next, P);
             }
@@ -219,6 +239,51 @@ extern "C" __global__ void conv_bias_backward(const float* __restrict__ dout, fl
             start = conv_add(start, next_run, P);
         }
     }
+}
+
+extern "C" __global__ void conv_im2col(const float* __restrict__ x, float* __restrict__ col, int N, int C, int H,
+                                       int W, int KH, int KW, int S, int P, int OH, int OW) {
+    conv_im2col_body(x, col, N, C, H, W, KH, KW, S, P, OH, OW);
+}
+
+extern "C" __global__ void conv_col2im(const float* __restrict__ col, float* __restrict__ dx, int N, int C, int H,
+                                       int W, int KH, int KW, int S, int P, int OH, int OW) {
+    conv_col2im_body(col, dx, N, C, H, W, KH, KW, S, P, OH, OW);
+}
+
+extern "C" __global__ void conv_bias_forward(const float* __restrict__ y, const float* __restrict__ b,
+                                             float* __restrict__ out, int N, int C, int P, int relu) {
+    conv_bias_forward_body(y, b, out, N, C, P, relu);
+}
+
+// Needs blockDim.x a multiple of 32 and blockDim.x / 32 floats of dynamic shared memory.
+extern "C" __global__ void conv_bias_backward(const float* __restrict__ dout, const float* __restrict__ out,
+                                              float* __restrict__ dy, float* __restrict__ partial, int N, int C,
+                                              int P, int slices, int relu) {
+    extern __shared__ float partials[];
+    conv_bias_backward_body(dout, out, dy, partial, N, C, P, slices, relu, partials);
+}
+
+extern "C" __global__ void conv_im2col_bf16(const bf16* __restrict__ x, bf16* __restrict__ col, int N, int C, int H,
+                                            int W, int KH, int KW, int S, int P, int OH, int OW) {
+    conv_im2col_body(x, col, N, C, H, W, KH, KW, S, P, OH, OW);
+}
+
+extern "C" __global__ void conv_col2im_bf16(const bf16* __restrict__ col, bf16* __restrict__ dx, int N, int C,
+                                            int H, int W, int KH, int KW, int S, int P, int OH, int OW) {
+    conv_col2im_body(col, dx, N, C, H, W, KH, KW, S, P, OH, OW);
+}
+
+extern "C" __global__ void conv_bias_forward_bf16(const float* __restrict__ y, const float* __restrict__ b,
+                                                  bf16* __restrict__ out, int N, int C, int P, int relu) {
+    conv_bias_forward_body(y, b, out, N, C, P, relu);
+}
+
+extern "C" __global__ void conv_bias_backward_bf16(const bf16* __restrict__ dout, const bf16* __restrict__ out,
+                                                   bf16* __restrict__ dy, float* __restrict__ partial, int N, int C,
+                                                   int P, int slices, int relu) {
+    extern __shared__ float partials[];
+    conv_bias_backward_body(dout, out, dy, partial, N, C, P, slices, relu, partials);
 }
 
 // db[c] = sum_s partial[c * slices + s], s in order. One thread per channel, grid-stride.

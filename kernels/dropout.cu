@@ -16,11 +16,18 @@
 // is unit i = base + (e / width) * stride + e % width of the (B, stride) one; base = 0 and
 // width = stride = n is the whole tensor (i = e).
 //
+// The step is read from device memory (`step`, one unsigned long long), not passed by value: a
+// training step captured once as a CUDA graph (engine/graphs.py) replays the same launches with
+// the same arguments, and only memory can change between replays. The layer writes its mask
+// counter there before the step (layers/dropout.py).
+//
 // Both kernels: one thread per element of the flattened tensor, grid-stride loop. The thread splits
 // its first element and the grid stride into (row, column) = (e / width, e % width) once, before
 // the loop, and the loop adds the stride's pair with a carry, as in written addition: an integer
 // division by a run-time value costs ~20 instructions on a GPU (docs/kernels.md). Launched with
 // 256 threads per block (kernels/ops.py); untuned; timed per layer on an H200 (docs/benchmarks.md).
+// T is the storage (float, or bf16: kernels/include/precision.h); the product is float32.
+#include "precision.h"
 
 __device__ __forceinline__ unsigned long long dropout_mix(unsigned long long z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -43,35 +50,19 @@ __device__ __forceinline__ bool dropout_keep(unsigned long long seed, unsigned l
     return (float)(h >> 40) * (1.0f / 16777216.0f) >= p;
 }
 
-extern "C" __global__ void dropout_forward(const float* __restrict__ x, float* __restrict__ out, int n,
-                                           unsigned long long base, int width, unsigned long long stride,
-                                           unsigned long long seed, unsigned long long step, float p,
-                                           float scale) {
+// out = x * (kept ? scale : 0) over the launch's elements; the backward is the same with dout.
+template <class T>
+__device__ void dropout_apply(const T* __restrict__ x, T* __restrict__ out, int n, unsigned long long base,
+                              int width, unsigned long long stride, unsigned long long seed,
+                              const unsigned long long* __restrict__ step, float p, float scale) {
+    const unsigned long long mask_step = *step;
     const int threads = blockDim.x * gridDim.x;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     int row = i / width, col = i % width;
     const int s_row = threads / width, s_col = threads % width;
     for (; i < n; i += threads) {
-        out[i] = (dropout_keep(seed, step, dropout_unit(row, col, base, stride), p) ? scale : 0.0f) * x[i];
-        row += s_row;
-        col += s_col;
-        if (col >= width) {
-            col -= width;
-            ++row;
-        }
-    }
-}
-
-extern "C" __global__ void dropout_backward(const float* __restrict__ dout, float* __restrict__ dx, int n,
-                                            unsigned long long base, int width, unsigned long long stride,
-                                            unsigned long long seed, unsigned long long step, float p,
-                                            float scale) {
-    const int threads = blockDim.x * gridDim.x;
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    int row = i / width, col = i % width;
-    const int s_row = threads / width, s_col = threads % width;
-    for (; i < n; i += threads) {
-        dx[i] = (dropout_keep(seed, step, dropout_unit(row, col, base, stride), p) ? scale : 0.0f) * dout[i];
+        const bool keep = dropout_keep(seed, mask_step, dropout_unit(row, col, base, stride), p);
+        store(out, i, (keep ? scale : 0.0f) * to_f32(x[i]));
         row += s_row;
         col += s_col;
         if (col >= width) {
@@ -83,8 +74,46 @@ extern "C" __global__ void dropout_backward(const float* __restrict__ dout, floa
 
 // out = x * scale: the inference forward of the paper's variant (scale = 1 - p) and the backward of
 // any inference forward (dx = dout * the same scale). One thread per element, grid-stride.
-extern "C" __global__ void dropout_scale(const float* __restrict__ x, float* __restrict__ out, int n, float scale) {
+template <class T>
+__device__ void dropout_scale_body(const T* __restrict__ x, T* __restrict__ out, int n, float scale) {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-        out[i] = x[i] * scale;
+        store(out, i, to_f32(x[i]) * scale);
     }
+}
+
+extern "C" __global__ void dropout_forward(const float* __restrict__ x, float* __restrict__ out, int n,
+                                           unsigned long long base, int width, unsigned long long stride,
+                                           unsigned long long seed, const unsigned long long* __restrict__ step, float p,
+                                           float scale) {
+    dropout_apply(x, out, n, base, width, stride, seed, step, p, scale);
+}
+
+extern "C" __global__ void dropout_backward(const float* __restrict__ dout, float* __restrict__ dx, int n,
+                                            unsigned long long base, int width, unsigned long long stride,
+                                            unsigned long long seed, const unsigned long long* __restrict__ step, float p,
+                                            float scale) {
+    dropout_apply(dout, dx, n, base, width, stride, seed, step, p, scale);
+}
+
+extern "C" __global__ void dropout_scale(const float* __restrict__ x, float* __restrict__ out, int n, float scale) {
+    dropout_scale_body(x, out, n, scale);
+}
+
+extern "C" __global__ void dropout_forward_bf16(const bf16* __restrict__ x, bf16* __restrict__ out, int n,
+                                                unsigned long long base, int width, unsigned long long stride,
+                                                unsigned long long seed, const unsigned long long* __restrict__ step, float p,
+                                                float scale) {
+    dropout_apply(x, out, n, base, width, stride, seed, step, p, scale);
+}
+
+extern "C" __global__ void dropout_backward_bf16(const bf16* __restrict__ dout, bf16* __restrict__ dx, int n,
+                                                 unsigned long long base, int width, unsigned long long stride,
+                                                 unsigned long long seed, const unsigned long long* __restrict__ step, float p,
+                                                 float scale) {
+    dropout_apply(dout, dx, n, base, width, stride, seed, step, p, scale);
+}
+
+extern "C" __global__ void dropout_scale_bf16(const bf16* __restrict__ x, bf16* __restrict__ out, int n,
+                                              float scale) {
+    dropout_scale_body(x, out, n, scale);
 }

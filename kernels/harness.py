@@ -191,8 +191,9 @@ class Module:
 
 @functools.cache
 def _load(name, sanitize):
-    path = KERNEL_DIR / f"{name}.cu"
-    return Module(path.read_text(), str(path))
+    from alexnet.kernels import loader
+
+    return Module(loader.source(name), str(KERNEL_DIR / f"{name}.cu"))
 
 
 def load(name):

@@ -3,7 +3,9 @@
 //
 // Layout NCHW, contiguous; the N*C planes are independent, so both kernels index planes as nc.
 // The argmax is the offset kh*K + kw of the maximum inside its window, one byte per output
-// (K <= 16), the same cache the NumPy path keeps (layers/pool.py).
+// (K <= 16), the same cache the NumPy path keeps (layers/pool.py). T is the storage (float, or
+// bf16: kernels/include/precision.h); comparisons and sums are float32, and a BF16 maximum is
+// copied exactly.
 // 256 threads per block (kernels/ops.py), untuned; timed per layer on an H200 (docs/benchmarks.md).
 //
 // Index arithmetic. A GPU has no integer divider: `v / d` or `v % d` by a d known only at run time
@@ -11,6 +13,8 @@
 // its first index and the grid stride into digits once, before its loop, and the loop adds the
 // stride's digits to its own with carries, as in written addition; the backward carries h / S and
 // w / S the same way, as quotient-remainder pairs.
+
+#include "precision.h"
 
 // The lowest digit of v in base `radix`, leaving the rest in v. It divides: only before the loops.
 __device__ __forceinline__ int pool_digit(int& v, int radix) {
@@ -61,9 +65,9 @@ __device__ __forceinline__ PoolQR pool_add(PoolQR a, PoolQR b, int d) {
 // window order (strict >), as layers/pool.py and PyTorch do. A NaN is the maximum of any window that
 // holds one (np.maximum's rule, and PyTorch's), the first NaN if there are several; with `v > best`
 // alone a NaN after the first element was lost.
-extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* __restrict__ out,
-                                           unsigned char* __restrict__ argmax, int NC, int H, int W,
-                                           int OH, int OW, int K, int S) {
+template <class T>
+__device__ void maxpool_forward_body(const T* __restrict__ x, T* __restrict__ out, unsigned char* __restrict__ argmax,
+                                     int NC, int H, int W, int OH, int OW, int K, int S) {
     const int total = NC * OH * OW;
     const int stride = blockDim.x * gridDim.x;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -72,19 +76,19 @@ extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* _
     rest = stride;
     const int s_ow = pool_digit(rest, OW), s_oh = pool_digit(rest, OH), s_nc = rest;
     for (; i < total; i += stride) {
-        const float* window = x + nc * H * W + (oh * S) * W + ow * S;  // its top-left input element
-        float best = window[0];
+        const T* window = x + nc * H * W + (oh * S) * W + ow * S;  // its top-left input element
+        float best = to_f32(window[0]);
         int best_offset = 0;
         for (int kh = 0; kh < K; ++kh) {
             for (int kw = 0; kw < K; ++kw) {
-                const float v = window[kh * W + kw];
+                const float v = to_f32(window[kh * W + kw]);
                 if (v > best || (v != v && best == best)) {
                     best = v;
                     best_offset = kh * K + kw;
                 }
             }
         }
-        out[i] = best;
+        store(out, i, best);
         argmax[i] = (unsigned char)best_offset;
         ow += s_ow;
         oh += s_oh + pool_carry(ow, OW);
@@ -102,10 +106,9 @@ extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* _
 // is bit-reproducible. Every covering window's dout is multiplied by its derivative, 1 at the argmax
 // and 0 elsewhere, as the NumPy path does: a NaN or infinite dout reaches its whole window as NaN,
 // not only the argmax.
-extern "C" __global__ void maxpool_backward(const float* __restrict__ dout,
-                                            const unsigned char* __restrict__ argmax,
-                                            float* __restrict__ dx, int NC, int H, int W, int OH,
-                                            int OW, int K, int S) {
+template <class T>
+__device__ void maxpool_backward_body(const T* __restrict__ dout, const unsigned char* __restrict__ argmax,
+                                      T* __restrict__ dx, int NC, int H, int W, int OH, int OW, int K, int S) {
     const int total = NC * H * W;
     const int stride = blockDim.x * gridDim.x;
     const int span = (K - 1) / S;
@@ -120,17 +123,17 @@ extern "C" __global__ void maxpool_backward(const float* __restrict__ dout,
     const PoolQR hs_one = {S == 1, S != 1};  // 1 = 1*S + 0 or 0*S + 1
     const PoolQR hs_wrap = pool_divmod(-H, S), ws_wrap = pool_divmod(-W, S);
     for (; i < total; i += stride) {
-        const float* d = dout + nc * OH * OW;
+        const T* d = dout + nc * OH * OW;
         const unsigned char* offsets = argmax + nc * OH * OW;
         float sum = 0.0f;
         for (int oh = hs.q - span, kh = hs.r + span * S; oh <= hs.q; ++oh, kh -= S) {
             if (oh < 0 || oh >= OH || kh >= K) continue;
             for (int ow = ws.q - span, kw = ws.r + span * S; ow <= ws.q; ++ow, kw -= S) {
                 if (ow < 0 || ow >= OW || kw >= K) continue;
-                sum += d[oh * OW + ow] * (offsets[oh * OW + ow] == kh * K + kw ? 1.0f : 0.0f);
+                sum += to_f32(d[oh * OW + ow]) * (offsets[oh * OW + ow] == kh * K + kw ? 1.0f : 0.0f);
             }
         }
-        dx[i] = sum;
+        store(dx, i, sum);
         w += s_w;
         ws = pool_add(ws, ws_step, S);
         const int carry_w = pool_carry(w, W);
@@ -142,4 +145,28 @@ extern "C" __global__ void maxpool_backward(const float* __restrict__ dout,
         if (carry_h) hs = pool_add(hs, hs_wrap, S);
         nc += s_nc + carry_h;
     }
+}
+
+extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* __restrict__ out,
+                                           unsigned char* __restrict__ argmax, int NC, int H, int W, int OH, int OW,
+                                           int K, int S) {
+    maxpool_forward_body(x, out, argmax, NC, H, W, OH, OW, K, S);
+}
+
+extern "C" __global__ void maxpool_backward(const float* __restrict__ dout, const unsigned char* __restrict__ argmax,
+                                            float* __restrict__ dx, int NC, int H, int W, int OH, int OW, int K,
+                                            int S) {
+    maxpool_backward_body(dout, argmax, dx, NC, H, W, OH, OW, K, S);
+}
+
+extern "C" __global__ void maxpool_forward_bf16(const bf16* __restrict__ x, bf16* __restrict__ out,
+                                                unsigned char* __restrict__ argmax, int NC, int H, int W, int OH,
+                                                int OW, int K, int S) {
+    maxpool_forward_body(x, out, argmax, NC, H, W, OH, OW, K, S);
+}
+
+extern "C" __global__ void maxpool_backward_bf16(const bf16* __restrict__ dout,
+                                                 const unsigned char* __restrict__ argmax, bf16* __restrict__ dx,
+                                                 int NC, int H, int W, int OH, int OW, int K, int S) {
+    maxpool_backward_body(dout, argmax, dx, NC, H, W, OH, OW, K, S);
 }

@@ -27,29 +27,38 @@ multiplications). `algorithm="auto"` takes Winograd where it applies (AlexNet's 
 im2col elsewhere (conv1, conv2); `alexnet summary` says which each layer uses and why. The batch
 is cut into chunks of up to 8 samples run on every core (engine/threads.py).
 The GPU path is im2col for every layer: the im2col/col2im and bias kernels of kernels/conv.cu
-around cuBLAS products (cupy.matmul), the whole batch in one chunk.
+around cuBLAS products (engine/gemm.py, in the model's precision: float32, TF32, or BF16 operands
+with float32 sums), the whole batch in one chunk. A ReLU right after the layer in a Sequential
+runs inside its bias kernels there (absorb): the forward writes max(0, y + b), the backward
+multiplies dout by [out > 0] as it transposes it, so the ReLU costs no pass of its own.
 
 Cached (ConvCache, both paths): the algorithm, the input shape, the weights as the algorithm
 prepared them (Winograd's transformed filters U; im2col's grouped view of W) and, per batch chunk,
 its sample range and what the algorithm saved for the backward (im2col: the patch matrix `col`,
 so the backward needs no second im2col; Winograd: the transformed input tiles V). The backward
-walks that same list of chunks.
+walks that same list of chunks. With an absorbed ReLU (CUDA path only), also the rectified output
+`relu_out`, the ReLU's mask (the next layer holds that array anyway).
 """
 from collections import namedtuple
 
 import numpy as np
 
 from alexnet.engine import workspace
+from alexnet.engine.gemm import gemm
 from alexnet.engine.layer import Layer
 from alexnet.engine.threads import batch_grain, run_chunks
 from alexnet.kernels import ops
 from alexnet.layers import conv_im2col, conv_winograd
+from alexnet.layers.relu import ReLU
 
 ALGORITHMS = ("auto", "im2col", "winograd")
-ConvCache = namedtuple("ConvCache", "algorithm x_shape prepared chunks")   # chunks: [(lo, hi, saved)]
+# chunks: [(lo, hi, saved)]; relu_out: the rectified output when a ReLU is absorbed (CUDA path)
+ConvCache = namedtuple("ConvCache", "algorithm x_shape prepared chunks relu_out", defaults=(None,))
 
 
 class Conv2d(Layer):
+    low_param_keys = ("W",)
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
                  dtype=np.float32, algorithm="auto"):
         super().__init__()
@@ -73,6 +82,14 @@ class Conv2d(Layer):
         K = self.kernel_size
         self.params = {"W": np.zeros((out_channels, in_channels // groups, K, K), dtype),
                        "b": np.zeros((out_channels,), dtype)}
+        self.relu = None         # the ReLU after it, when absorbed (CUDA path)
+
+    def absorb(self, following):
+        """The ReLU right after this layer runs in its bias kernels on the CUDA path."""
+        if type(following) is not ReLU:
+            return False
+        self.relu, following.fused_into = following, self
+        return True
 
     def describe(self):
         return (f"Conv2d({self.in_channels}->{self.out_channels}, {self.kernel_size}x"
@@ -124,7 +141,7 @@ class Conv2d(Layer):
         return out, ConvCache(algo.NAME, x.shape, prepared, chunks)
 
     def backward_numpy(self, dout, need_dx):
-        algorithm, x_shape, prepared, chunks = self.cache
+        algorithm, x_shape, prepared, chunks, _ = self.cache          # no relu_out: the NumPy path never fuses
         algo = conv_winograd if algorithm == conv_winograd.NAME else conv_im2col
         dx = workspace.empty(x_shape, dout.dtype) if need_dx else None
 
@@ -142,34 +159,33 @@ class Conv2d(Layer):
 
     # ---- CUDA: im2col/col2im and bias kernels (kernels/conv.cu) around cuBLAS products ----------------
     def forward_cuda(self, rt, x, train):
-        W, b = self.params["W"], self.params["b"]
-        ops.check_array(rt, self.name, "W", W)
+        W, b = self.gemm_param("W"), self.params["b"]
+        ops.check_activation(rt, self.name, "W", W, like=x)
         N = x.shape[0]
         K, S, P, G, O = self.kernel_size, self.stride, self.padding, self.groups, self.out_channels
         _, OH, OW = self.output_shape(x.shape[1:])
-        col = ops.conv_im2col(rt, x, K, S, P, who=self.name)         # col: (C*K*K, N*OH*OW)
+        col = ops.conv_im2col(rt, x, K, S, P, who=self.name)         # col: (C*K*K, N*OH*OW), stored as x
         Wg = conv_im2col.prepare_weights(W, G)                       # (G, O/G, Cg*K*K)
-        y = rt.xp.matmul(Wg, col.reshape(G, -1, col.shape[1]))       # y: (G, O/G, N*OH*OW)
-        out = ops.conv_bias_forward(rt, y.reshape(O, N, OH * OW), b, who=self.name)  # out: (N, O, OH*OW)
-        return out.reshape(N, O, OH, OW), ConvCache("im2col", x.shape, Wg, [(0, N, col)])
+        y = gemm(rt, Wg, col.reshape(G, -1, col.shape[1]), self.precision, who=self.name)  # (G, O/G, N*OH*OW) f32
+        out = ops.conv_bias_forward(rt, y.reshape(O, N, OH * OW), b, who=self.name, relu=self.relu is not None,
+                                    dtype=x.dtype)                   # out: (N, O, OH*OW)
+        out = out.reshape(N, O, OH, OW)
+        return out, ConvCache("im2col", x.shape, Wg, [(0, N, col)], out if self.relu is not None else None)
 
     def backward_cuda(self, rt, dout, need_dx):
-        _, x_shape, Wg, [(_, _, col)] = self.cache
+        _, x_shape, Wg, [(_, _, col)], relu_out = self.cache
         N = x_shape[0]
         K, S, P, G, O = self.kernel_size, self.stride, self.padding, self.groups, self.out_channels
-        dy, db = ops.conv_bias_backward(rt, dout.reshape(N, O, -1), who=self.name)  # dy: (O, N*OH*OW)
-        dy = dy.reshape(G, O // G, -1)                               # (G, O/G, N*OH*OW)
+        dy, db = ops.conv_bias_backward(rt, dout.reshape(N, O, -1), who=self.name,
+                                        out=None if relu_out is None else relu_out.reshape(N, O, -1))
+        dy = dy.reshape(G, O // G, -1)                               # (G, O/G, N*OH*OW), stored as dout
         col_g = col.reshape(G, -1, col.shape[1])                     # (G, Cg*K*K, N*OH*OW)
-        # per group as 2-D products: cuBLAS reads col_g[g].T as a transposed operand in place,
-        # where a batched matmul would first copy the whole transposed col (~2 GB at batch 128)
-        dW = rt.xp.empty(Wg.shape, np.float32)                       # (G, O/G, Cg*K*K)
-        for g in range(G):
-            rt.xp.matmul(dy[g], col_g[g].T, out=dW[g])
+        # both products read their transposed operand in place (cuBLAS transposes as it reads):
+        # no copy of the whole transposed col (~2 GB at batch 128)
+        dW = gemm(rt, dy, col_g, self.precision, trans_b=True, who=self.name)  # (G, O/G, Cg*K*K) float32
         self.grads["W"] = dW.reshape(self.params["W"].shape)
         self.grads["b"] = db
         if not need_dx:  # conv1's input gradient: a large product and col2im that training never uses
             return None
-        dcol = rt.xp.empty(col_g.shape, np.float32)                  # (G, Cg*K*K, N*OH*OW)
-        for g in range(G):
-            rt.xp.matmul(Wg[g].T, dy[g], out=dcol[g])
+        dcol = gemm(rt, Wg, dy, self.precision, trans_a=True, out_dtype=dy.dtype, who=self.name)  # (G, Cg*K*K, NQ)
         return ops.conv_col2im(rt, dcol.reshape(col.shape), x_shape, K, S, P, who=self.name)

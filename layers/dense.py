@@ -8,20 +8,30 @@ Backward:  dW = dout^T x            (out, in)
            dx = dout W              (N, in)
 
 Shapes: x (N, in), W (out, in) (PyTorch's layout), b (out,), out (N, out).
-Cached: x, needed for dW.
+Cached: x, needed for dW (on the CUDA path with an absorbed ReLU also the rectified output, the
+ReLU's mask: DenseCache).
 Reference loops: layers/reference.py dense_forward / dense_backward.
-GPU: the products are cuBLAS (cupy.matmul); the bias add and the bias gradient are the conv bias
-kernels of kernels/conv.cu, since a dense layer is a 1x1 convolution of a 1x1 image.
+GPU: the products are cuBLAS (engine/gemm.py, in the model's precision); the bias add and the bias
+gradient are the conv bias kernels of kernels/conv.cu, since a dense layer is a 1x1 convolution of
+a 1x1 image, and like a convolution it runs the ReLU after it inside them (absorb, layers/conv.py).
 """
+from collections import namedtuple
+
 import numpy as np
 
 from alexnet.engine import workspace
+from alexnet.engine.gemm import gemm
 from alexnet.engine.layer import Layer
 from alexnet.engine.threads import run_chunks
 from alexnet.kernels import ops
+from alexnet.layers.relu import ReLU
+
+DenseCache = namedtuple("DenseCache", "x relu_out")    # the CUDA path's; the NumPy path caches x
 
 
 class Dense(Layer):
+    low_param_keys = ("W",)
+
     def __init__(self, in_features, out_features, dtype=np.float32):
         super().__init__()
         for label, v in (("in_features", in_features), ("out_features", out_features)):
@@ -30,6 +40,14 @@ class Dense(Layer):
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.params = {"W": np.zeros((out_features, in_features), dtype),
                        "b": np.zeros((out_features,), dtype)}
+        self.relu = None         # the ReLU after it, when absorbed (CUDA path)
+
+    def absorb(self, following):
+        """The ReLU right after this layer runs in its bias kernels on the CUDA path."""
+        if type(following) is not ReLU:
+            return False
+        self.relu, following.fused_into = following, self
+        return True
 
     def describe(self):
         return f"Dense({self.in_features}->{self.out_features})"
@@ -74,16 +92,24 @@ class Dense(Layer):
 
     # ---- CUDA: cuBLAS products, the bias kernels of kernels/conv.cu ----------------------------------
     def forward_cuda(self, rt, x, train):
-        W, b = self.params["W"], self.params["b"]
-        ops.check_array(rt, self.name, "x", x)
-        ops.check_array(rt, self.name, "W", W)
-        y = rt.xp.matmul(W, x.T)                                     # y: (out, N), channel-major
-        out = ops.conv_bias_forward(rt, y.reshape(y.shape[0], -1, 1), b, who=self.name)  # (N, out, 1)
-        return out.reshape(x.shape[0], -1), x
+        W, b = self.gemm_param("W"), self.params["b"]
+        ops.check_activation(rt, self.name, "x", x)
+        ops.check_activation(rt, self.name, "W", W, like=x)
+        y = gemm(rt, W, x, self.precision, trans_b=True, who=self.name)  # y: (out, N) float32, channel-major
+        out = ops.conv_bias_forward(rt, y.reshape(y.shape[0], -1, 1), b, who=self.name, relu=self.relu is not None,
+                                    dtype=x.dtype)                       # (N, out, 1)
+        out = out.reshape(x.shape[0], -1)
+        return out, DenseCache(x, out if self.relu is not None else None)
 
     def backward_cuda(self, rt, dout, need_dx):
-        x = self.cache
-        dy, db = ops.conv_bias_backward(rt, dout.reshape(dout.shape[0], -1, 1), who=self.name)  # dy: (out, N)
-        self.grads["W"] = rt.xp.matmul(dy, x)                        # (out, in)
+        x, relu_out = self.cache
+        dy, db = ops.conv_bias_backward(rt, dout.reshape(dout.shape[0], -1, 1), who=self.name,
+                                        out=None if relu_out is None else relu_out.reshape(dout.shape[0], -1, 1))
+        dy = dy.reshape(dy.shape[0], -1)                                 # (out, N), stored as dout
+        self.grads["W"] = gemm(rt, dy, x, self.precision, who=self.name)  # (out, in) float32
         self.grads["b"] = db
-        return rt.xp.matmul(dout, self.params["W"]) if need_dx else None  # (N, in)
+        if not need_dx:
+            return None
+        # dout masked by the ReLU is dy transposed: (N, out) = dy^T, read in place
+        return gemm(rt, dy, self.gemm_param("W"), self.precision, trans_a=True, out_dtype=dy.dtype,
+                    who=self.name)                                       # (N, in)

@@ -35,6 +35,11 @@ global batch, or a tower of the split model holding units u0.. of each sample, s
 `place(first_sample, first_unit, units)`, and its element (n, j) draws the bits of unit
 (s0 + n) * units + u0 + j. The default (0, 0, its own width) is the whole tensor.
 
+On the CUDA path the kernels read the step from a one-element device array the layer keeps
+(`step_slot`), written through engine/graphs.py write_scalar: at once in an ordinary step, before
+each replay when the training step runs as a captured CUDA graph (the layer's counter then
+advances there, through `_next_step`, exactly as it does here).
+
 Cached (DropoutCache, both paths): the step whose mask the forward used (None when it drew none:
 inference, or p = 0), the factor the kept units were multiplied by, and the layout of the units
 (None for the whole tensor, else (base, width, stride), as keep_mask takes it).
@@ -45,6 +50,7 @@ from collections import namedtuple
 import numpy as np
 
 from alexnet.engine import workspace
+from alexnet.engine.graphs import write_scalar
 from alexnet.engine.layer import Layer
 from alexnet.engine.threads import run_chunks
 from alexnet.kernels import ops
@@ -106,6 +112,7 @@ class Dropout(Layer):
         self.freeze_mask = False
         self._frozen_step = None
         self.placement = (0, 0, None)      # (first sample, first unit, units per sample): place()
+        self.step_slot = None              # the CUDA path's device copy of the mask's step
 
     def describe(self):
         return f"Dropout(p={self.p}" + (", paper variant)" if self.variant == "paper" else ")")
@@ -177,14 +184,17 @@ class Dropout(Layer):
         cache = self._cache_for(x, train)
         if cache.step is None:
             return ops.dropout_scale(rt, x, cache.scale, who=self.name), cache
-        return ops.dropout_forward(rt, x, self.p, self.seed, cache.step, cache.scale, who=self.name,
+        if self.step_slot is None or not isinstance(self.step_slot, rt.xp.ndarray):
+            self.step_slot = rt.xp.zeros(1, np.uint64)
+        write_scalar(self.step_slot, cache.step, self._next_step)
+        return ops.dropout_forward(rt, x, self.p, self.seed, self.step_slot, cache.scale, who=self.name,
                                    layout=cache.layout), cache
 
     def backward_cuda(self, rt, dout, need_dx):
         cache = self.cache
         if cache.step is None:
             return ops.dropout_scale(rt, dout, cache.scale, who=self.name)
-        return ops.dropout_backward(rt, dout, self.p, self.seed, cache.step, cache.scale, who=self.name,
+        return ops.dropout_backward(rt, dout, self.p, self.seed, self.step_slot, cache.scale, who=self.name,
                                     layout=cache.layout)
 
     # ---- the random numbers' state ------------------------------------------------------------------

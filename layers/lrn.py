@@ -26,9 +26,12 @@ infinite dout_c the two terms of dx_c are inf - inf = NaN where the combined der
 infinity (tests/test_edge_cases.py allows it).
 
 Shapes: x, out, dx (N, C, H, W).
-Cached (LRNCache, the same four arrays on both paths): x, s (the scale), s^(-beta) and b (the
-output): the backward needs all four, and recomputing the window sum and the fractional power
-would cost as much as the forward.
+Cached (LRNCache): on the NumPy path x, s (the scale), s^(-beta) and b (the output): the backward
+needs all four, and on a CPU recomputing the window sums and fractional powers would cost as much
+as the forward. On the CUDA path only x (the other fields None): the backward kernel recomputes
+s and b from x, bit for bit as the forward had them, because on a GPU the two passes are bound by
+memory traffic, and three arrays fewer written and read back is worth the arithmetic
+(kernels/lrn.cu; docs/kernels.md has the byte counts).
 Reference loops: layers/reference.py lrn_forward / lrn_backward. GPU: kernels/lrn.cu.
 """
 from collections import namedtuple
@@ -120,10 +123,8 @@ class LRN(Layer):
 
     # ---- CUDA (kernels/lrn.cu) -----------------------------------------------------------------------
     def forward_cuda(self, rt, x, train):
-        out, scale, scale_pow = ops.lrn_forward(rt, x, self.size, self.alpha, self.beta, self.k, who=self.name)
-        return out, LRNCache(x, scale, scale_pow, out)
+        out = ops.lrn_forward(rt, x, self.size, self.alpha, self.beta, self.k, who=self.name)
+        return out, LRNCache(x, None, None, None)
 
     def backward_cuda(self, rt, dout, need_dx):
-        c = self.cache
-        return ops.lrn_backward(rt, c.x, c.out, c.scale, c.scale_pow, dout, self.size, self.alpha, self.beta,
-                                who=self.name)
+        return ops.lrn_backward(rt, self.cache.x, dout, self.size, self.alpha, self.beta, self.k, who=self.name)

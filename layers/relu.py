@@ -12,7 +12,10 @@ hidden from the loss or the gradients (docs/conventions.md, edge values).
 Shapes: any; out and dx have the shape of x.
 Cached: `out` (out > 0 exactly where x > 0), which the next layer keeps alive anyway, so the cache
 costs no extra memory.
-Reference loops: layers/reference.py relu_forward / relu_backward. GPU: kernels/relu.cu.
+Reference loops: layers/reference.py relu_forward / relu_backward. GPU: kernels/relu.cu, or, right
+after a Conv2d or Dense in a Sequential, that layer's bias kernels (engine/layer.py, absorb): the
+ReLU's CUDA path then hands its input on as its output and its gradient on as dx, because both
+were already rectified and masked by the layer before it.
 """
 import numpy as np
 
@@ -38,8 +41,10 @@ class ReLU(Layer):
 
     # ---- CUDA (kernels/relu.cu) ----------------------------------------------------------------------
     def forward_cuda(self, rt, x, train):
-        out = ops.relu_forward(rt, x, who=self.name)
+        out = x if self.fused_into is not None else ops.relu_forward(rt, x, who=self.name)
         return out, out
 
     def backward_cuda(self, rt, dout, need_dx):
+        if self.fused_into is not None:
+            return dout
         return ops.relu_backward(rt, self.cache, dout, who=self.name)

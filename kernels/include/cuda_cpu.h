@@ -54,6 +54,21 @@ inline float __int_as_float(int i) {
     return f;
 }
 
+inline int __float_as_int(float f) {
+    int i;
+    std::memcpy(&i, &f, sizeof i);
+    return i;
+}
+
+// The vector types the SGD kernel loads four floats (or stores four BF16) at a time with; on a GPU
+// they are builtins with 16- and 8-byte alignment, one load or store instruction each.
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(8) ushort4 {
+    unsigned short x, y, z, w;
+};
+
 namespace harness {
 
 struct Warp {
