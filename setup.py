@@ -27,8 +27,9 @@ setup(
         # mpiexec -n N alexnet train: mpi4py, and MPICH's wheel for an MPI with its mpiexec (on a
         # cluster with its own MPI, install mpi4py against that one instead: docs/distributed.md)
         "mpi": ["mpi4py>=4", "mpich>=4"],
-        # NVRTC compiles every kernel in the tests, no GPU needed
-        "test": ["pytest>=7", "nvidia-cuda-nvrtc>=13"],
+        # NVRTC compiles every kernel in the tests, no GPU needed; ml_dtypes is the reference for
+        # BF16 rounding (tests/test_precision.py)
+        "test": ["pytest>=7", "nvidia-cuda-nvrtc>=13", "ml_dtypes>=0.4"],
         "ref": ["torch"],
         # `alexnet export --onnx`, and ONNX Runtime to run what it writes (the export tests do)
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],

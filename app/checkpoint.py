@@ -100,9 +100,10 @@ def check_model(path, meta, weights, model):
             raise UserError(f"checkpoint {path}: {k} has shape {weights[k].shape}, {model.arch} needs {v.shape}")
 
 
-def load_model(path, device="cpu"):
+def load_model(path, device="cpu", precision="fp32"):
     """Rebuild the model a checkpoint was trained as, load its weights, and say how it takes its
-    input. Returns (model, meta, preprocessing: app/preprocess.py). Used by eval, predict, plot,
+    input; on the GPU, computing in `precision` (engine/precision.py), whatever it was trained in.
+    Returns (model, meta, preprocessing: app/preprocess.py). Used by eval, predict, plot,
     saliency, neighbors and export, which have no config of their own."""
     from alexnet.app.preprocess import Preprocessing
     from alexnet.models.registry import build_model
@@ -120,8 +121,8 @@ def load_model(path, device="cpu"):
     check_model(path, meta, weights, model)
     model.load_state_dict(weights)
     prep = Preprocessing.from_checkpoint(arrays, meta, model, f"checkpoint {path}")
-    if device != "cpu":
-        model.to(device)
+    if device != "cpu" or precision != "fp32":
+        model.to(device, precision)
     return model, meta, prep
 
 

@@ -32,6 +32,7 @@ from alexnet.app.distributed import PARALLEL_CHOICES
 from alexnet.app.errors import UserError
 from alexnet.engine.backend import DEVICES
 from alexnet.engine.init import PRESETS
+from alexnet.engine.precision import PRECISIONS
 from alexnet.layers.dropout import VARIANTS
 from alexnet.models.alexnet import ACTIVATIONS, PAPER_OPTIONS, changed_options
 from alexnet.models.registry import MODEL_NAMES
@@ -144,6 +145,12 @@ class TrainConfig:
     init: str = option(None, "weight init preset (engine/init.py)", choices=PRESETS)
     seed: int = option(0, "seed of the init, data order, augmentation and dropout", metavar="S")
     device: str = option("cpu", "where to train", resume=MAY_CHANGE, choices=DEVICES, check=usable_device)
+    precision: str = option("fp32", "arithmetic on the GPU: fp32 (strict float32), tf32 (the matrix products on TF32 "
+                                    "tensor cores), bf16 (BF16 activations and products, float32 master weights and "
+                                    "loss); the CPU computes in fp32 only (engine/precision.py)",
+                            resume=MAY_CHANGE, choices=PRECISIONS)
+    graphs: bool = option(True, "on the GPU, capture the training step once as a CUDA graph and replay it; "
+                                "--no-graphs launches every kernel each step (the same numbers)", resume=MAY_CHANGE)
     workers: int = option(2, "background loader threads (0 loads inline)", resume=MAY_CHANGE, check=at_least(0),
                           metavar="W")
     strict_data: bool = option(False, "stop at the first unreadable image instead of skipping and counting it",
@@ -209,6 +216,7 @@ class TrainConfig:
             raise UserError("--freeze and --pretrained-lr-mult go with --init-from CKPT (fine-tuning)")
         if self.save_every is not None:
             parse_save_every(self.save_every)
+        check_precision(self.device, self.precision)
         try:
             from alexnet.models.registry import check_options
 
@@ -283,6 +291,16 @@ def check_value(name, value):
     problem = check(value) if check is not None else None
     if problem:
         raise UserError(f"{flag(name)} {problem}")
+
+
+def check_precision(device, precision):
+    """A UserError, in one line, for a precision `device` cannot compute in (tf32, bf16 on the CPU)."""
+    from alexnet.engine import precision as precisions
+
+    try:
+        precisions.check(precision, device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def same_setting(name, asked, stored):

@@ -511,10 +511,14 @@ def augment_batch(imgs, rng, crop, mean, flip=True, lighting=LIGHTING_STD, rows=
     rows = oy[:, None] + ar  # (B, c)
     cols = ox[:, None] + np.where(flips[:, None], crop - 1 - ar, ar)  # (B, c)
     patch = imgs[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B, c, c, 3)
-    shift = None
-    if alpha is not None:
-        shift = ((alpha * EIGVAL) @ EIGVEC.T * 255.0).astype(np.float32)  # (B, 3)
+    shift = lighting_shift(alpha) if alpha is not None else None
     return _to_nchw(patch, _mean_patch(mean, rows, cols), shift)
+
+
+def lighting_shift(alpha):
+    """float32 (B, 3): what PCA lighting adds to every pixel of each image, sum_i p_i alpha_i lambda_i
+    times 255 (our pixels are 0..255); the CPU path and the GPU's (app/gpu_input.py) both use it."""
+    return ((alpha * EIGVAL) @ EIGVEC.T * 255.0).astype(np.float32)  # (B, 3)
 
 
 def crop_batch(imgs, crop, mean, oy, ox, flip=False):

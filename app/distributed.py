@@ -287,6 +287,9 @@ class TowerParallel(_Ranks):
         if config.model not in ("alexnet", "alexnet-small") or config.groups != 2:
             raise UserError(f"--parallel towers splits the two-tower alexnet or alexnet-small (--groups 2), "
                             f"not {config.model} with --groups {config.groups}")
+        if config.precision == "bf16":
+            raise UserError("--parallel towers trades float32 activations between the towers: use --precision "
+                            "fp32 or tf32 with it")
 
     def build(self, model):
         from alexnet.models.towers import TowerModel

@@ -8,6 +8,12 @@ and odd (never a multiple of the block size).
 
 Each check returns Rows: what was compared, the kernels that produced it, the error
 max|got - ref| / max|ref| and its tolerance.
+
+Three checks hold kernels to other kernels rather than to NumPy, all bit for bit: `bf16` (each
+kernel's BF16 entry point against its float32 one on the same values, the output rounded to BF16:
+the arithmetic is the same float32, only the storage differs), `fused` (a Conv2d or Dense with the
+ReLU after it absorbed, against the two layers run apart) and `augment` (the input augmentation
+kernel against app/data.py's CPU augmentation, BF16 output included).
 """
 from dataclasses import dataclass
 
@@ -198,7 +204,9 @@ def check_softmax_xent(rt, rng):
 
 
 def check_sgd(rt, rng):
-    """Two steps over three tensors with distinct multipliers; the LR changes between the steps."""
+    """Two steps over three tensors with distinct multipliers; the LR changes between the steps. The
+    sizes leave partial groups of 4 (35, 13) and whole ones (36); then the same with BF16 copies
+    and a misaligned tensor."""
     from alexnet.engine.optim import sgd_update_cuda
     shapes, mults = ((7, 5), (13,), (3, 3, 2, 2)), ((1.0, 1.0), (2.0, 0.0), (1.0, 0.5))
     momentum, weight_decay = 0.9, 0.05
@@ -215,7 +223,32 @@ def check_sgd(rt, rng):
             v_ref[i] = momentum * v_ref[i] - decay_mult * weight_decay * lr * w_ref[i] - lr_mult * lr * g[i]
             w_ref[i] = w_ref[i] + v_ref[i]
     err = max(max(rel_err(a, b) for a, b in zip(w_dev, w_ref)), max(rel_err(a, b) for a, b in zip(v_dev, v_ref)))
-    return [Row("SGD w and v after 2 steps, 3 tensors", ("sgd_update",), err, 1e-6)]
+    return [Row("SGD w and v after 2 steps, 3 tensors", ("sgd_update",), err, 1e-6), *_sgd_bf16_copies(rt, rng)]
+
+
+def _sgd_bf16_copies(rt, rng):
+    """With BF16 copies: the same w and v as without, bit for bit, and each copy w rounded to BF16.
+    The second tensor starts one float into its buffer, so its float4 accesses would be misaligned:
+    it takes the element-by-element path, which must agree too."""
+    from alexnet.engine.optim import sgd_update_cuda
+    from alexnet.engine.precision import from_bf16, to_bf16
+    shapes = ((6, 6), (11,), (16,))
+    w = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    g = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+    def run(with_copies):
+        ws = [rt.xp.array(a) for a in w]                         # copies: each run starts from w
+        ws[1] = rt.xp.asarray(np.concatenate([[0], w[1]]).astype(np.float32))[1:]  # misaligned by 4 bytes
+        vs = [rt.xp.zeros(s, np.float32) for s in shapes]
+        lows = [rt.xp.zeros(s, np.uint16) if with_copies else None for s in shapes]
+        sgd_update_cuda(rt, [(ws[i], rt.xp.asarray(g[i]), vs[i], 1.0, 1.0, lows[i]) for i in range(3)], 0.1, 0.9, 5e-4)
+        return ws, vs, lows
+    (w1, v1, low), (w0, v0, _) = run(True), run(False)
+    same = max(rel_err(a, host(b)) for a, b in zip(w1 + v1, w0 + v0))
+    rounding = max(rel_err(from_bf16(host(c)), from_bf16(to_bf16(host(a)))) for a, c in zip(w1, low))
+    return [Row("SGD with BF16 copies: w and v as without them (float4 and misaligned paths)", ("sgd_update",),
+                same, 0.0),
+            Row("SGD BF16 copies = w rounded to nearest even", ("sgd_update",), rounding, 0.0)]
 
 
 def check_sgemm(rt, rng):
@@ -283,10 +316,157 @@ def check_network(rt, make_net, x, labels, tol=1e-4, control_factor=10.0):
     return rows
 
 
+def _bf16_pair(label, kernels, run, inputs, bf16_inputs):
+    """Rows comparing run(*bf16_inputs) (BF16 storage) with run(*inputs) (float32 storage of the same
+    values, from_bf16 of them) rounded to BF16, output by output: the same float32 arithmetic, so
+    the bits must agree."""
+    from alexnet.engine.precision import from_bf16, to_bf16
+    want, got = run(*inputs), run(*bf16_inputs)
+    rows = []
+    for key in want:
+        a, b = host(want[key]), host(got[key])
+        ref = from_bf16(to_bf16(a)) if a.dtype == np.float32 and b.dtype == np.uint16 else a
+        value = from_bf16(b) if b.dtype == np.uint16 else b
+        rows.append(Row(f"BF16 {label} {key} = float32 kernel rounded", kernels[key], rel_err(value, ref), 0.0))
+    return rows
+
+
+def check_bf16(rt, rng):
+    """Every kernel's BF16 entry point against its float32 one (module docstring)."""
+    from alexnet.engine.precision import from_bf16, to_bf16
+
+    def pair(shape, scale=1.0):
+        bits = to_bf16((scale * rng.standard_normal(shape)).astype(np.float32))
+        return rt.xp.asarray(from_bf16(bits)), rt.xp.asarray(bits)
+
+    x4, x4b = pair((2, 7, 5, 6))
+    d4, d4b = pair((2, 7, 5, 6))
+    o4, o4b = pair((2, 7, 5, 6))      # a forward output for the backward, BF16 already in both
+    p4, p4b = pair((2, 7, 2, 2))
+    rows = []
+    for name in ("relu", "tanh"):
+        fwd, bwd = getattr(ops, f"{name}_forward"), getattr(ops, f"{name}_backward")
+        rows += _bf16_pair(name, {"out": (f"{name}_forward_bf16",), "dx": (f"{name}_backward_bf16",)},
+                           lambda x, o, d: {"out": fwd(rt, x), "dx": bwd(rt, o, d)}, (x4, o4, d4), (x4b, o4b, d4b))
+    rows += _bf16_pair("lrn", {"out": ("lrn_forward_bf16",), "dx": ("lrn_backward_bf16",)},
+                       lambda x, d: {"out": ops.lrn_forward(rt, x, 5, 1.0, 0.75, 1.0),
+                                     "dx": ops.lrn_backward(rt, x, d, 5, 1.0, 0.75, 1.0)}, (x4, d4), (x4b, d4b))
+    rows += _bf16_pair("maxpool", {"out": ("maxpool_forward_bf16",), "argmax": ("maxpool_forward_bf16",),
+                                   "dx": ("maxpool_backward_bf16",)},
+                       lambda x, d: dict(zip(("out", "argmax"), ops.maxpool_forward(rt, x, 3, 2)),
+                                         dx=ops.maxpool_backward(rt, d, ops.maxpool_forward(rt, x, 3, 2)[1],
+                                                                 x.shape, 3, 2)), (x4, p4), (x4b, p4b))
+    rows += _bf16_pair("avgpool", {"out": ("avgpool_forward_bf16",), "dx": ("avgpool_backward_bf16",)},
+                       lambda x, d: {"out": ops.avgpool_forward(rt, x, (2, 2)),
+                                     "dx": ops.avgpool_backward(rt, d, x.shape)}, (x4, p4), (x4b, p4b))
+    rows += _bf16_pair("dropout", {k: (f"dropout_{k}_bf16",) for k in ("forward", "backward", "scale")},
+                       lambda x, d: {"forward": ops.dropout_forward(rt, x, 0.4, 3, 5, 2.0),
+                                     "backward": ops.dropout_backward(rt, d, 0.4, 3, 5, 2.0),
+                                     "scale": ops.dropout_scale(rt, x, 0.6)}, (x4, d4), (x4b, d4b))
+    return rows + _bf16_conv(rt, rng, pair)
+
+
+def _bf16_conv(rt, rng, pair):
+    from alexnet.engine.precision import to_bf16
+    x, xb = pair((2, 3, 7, 6))
+    dcol, dcolb = pair((3 * 9, 2 * 4 * 3))
+    dout, doutb = pair((2, 5, 12))
+    y = rt.xp.asarray(rng.standard_normal((5, 2, 12)).astype(np.float32))
+    b = rt.xp.asarray(rng.standard_normal(5).astype(np.float32))
+    rows = _bf16_pair("conv", {"col": ("conv_im2col_bf16",), "dx": ("conv_col2im_bf16",)},
+                      lambda x, d: {"col": ops.conv_im2col(rt, x, 3, 2, 1),
+                                    "dx": ops.conv_col2im(rt, d, x.shape, 3, 2, 1)}, (x, dcol), (xb, dcolb))
+    for relu in (False, True):
+        out = ops.conv_bias_forward(rt, y, b, relu=relu)
+        out_b = ops.conv_bias_forward(rt, y, b, relu=relu, dtype=ops.BF16)
+        rows.append(Row(f"BF16 conv bias forward (relu {relu}) = float32 kernel rounded", ("conv_bias_forward_bf16",),
+                        float((host(out_b) != to_bf16(host(out))).mean()), 0.0))
+        rows += _bf16_pair(f"conv bias backward (relu {relu})", {"dy": ("conv_bias_backward_bf16",),
+                                                                 "db": ("conv_bias_backward_bf16", "conv_bias_reduce")},
+                           lambda d, o: dict(zip(("dy", "db"), ops.conv_bias_backward(rt, d, out=o if relu else None))),
+                           (dout, ops.cast(rt, out_b, np.float32)), (doutb, out_b))
+    bits = rt.xp.asarray(to_bf16(host(y)))
+    rows.append(Row("cast float32 -> BF16 = to_bf16 (round to nearest even)", ("cast_to_bf16",),
+                    float((host(ops.cast(rt, y, ops.BF16)) != host(bits)).mean()), 0.0))
+    rows.append(Row("cast BF16 -> float32 exact", ("cast_to_f32",),
+                    rel_err(ops.cast(rt, bits, np.float32), from_bits(host(bits))), 0.0))
+    return rows
+
+
+def check_fused(rt, rng):
+    """A Conv2d or Dense with the ReLU after it absorbed (a Sequential of the two) against the same
+    two layers run apart: the same bits in the output, the input gradient and the parameter
+    gradients (the bias kernels do the ReLU's arithmetic on the same values). Inputs include
+    exact zeros and a NaN gradient at a unit that is off, which the product must keep."""
+    from alexnet.engine.net import Sequential
+    from alexnet.layers import Conv2d, Dense, ReLU
+    rows = []
+    for label, make, shape in (("Conv2d 4->6 3x3/2 pad 1 groups 2", lambda: Conv2d(4, 6, 3, 2, 1, 2), (2, 4, 9, 7)),
+                               ("Dense 37->11", lambda: Dense(37, 11), (3, 37))):
+        apart, fused = (make(), ReLU()), Sequential([make(), ReLU()])
+        for key, shape_p in ((k, v.shape) for k, v in apart[0].params.items()):
+            value = rng.standard_normal(shape_p).astype(np.float32)
+            apart[0].params[key], fused.layers[0].params[key] = rt.xp.asarray(value), rt.xp.asarray(value.copy())
+        x = rng.standard_normal(shape).astype(np.float32)
+        x[0] = 0.0                                         # a sample whose outputs are the bias alone
+        out = apart[1].forward(apart[0].forward(rt.xp.asarray(x), True, runtime=rt), True, runtime=rt)
+        out_fused = fused.forward(rt.xp.asarray(x), True, runtime=rt)
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        dout.reshape(-1)[int(np.argmin(host(out).reshape(-1)))] = np.nan   # at a unit that is off: 0 * NaN
+        dx = apart[0].backward(apart[1].backward(rt.xp.asarray(dout), runtime=rt), runtime=rt)
+        dx_fused = fused.backward(rt.xp.asarray(dout), runtime=rt)
+        kernels = ("conv_bias_forward", "conv_bias_backward", "conv_bias_reduce")
+        pairs = [("out", out, out_fused), ("dx", dx, dx_fused)]
+        pairs += [(f"d{k}", apart[0].grads[k], fused.layers[0].grads[k]) for k in apart[0].params]
+        rows += [Row(f"fused ReLU: {label} {what} = the layers apart", kernels, _bits_differ(a, b), 0.0)
+                 for what, a, b in pairs]
+    return rows
+
+
+def _bits_differ(a, b):
+    """The fraction of elements whose float32 bits differ (NaN payloads included)."""
+    a, b = host(a), host(b)
+    return float((a.view(np.uint32) != b.view(np.uint32)).mean()) if a.shape == b.shape else 1.0
+
+
+def check_augment(rt, rng):
+    """The augmentation kernel (kernels/augment.cu, as app/gpu_input.py feeds it) against the CPU
+    augmentation (app/data.py augment_batch) on the same draws: per-pixel and per-channel means,
+    flips, with and without lighting, input scales 1 and 1/64; bit for bit, and its BF16 output
+    the float32 one rounded."""
+    from alexnet.app import data
+    from alexnet.engine.precision import to_bf16
+    B, S, c = 5, 13, 9
+    imgs = rng.integers(0, 256, (B, S, S, 3)).astype(np.uint8)
+    rows = []
+    for mean, lighting, scale in ((rng.uniform(0, 255, (S, S, 3)).astype(np.float32), data.LIGHTING_STD, 1.0),
+                                  (rng.uniform(0, 255, (1, 1, 3)).astype(np.float32), 0.0, 1 / 64)):
+        params = data.augment_params(np.random.default_rng(7), B, S, c, lighting=lighting)
+        want = data.augment_batch(imgs, params, c, mean, lighting=lighting) * np.float32(scale)
+        oy, ox, flips, alpha = params
+        crops = np.stack([imgs[i, oy[i]:oy[i] + c, ox[i]:ox[i] + c] for i in range(B)])
+        table = np.stack([oy, ox, flips], axis=1).astype(np.int32)
+        shift = data.lighting_shift(alpha) if alpha is not None else np.zeros((B, 3), np.float32)
+        args = [rt.xp.asarray(a) for a in (crops, table, shift, mean)]
+        got = ops.augment(rt, *args, scale, alpha is not None)
+        got_b = ops.augment(rt, *args, scale, alpha is not None, dtype=ops.BF16)
+        label = f"augment ({'per-pixel' if mean.shape[0] > 1 else 'per-channel'} mean, lighting {alpha is not None}, " \
+                f"scale {scale:g})"
+        rows += [Row(f"{label} = app/data.py augment_batch", ("augment_batch",), _bits_differ(got, want), 0.0),
+                 Row(f"{label}, BF16 output = the float32 one rounded", ("augment_batch_bf16",),
+                     float((host(got_b) != to_bf16(want)).mean()), 0.0)]
+    return rows
+
+
+def from_bits(bits):
+    from alexnet.engine.precision import from_bf16
+    return from_bf16(bits)
+
+
 CHECKS = {"conv": check_conv, "dense": check_dense, "relu": check_relu, "tanh": check_tanh, "lrn": check_lrn,
           "pool": check_pool, "avgpool": check_avgpool,
           "flatten": check_flatten, "dropout": check_dropout, "softmax_xent": check_softmax_xent, "sgd": check_sgd,
-          "sgemm": check_sgemm}
+          "sgemm": check_sgemm, "bf16": check_bf16, "fused": check_fused, "augment": check_augment}
 
 
 def run(rt, name, seed=0):

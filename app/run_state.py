@@ -47,6 +47,7 @@ def capture(weights, velocity, trainer, val=None):
     meta = {
         "arch": model.arch, "num_classes": model.num_classes, "classes": trainer.dataset.classes, **prep_meta,
         "dropout": config.dropout, "dropout_variant": config.dropout_variant, "model_options": config.model_options(),
+        "precision": config.precision,
         **dataclasses.asdict(pos),
         "ranks": trainer.strategy.world.size, "parallel": config.parallel,
         "lr": trainer.optimizer.lr, "schedule": trainer.schedule.state_dict(), "rng": model.rng_state(),

@@ -16,7 +16,7 @@ from alexnet.models.registry import MODEL_NAMES
 # the small-data recipe, app/recipes.py), 25 epochs: ~86% top-1 in about 3 minutes on two cores.
 DEMO = {"model": "alexnet-small", "epochs": 25}
 # eval and predict: the flags they share with training, with defaults of their own (no recipe)
-EVAL_DEFAULTS = {"batch_size": 128, "device": "cpu", "workers": 2}
+EVAL_DEFAULTS = {"batch_size": 128, "device": "cpu", "workers": 2, "precision": "fp32"}
 
 
 def register(subparsers):
@@ -68,7 +68,7 @@ def register(subparsers):
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax of 4 corner + centre crops and their mirrors")
-    config.add_options(p, ("batch_size", "device", "workers"), defaults=EVAL_DEFAULTS)
+    config.add_options(p, ("batch_size", "device", "precision", "workers"), defaults=EVAL_DEFAULTS)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -77,7 +77,7 @@ def register(subparsers):
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
     p.add_argument("--ten-crop", action="store_true")
-    config.add_options(p, ("device",), defaults=EVAL_DEFAULTS)
+    config.add_options(p, ("device", "precision"), defaults=EVAL_DEFAULTS)
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser("plot", help="PNG curves of a run and a grid of its conv1 filters",
@@ -213,7 +213,8 @@ def cmd_eval(args):
 
     for name in EVAL_DEFAULTS:
         config.check_value(name, getattr(args, name))
-    model, meta, prep = load_model(args.checkpoint, args.device)
+    config.check_precision(args.device, args.precision)
+    model, meta, prep = load_model(args.checkpoint, args.device, args.precision)
     ds = open_dataset(args.data, model.resize_size, need_train=False)
     if ds.classes != meta["classes"]:
         raise UserError(f"{args.data} has other classes than the checkpoint was trained on "
@@ -243,7 +244,8 @@ def cmd_predict(args):
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
     config.check_value("device", args.device)
-    model, meta, prep = load_model(args.checkpoint, args.device)
+    config.check_precision(args.device, args.precision)
+    model, meta, prep = load_model(args.checkpoint, args.device, args.precision)
     probs = probabilities(model, prep.views(prep.decode(args.images), args.ten_crop), args.device)
     classes = meta["classes"]
     k = min(args.top, len(classes))

@@ -6,7 +6,8 @@ checkpoints, exact resume, signals and divergence handling.
 
 The rest lives in units of its own: the configuration (app/config.py), how images become inputs
 (app/preprocess.py), the run's files and checkpoints (app/run_files.py, app/run_state.py), its
-statistics (app/run_stats.py), validation (app/evaluate.py), signals (app/signals.py), and what
+statistics (app/run_stats.py), validation (app/evaluate.py), signals (app/signals.py), the GPU's
+input pipeline and CUDA-graph steps (app/gpu_input.py), and what
 differs under `mpiexec -n N` (app/distributed.py: every rank runs this loop; the strategy says
 which slice of a batch each loads, how gradients and statistics are summed, what the ranks decide
 together, and that rank 0 alone writes). One process and N ranks at the same --batch-size are the
@@ -33,6 +34,7 @@ from alexnet.app.config import parse_save_every
 from alexnet.app.distributed import CollectiveError
 from alexnet.app.errors import UserError
 from alexnet.app.evaluate import evaluate, quiet_numerics
+from alexnet.app.gpu_input import loader_for, step_runner
 from alexnet.app.run_files import RunFiles, resume_hint
 from alexnet.app.run_stats import StallWatch, TrainingStats
 from alexnet.app.signals import StopNow, StopSignals, signal_name
@@ -115,7 +117,7 @@ class Trainer:
             layer_lr_mults = self._start_from()
         elif state is not None:
             layer_lr_mults = self._restore(*state)
-        self.model = self.strategy.build(self.model).to(config.device)  # towers: cut from the (restored) whole
+        self.model = self.strategy.build(self.model).to(config.device, config.precision)  # towers: cut from the whole
         self.optimizer, self.schedule = self._optimizer(layer_lr_mults)
         if state is not None:
             run_state.restore_optimizer(*state[1:], self.optimizer, self.schedule,
@@ -125,6 +127,7 @@ class Trainer:
                 # bit-identical to the original, which is the point.
                 self.optimizer.lr = float(lr_override)
         self.criterion = SoftmaxCrossEntropy()
+        self._run_step = step_runner(self._eager_step, config, self.strategy, self.model, self.log)
         self.stall = StallWatch(self.model.num_classes, config.init, lambda msg: self.log(msg))
         # on the GPU the loss is read every --log-every steps, not after each step (no host sync)
         self.read_every_step = config.device == "cpu"
@@ -273,14 +276,14 @@ class Trainer:
         an exit code when the run stopped (a signal or stop_after_steps)."""
         from tqdm import tqdm
 
-        from alexnet.app.data import Prefetcher, TrainBatches
+        from alexnet.app.data import TrainBatches
 
         cfg, pos = self.config, self.position
         batches = TrainBatches(self.dataset.train, cfg.batch_size, self.prep, cfg.seed, pos.epoch,
                                augment=cfg.augment, part=self.strategy.train_part)
         bar = tqdm(total=batches.num_batches, initial=pos.batch, desc=f"epoch {pos.epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not self.progress, file=sys.stderr, dynamic_ncols=True, leave=True)
-        loader = Prefetcher(batches, range(pos.batch, batches.num_batches), cfg.workers)
+        loader = loader_for(batches, range(pos.batch, batches.num_batches), cfg.workers, cfg.device, self.model)
         self.stats.start_epoch()
         t_last = time.perf_counter()
         try:
@@ -306,10 +309,14 @@ class Trainer:
     def _train_step(self, x, labels, count):
         """One SGD step (train_step); its loss and correct count join the statistics' pending sums
         (device scalars on the GPU; on data-parallel ranks on the CPU, already summed over the ranks)."""
-        loss, correct, n = train_step(self.model, self.criterion, self.optimizer, self.strategy, x, labels, count,
-                                      self.config.device, check=self._check_loss if self.read_every_step else None)
+        loss, correct, n = self._run_step(x, labels, count)
         self.position.step += 1
         self.stats.add_step(loss, correct, n, count)
+
+    def _eager_step(self, x, labels, count):
+        """train_step on this run's model; on one GPU it may run captured as a CUDA graph (_run_step)."""
+        return train_step(self.model, self.criterion, self.optimizer, self.strategy, x, labels, count,
+                          self.config.device, check=self._check_loss if self.read_every_step else None)
 
     def _after_step(self, signals, bar, num_batches, start_step):
         """What a step may call for: reading the statistics, a step record, a periodic save, or
@@ -473,7 +480,8 @@ class Trainer:
         self.log(f"data: {ds.root} ({ds.kind}), {len(ds.classes)} classes, {len(ds.train)} train / "
                  f"{len(ds.val)} val images" + (f", {len(ds.skipped)} files skipped (e.g. {ds.skipped[0][0]}: "
                                                 f"{ds.skipped[0][1]})" if ds.skipped else ""))
-        self.log(f"model: {cfg.model} ({self.model.num_params():,} parameters, init {cfg.init}) on {cfg.device}; "
+        self.log(f"model: {cfg.model} ({self.model.num_params():,} parameters, init {cfg.init}) on {cfg.device} "
+                 f"in {cfg.precision}{' with CUDA graphs' if self._run_step != self._eager_step else ''}; "
                  f"batch {cfg.batch_size}, lr {self.optimizer.lr:g}, momentum {cfg.momentum:g}, "
                  f"weight decay {cfg.weight_decay:g}, {cfg.epochs} epochs")
         if self.strategy.describe():

@@ -275,25 +275,30 @@ def conv_cases(layer, x_shape, out_shape):
             *bias_cases(name, O, N, OH * OW)]
 
 
-def bias_cases(name, C, N, P):
+def bias_cases(name, C, N, P, relu=False):
     """conv_bias_forward / conv_bias_backward + conv_bias_reduce on a GEMM result of (C, N, P):
-    a convolution's, or a dense layer's with P = 1."""
+    a convolution's, or a dense layer's with P = 1; with `relu`, the ReLU after the layer applied
+    by the same kernels (how a step runs every ReLU of AlexNet)."""
     def forward(rt, inputs):
         y, b = inputs.normal((C, N, P)), inputs.normal((C,))
-        return (lambda: {"out": ops.conv_bias_forward(rt, y, b)},
-                lambda: {"out": (y.transpose(1, 0, 2) + b[None, :, None], EXACT)})
+        sum_ = y.transpose(1, 0, 2) + b[None, :, None]
+        return (lambda: {"out": ops.conv_bias_forward(rt, y, b, relu=relu)},
+                lambda: {"out": (rt.xp.where(sum_ > 0, sum_, np.float32(0)) if relu else sum_, EXACT)})
 
     def backward(rt, inputs):
         dout = inputs.normal((N, C, P))
+        out = rt.xp.maximum(inputs.normal((N, C, P)), np.float32(0)) if relu else None   # a rectified output
+        masked = rt.xp.where(out > 0, dout, np.float32(0)) if relu else dout
 
         def run():
-            dy, db = ops.conv_bias_backward(rt, dout)
+            dy, db = ops.conv_bias_backward(rt, dout, out=out)
             return {"dy": dy, "db": db}
-        return run, lambda: {"dy": (dout.transpose(1, 0, 2).reshape(C, N * P), EXACT),
-                             "db": (dout.astype(F64).sum(axis=(0, 2)), TOL)}
+        return run, lambda: {"dy": (masked.transpose(1, 0, 2).reshape(C, N * P), EXACT),
+                             "db": (masked.astype(F64).sum(axis=(0, 2)), TOL)}
 
-    return [Case(f"{name} bias forward", ("conv_bias_forward",), f"y {fmt((C, N, P))}", forward),
-            Case(f"{name} bias backward", ("conv_bias_backward", "conv_bias_reduce"),
+    what = "bias+relu" if relu else "bias"
+    return [Case(f"{name} {what} forward", ("conv_bias_forward",), f"y {fmt((C, N, P))}", forward),
+            Case(f"{name} {what} backward", ("conv_bias_backward", "conv_bias_reduce"),
                  f"dout {fmt((N, C, P))}, {ops.bias_slices(N * P)} slices", backward)]
 
 
@@ -321,21 +326,13 @@ def lrn_cases(layer, x_shape):
 
     def forward(rt, inputs):
         x = inputs.normal(x_shape, gain)
-
-        def run():
-            out, scale, scale_pow = ops.lrn_forward(rt, x, size, alpha, beta, k)
-            return {"out": out, "scale": scale, "scale_pow": scale_pow}
-
-        def reference():
-            out, s, s_pow = ref_lrn(rt.xp, x, size, alpha, beta, k)
-            return {"out": (out, TOL), "scale": (s, TOL), "scale_pow": (s_pow, TOL)}
-        return run, reference
+        return (lambda: {"out": ops.lrn_forward(rt, x, size, alpha, beta, k)},
+                lambda: {"out": (ref_lrn(rt.xp, x, size, alpha, beta, k)[0], TOL)})
 
     def backward(rt, inputs):
+        # the backward recomputes the scale from x itself (lrn.cu): x is all it takes from the forward
         x, dout = inputs.normal(x_shape, gain), inputs.normal(x_shape)
-        # the forward's cached arrays, from the reference: this row tests lrn_backward alone
-        out, s, s_pow = (a.astype(np.float32) for a in ref_lrn(rt.xp, x, size, alpha, beta, k))
-        return (lambda: {"dx": ops.lrn_backward(rt, x, out, s, s_pow, dout, size, alpha, beta)},
+        return (lambda: {"dx": ops.lrn_backward(rt, x, dout, size, alpha, beta, k)},
                 lambda: {"dx": (ref_lrn_backward(rt.xp, x, dout, size, alpha, beta, k), TOL)})
 
     label = f"x {fmt(x_shape)} size {size} alpha {alpha:g} beta {beta:g} k {k:g}"
@@ -481,6 +478,8 @@ def cases_for(net, batch):
             first_dense = first_dense or layer
         elif isinstance(layer, ReLU):
             cases += relu_cases(layer, x_shape)
+            if layer.fused_into is not None:      # what a step runs: the ReLU inside the bias kernels
+                cases += bias_cases(layer.fused_into.name, shape[0], batch, int(np.prod(shape[1:])), relu=True)
         elif isinstance(layer, LRN):
             cases += lrn_cases(layer, x_shape)
         elif isinstance(layer, MaxPool2d):

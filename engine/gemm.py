@@ -91,7 +91,7 @@ def _emulate(a, b, out, precision, trans_a, trans_b):
     opa, opb = read(a), read(b)
     opa = np.swapaxes(opa, -1, -2) if trans_a else opa
     opb = np.swapaxes(opb, -1, -2) if trans_b else opb
-    product = np.matmul(opa, opb, dtype=np.float32)
+    product = np.matmul(opa, opb)                        # float32 operands: float32 sums (BLAS)
     out[...] = to_bf16(product) if out.dtype == BF16 else product
 
 

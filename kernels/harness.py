@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from alexnet.kernels import sources
+
 KERNEL_DIR = Path(__file__).resolve().parent
 HEADER = KERNEL_DIR / "include" / "cuda_cpu.h"
 FLAGS = ("-std=c++20", "-O2", "-shared", "-fPIC", "-pthread")
@@ -191,9 +193,7 @@ class Module:
 
 @functools.cache
 def _load(name, sanitize):
-    from alexnet.kernels import loader
-
-    return Module(loader.source(name), str(KERNEL_DIR / f"{name}.cu"))
+    return Module(sources.source(name), str(KERNEL_DIR / f"{name}.cu"))
 
 
 def load(name):

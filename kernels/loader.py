@@ -15,36 +15,14 @@ the harness, on the CPU: that is how the kernel tests and `alexnet kernels --che
 This module never imports CuPy: engine/backend.py does, and hands the module to `cupy_runtime`.
 """
 import functools
-import re
-from pathlib import Path
 
-KERNEL_DIR = Path(__file__).resolve().parent
-INCLUDE_DIR = KERNEL_DIR / "include"
+from alexnet.kernels.sources import KERNEL_DIR, kernel_files, source  # noqa: F401 (the loader's API too)
+
 NVRTC_OPTIONS = ("--std=c++17", "-ftz=true")  # CuPy adds -arch for the device it runs on
-# `#include "precision.h"` in a .cu file: pasted in by source() (cuda_cpu.h is the harness's own)
-_INCLUDE = re.compile(r'^#include "(\w+\.h)"[ \t]*$', re.M)
 
 
 class CudaUnavailable(RuntimeError):
     """CuPy is missing, or installed without a usable GPU."""
-
-
-def source(name):
-    """The text of kernels/<name>.cu with its includes of kernels/include/ pasted in, as NVRTC, the
-    harness and the compile test all get it: one text, so CuPy's cache (keyed by the source)
-    sees a change to a header, and no include path is needed. #line directives keep the line
-    numbers of compiler messages pointing into the right file."""
-    text = (KERNEL_DIR / f"{name}.cu").read_text()
-
-    def paste(m):
-        after = text.count("\n", 0, m.end()) + 2     # the line after the #include, 1-based
-        return f'#line 1 "{m.group(1)}"\n{(INCLUDE_DIR / m.group(1)).read_text()}#line {after} "{name}.cu"'
-    return _INCLUDE.sub(paste, text)
-
-
-def kernel_files():
-    """Names of the .cu files, e.g. ["conv", "dropout", ...]."""
-    return sorted(p.stem for p in KERNEL_DIR.glob("*.cu"))
 
 
 class _Runtime:

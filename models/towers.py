@@ -124,8 +124,8 @@ class TowerModel:
     def num_params(self):
         return self.full_params
 
-    def to(self, device):
-        self.net.to(device)
+    def to(self, device, precision="fp32"):
+        self.net.to(device, precision)
         self.device = device
         return self
 

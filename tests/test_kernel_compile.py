@@ -255,7 +255,7 @@ DIVISIONS_BEFORE_LOOPS = {
     "conv_im2col": 6, "conv_col2im": 12, "conv_bias_forward": 5, "conv_bias_backward": 4,
     "maxpool_forward": 5, "maxpool_backward": 11, "avgpool_forward": 10, "avgpool_backward": 16,
     "lrn_forward": 4, "lrn_backward": 4, "dropout_forward": 3, "dropout_backward": 3,
-    "softmax_xent_backward": 3, "sgd_update": 2,
+    "softmax_xent_backward": 3, "sgd_update": 2, "augment_batch": 6,
 }
 DEFAULT_DIVISIONS = 0      # a kernel not listed above
 COMPILER_SLACK = 2         # another NVRTC may count a loop's trips (one division) where 13.5 does not
@@ -274,7 +274,8 @@ def test_no_integer_division_inside_a_loop():
     lines = [f"{'kernel':24} {'div/rem':>7} {'in loops':>8} {'bound':>5}"]
     bad = []
     for file, kernel, total, in_loops in rows:
-        bound = DIVISIONS_BEFORE_LOOPS.get(kernel, DEFAULT_DIVISIONS) + COMPILER_SLACK
+        # a BF16 entry point instantiates the float32 kernel's body with another storage type
+        bound = DIVISIONS_BEFORE_LOOPS.get(kernel.removesuffix("_bf16"), DEFAULT_DIVISIONS) + COMPILER_SLACK
         lines.append(f"{kernel:24} {total:7} {in_loops:8} {bound:5}")
         if in_loops:
             bad.append(f"{kernel} ({file}.cu): {in_loops} integer div/rem inside a loop")

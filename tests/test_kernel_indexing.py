@@ -233,8 +233,8 @@ def test_lrn(rt, launch, rng):
     dout = normal(rng, *x.shape)
     checked = CheckedRuntime(rt)
     with launch_shape(*launch):
-        out, scale, scale_pow = ops.lrn_forward(checked, rt.xp.asarray(x), 5, 1.0, 0.75, 1.0)
-        dx = ops.lrn_backward(checked, rt.xp.asarray(x), out, scale, scale_pow, rt.xp.asarray(dout), 5, 1.0, 0.75)
+        out = ops.lrn_forward(checked, rt.xp.asarray(x), 5, 1.0, 0.75, 1.0)
+        dx = ops.lrn_backward(checked, rt.xp.asarray(x), rt.xp.asarray(dout), 5, 1.0, 0.75, 1.0)
     x64 = x.astype(np.float64)
     close(out, ref.lrn_forward(x64, 5, 1.0, 0.75, 1.0), 1e-5)
     close(dx, ref.lrn_backward(x64, dout.astype(np.float64), 5, 1.0, 0.75, 1.0), 1e-5)
@@ -270,16 +270,13 @@ def test_softmax_xent_backward(rt, N, K, launch, rng):
 
 
 # ---- every launcher passes NumPy scalars of the kernel's C types --------------------------------------
-def test_every_launcher_passes_scalars_of_the_kernels_c_types(rt, rng):
-    """One small launch of every kernel through CheckedRuntime (any wrong scalar fails inside)."""
-    checked = CheckedRuntime(rt)
-    xp = rt.xp
-    x = xp.asarray(normal(rng, 2, 3, 7, 6))
+def _launch_layer_kernels(checked, x, rng):
+    """Every layer kernel once, on x's storage (float32 or BF16)."""
+    xp = checked.xp
     for name in ("relu", "tanh"):
         out = getattr(ops, f"{name}_forward")(checked, x)
         getattr(ops, f"{name}_backward")(checked, out, x)
-    out, scale, scale_pow = ops.lrn_forward(checked, x, 3, 1e-4, 0.75, 2.0)
-    ops.lrn_backward(checked, x, out, scale, scale_pow, x, 3, 1e-4, 0.75)
+    ops.lrn_backward(checked, x, ops.lrn_forward(checked, x, 3, 1e-4, 0.75, 2.0), 3, 1e-4, 0.75, 2.0)
     pooled, argmax = ops.maxpool_forward(checked, x, 3, 2)
     ops.maxpool_backward(checked, pooled, argmax, x.shape, 3, 2)
     ops.avgpool_backward(checked, ops.avgpool_forward(checked, x, (2, 3)), x.shape)
@@ -287,21 +284,38 @@ def test_every_launcher_passes_scalars_of_the_kernels_c_types(rt, rng):
     ops.dropout_scale(checked, x, 0.5)
     col = ops.conv_im2col(checked, x, 3, 1, 1)
     ops.conv_col2im(checked, col, x.shape, 3, 1, 1)
-    ops.conv_bias_backward(checked, ops.conv_bias_forward(checked, xp.asarray(normal(rng, 4, 2, 5)),
-                                                          xp.asarray(normal(rng, 4))))
+    out = ops.conv_bias_forward(checked, xp.asarray(normal(rng, 4, 2, 5)), xp.asarray(normal(rng, 4)),
+                                relu=True, dtype=x.dtype)
+    ops.conv_bias_backward(checked, out, out=out)
+
+
+def test_every_launcher_passes_scalars_of_the_kernels_c_types(rt, rng):
+    """One small launch of every kernel through CheckedRuntime (any wrong scalar fails inside)."""
+    checked = CheckedRuntime(rt)
+    xp = rt.xp
+    x = xp.asarray(normal(rng, 2, 3, 7, 6))
+    _launch_layer_kernels(checked, x, rng)
+    _launch_layer_kernels(checked, ops.cast(checked, x, ops.BF16), rng)
+    ops.cast(checked, ops.cast(checked, x, ops.BF16), np.float32)
+    crops, params = xp.zeros((2, 5, 5, 3), np.uint8), xp.asarray(np.array([[0, 1, 1], [2, 0, 0]], np.int32))
+    for dtype in (np.float32, ops.BF16):
+        ops.augment(checked, crops, params, xp.zeros((2, 3), np.float32), xp.ones((7, 7, 3), np.float32), 0.5, 1,
+                    dtype=dtype)
     labels = xp.asarray(np.array([1, 0, 2], np.int32))
     _, probs = ops.softmax_xent_forward(checked, xp.asarray(normal(rng, 3, 4)), labels)
     ops.softmax_xent_backward(checked, probs, labels)
     ops.sgemm(checked, xp.asarray(normal(rng, 3, 5)), xp.asarray(normal(rng, 5, 2)))
     w = xp.asarray(normal(rng, 5))
-    sgd_update_cuda(checked, [(w, xp.ones_like(w), xp.zeros_like(w), 1.0, 1.0)], 0.1, 0.9, 5e-4)
+    sgd_update_cuda(checked, [(w, xp.ones_like(w), xp.zeros_like(w), 1.0, 1.0, xp.zeros(5, np.uint16))], 0.1, 0.9,
+                    5e-4)
     assert checked.launched == set(SIGNATURES), f"not launched: {sorted(set(SIGNATURES) - checked.launched)}"
 
 
 def test_the_signature_reader_and_the_type_check():
     assert SIGNATURES["dropout_forward"] == [None, None, np.int32, np.uint64, np.int32, np.uint64, np.uint64,
-                                             np.uint64, np.float32, np.float32]
-    assert SIGNATURES["sgd_update"] == [None, None, None, np.int32, np.float32, np.float32, np.float32]
+                                             None, np.float32, np.float32]      # the step: a device pointer
+    # tensors, offsets, sizes, mults, T, lr (a device pointer), momentum, weight_decay
+    assert SIGNATURES["sgd_update"] == [None, None, None, None, np.int32, None, np.float32, np.float32]
 
     class Fake:
         name, xp, pointer = "fake", np, staticmethod(lambda a: 0)
