@@ -99,12 +99,13 @@ class GraphedStep:
             self.results = self._on_own_stream(lambda: self._record(args))
         except Exception as e:  # an operation CUDA cannot capture: say so once, go on eagerly
             self.enabled, self.graph = False, None
-            self.rng[1](state)
             self.log(f"CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                      f"training on with eager launches")
-            return self.fn(x, labels, *args)
         finally:
             _capture = None
+        if self.graph is None:          # the capture failed: this step again, eagerly, from where it began
+            self.rng[1](state)
+            return self.fn(x, labels, *args)
         self.scalars = [(slot, refresh) for slot, _, refresh in registered]
         for slot, value, _ in registered:          # this step's values: the capture computed them
             slot.fill(value)
