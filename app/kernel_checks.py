@@ -262,6 +262,59 @@ def check_sgemm(rt, rng):
     return rows
 
 
+# A training step in tf32 or bf16 against the same step in fp32 (or float64): the loss's relative
+# error, and each gradient's normwise relative error ||g - g_ref|| / ||g_ref||. The gradients' bound
+# is loose because a ReLU's sign or a max-pool's choice that rounding flips moves a whole entry
+# (measured on AlexNetSmall at batch 2: tf32 0.06, bf16 0.23; docs/kernels.md, "Precision").
+PRECISION_LOSS_TOL = {"fp32": 1e-6, "tf32": 1e-3, "bf16": 1e-2}
+PRECISION_GRAD_TOL = {"fp32": 1e-5, "tf32": 0.15, "bf16": 0.5}
+
+
+def normwise(got, want):
+    got, want = host(got).astype(np.float64), np.asarray(host(want), np.float64)
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))
+
+
+def precision_step(rt, net, x, labels, precision):
+    """(loss, {name: gradient}) of one forward and backward of `net` in `precision` on `rt`."""
+    from alexnet.engine.loss import SoftmaxCrossEntropy
+    if rt.name == "cupy":
+        for layer in net.layers:
+            for key, value in layer.params.items():
+                layer.params[key] = rt.xp.asarray(value)
+    net.set_precision(precision, runtime=rt)
+    crit = SoftmaxCrossEntropy()
+    loss = crit.forward(net.forward(rt.xp.asarray(x), train=True, runtime=rt), rt.xp.asarray(labels), runtime=rt)
+    net.backward(crit.backward(runtime=rt), need_dx=False, runtime=rt)
+    return float(loss), {f"{layer.name}.{k}": host(g) for layer in net.layers for k, g in layer.grads.items()}
+
+
+def check_precision_step(rt, make_net, x, labels, precision):
+    """A step of `make_net()` in `precision` against the same step in fp32 (the tolerances above)."""
+    x = np.asarray(x, np.float32)
+    loss32, grads32 = precision_step(rt, make_net(), x, labels, "fp32")
+    loss, grads = precision_step(rt, make_net(), x, labels, precision)
+    worst = max(grads, key=lambda k: normwise(grads[k], grads32[k]))
+    return [Row(f"{precision} step loss vs fp32", (), abs(loss - loss32) / abs(loss32), PRECISION_LOSS_TOL[precision]),
+            Row(f"{precision} step gradients vs fp32 (worst: {worst})", (), normwise(grads[worst], grads32[worst]),
+                PRECISION_GRAD_TOL[precision])]
+
+
+def check_precision_probe(rt, precision):
+    """Which arithmetic the products really use: (1 + 2^-13) x ones over K = 1024 is 1024.125 in
+    float32; TF32 and BF16 operands lose the 2^-13 and give 1024. (NVIDIA_TF32_OVERRIDE=0 makes
+    cuBLAS run tf32 as float32: this row then fails, saying so.)"""
+    from alexnet.engine.gemm import gemm, operand_dtype
+    from alexnet.engine.precision import to_bf16
+    a = np.full((64, 1024), 1 + 2.0 ** -13, np.float32)
+    b = np.ones((1024, 64), np.float32)
+    if operand_dtype(precision) == ops.BF16:
+        a, b = to_bf16(a), to_bf16(b)
+    got = host(gemm(rt, rt.xp.asarray(a), rt.xp.asarray(b), precision))
+    want = 1024.125 if precision == "fp32" else 1024.0
+    return [Row(f"{precision} probe product = {want:g}", (), float(np.abs(got - want).max()), 0.0)]
+
+
 def network_step(rt, net, x, labels, lr, momentum, weight_decay):
     """One training step of a Sequential entirely through the kernels of runtime `rt` (the calls a
     CuPy net makes), SGD from zero momentum; returns the loss."""

@@ -21,7 +21,7 @@
    also records which kernels a step launches; each of them must have a case in part 1.
 
 --small (implied by --backend cpu-harness): AlexNetSmall at batch 2, for the CPU harness (a CUDA
-thread costs it ~1.5 us) and for compute-sanitizer (10-100x slower per launch). --no-pool makes
+thread costs it ~1.5 us; it also launches blocks of 32 threads there) and for compute-sanitizer (10-100x slower per launch). --no-pool makes
 CuPy allocate every array with its own cudaMalloc, so memcheck sees each array's exact bounds
 (inside the memory pool's larger blocks an overrun lands in memory that is still allocated).
 
@@ -619,6 +619,8 @@ def main():
         return 1
     if args.no_pool and rt.name == "cupy":
         rt.xp.cuda.set_allocator(None)        # every array its own cudaMalloc
+    if rt.name == "cpu-harness":
+        ops.BLOCK = 32     # the harness runs each thread of a block with a barrier as an OS thread: small blocks
     device = device_name(rt.xp) if rt.name == "cupy" else "CPU (g++ harness)"
 
     from alexnet.models.alexnet import AlexNet, AlexNetSmall

@@ -1,30 +1,39 @@
-"""The GPU backend on a real GPU: correctness of a full AlexNet step, then speed against PyTorch.
+"""The GPU training step in every precision: correctness, then speed against PyTorch's fastest.
 
-    python bench/gpu_step.py [--backend cupy|cpu-harness] [--batch 128] [--steps 20] [--warmup 5]
-                             [--compare-batch 8] [--out DIR]
+    python bench/gpu_step.py [--backend cupy|cpu-harness] [--precision fp32,tf32,bf16] [--batch 128]
+                             [--steps 20] [--warmup 5] [--compare-batch 8] [--out DIR]
 
-1. A full AlexNet (He init, seed 0, dropout off; check_network says why not the paper's init)
-   training step through the CUDA kernels against the NumPy engine in float64 from the same
-   weights: loss, every gradient, the weights after SGD (app/kernel_checks.py check_network).
-2. A batch-128 training step (forward, loss, backward, SGD; dropout 0.5) of ours, through the
-   engine's own Layer/Sequential/SGD code, and of the same network in PyTorch on the same GPU,
-   twice: strict FP32 (TF32 off for cuBLAS and cuDNN) and PyTorch's defaults. Timed without a
-   host sync inside the timed region: after --warmup steps and one sync, a start event, --steps
-   steps back to back, an end event, one sync; ms/step = elapsed / steps. So the figure is the
-   throughput of a training loop that never waits for the GPU (as the trainer's does), launch
-   overhead included. Ours is then broken down per layer in a separate pass, with an event
-   between layers (recorded without syncing; read after the pass).
-3. LRN forward + backward on conv1's and conv2's output shapes: ours (lrn.cu) against PyTorch's
-   F.local_response_norm(x, size, alpha * size, beta, k) with autograd, timed the same way; the
-   two outputs also compared.
+1. Correctness. A full AlexNet (He init, seed 0, dropout off; check_network says why not the
+   paper's init) training step through the CUDA kernels against the NumPy engine in float64 from
+   the same weights (app/kernel_checks.py check_network); then, for tf32 and bf16, the same step's
+   loss and gradients against the fp32 step within the tolerances of docs/kernels.md
+   ("Precision"), and a probe product (1 + 2^-13 times ones, K = 1024: 1024.125 in float32,
+   1024 in TF32) through engine/gemm.py, which tells which arithmetic cuBLAS really used.
+2. Speed, per precision, batch --batch (dropout 0.5, SGD with momentum and decay): ours as the
+   trainer runs it, the step captured once as a CUDA graph and replayed (engine/graphs.py), and
+   the same eagerly (every launch from Python, as --no-graphs); PyTorch in four configurations
+   (cudnn.benchmark off/on x channels_last off/on), its figure the fastest of them: strict FP32
+   (TF32 off), TF32 (on for cuBLAS and cuDNN), BF16 (torch.autocast(dtype=torch.bfloat16), float32
+   weights). Timed without a host sync inside: after --warmup steps and one sync, a start event,
+   --steps steps back to back, an end event, one sync; ms/step = elapsed / steps. Ours is then
+   broken down per layer in a separate eager pass, an event between layers.
+3. Graphs change no number: 4 steps (dropout on, the learning rate changed after the second)
+   eager, and from the same start as a captured graph (a warm-up step, the capture, two
+   replays): the same loss bits and the same weights, in fp32 and bf16.
+4. LRN forward + backward on conv1's and conv2's output shapes against PyTorch's
+   F.local_response_norm(x, size, alpha * size, beta, k) with autograd.
 
---backend cpu-harness runs part 1 only, on AlexNetSmall at batch 2 through the CPU harness (the
-same launch code with NumPy arrays), so CI catches a broken import or call here; parts 2 and 3 say
-skipped. PyTorch missing on a GPU machine skips its rows the same way.
+--backend cpu-harness runs everything it can on the CPU, at tiny sizes, so that CI
+(tests/test_gpu_check.py) catches a broken import or call here before a GPU does: part 1 on
+AlexNetSmall at batch 2; part 2 with AlexNetSmall through the harness (eager: there is no graph
+to capture) and PyTorch on the CPU (the same four configurations, autocast on the CPU), 1 step;
+parts 3 and 4 say skipped. The figures of that mode time a C++ emulation and are meaningless.
 
-Writes DIR/gpu_step.json with every figure (DIR defaults to $OUT, else ./gpu_out). Exit status 1
-when the correctness comparison fails or the backend is unusable; the speed targets (images/s
->= 1.0x PyTorch strict FP32, LRN >= 5x faster) are reported, not enforced.
+Writes DIR/gpu_step.json (DIR defaults to $OUT, else ./gpu_out): modes.<precision> with ours_ms
+(graph-replayed, or eager where no graph was captured), ours_eager_ms, torch_ms (PyTorch's
+fastest), torch_configs, speedup; targets; the per-layer times; the LRN figures. Exit status 1
+when a correctness check fails or the backend is unusable; the speed targets are reported, not
+enforced.
 """
 import argparse
 import json
@@ -37,13 +46,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/, for cpu_step.torch_alexnet
 
+PRECISIONS = ("fp32", "tf32", "bf16")
 LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)  # the paper's
 LRN_SHAPES = {"lrn1 (128, 96, 55, 55)": (128, 96, 55, 55), "lrn2 (128, 256, 27, 27)": (128, 256, 27, 27)}
+# issue 19's targets at batch 128 on an H200: (ours at most, ours / PyTorch's fastest at most)
+TARGETS = {"fp32": (15.0, 1 / 1.5), "tf32": (9.0, 1.0), "bf16": (5.0, 1.0)}
 
 
 # ---- timing ----------------------------------------------------------------------------------------
 class Clock:
-    """CUDA events of one library: CuPy's or PyTorch's (each records on its own current stream)."""
+    """CUDA events of one library (CuPy's or PyTorch's, each on its own current stream), or the
+    host's clock on the CPU."""
 
     def __init__(self, new_event, elapsed_ms, synchronize):
         self.new_event, self.elapsed_ms, self.synchronize = new_event, elapsed_ms, synchronize
@@ -54,8 +67,20 @@ class Clock:
 
     @staticmethod
     def torch(torch):
+        if not torch.cuda.is_available():
+            return Clock.host()
         return Clock(lambda: torch.cuda.Event(enable_timing=True), lambda s, e: s.elapsed_time(e),
                      torch.cuda.synchronize)
+
+    @staticmethod
+    def host():
+        class Mark:
+            def record(self):
+                self.t = time.perf_counter()
+
+            def synchronize(self):
+                pass
+        return Clock(Mark, lambda s, e: (e.t - s.t) * 1e3, lambda: None)
 
 
 def back_to_back(fn, steps, warmup, clock):
@@ -84,52 +109,70 @@ def median(values):
 
 
 # ---- 1. correctness ----------------------------------------------------------------------------------
-def compare(rt, make_net, batch, image_size, classes):
-    """check_network on `rt`: the CuPy runtime, or the CPU harness on a small net."""
+def compare(rt, make_net, batch, image_size, classes, precisions):
+    """check_network on `rt`, then each other precision's step against the fp32 one."""
     from alexnet.app import kernel_checks as checks
     rng = np.random.default_rng(0)
     x, labels = rng.standard_normal((batch, 3, image_size, image_size)), rng.integers(0, classes, batch)
     t0 = time.perf_counter()
     rows = checks.check_network(rt, make_net, x, labels)  # ends by reading values back: synchronised
+    for p in precisions:
+        if p != "fp32":
+            rows += checks.check_precision_step(rt, make_net, x, labels, p)
+    rows += [r for p in precisions for r in checks.check_precision_probe(rt, p)]
     for r in rows:
-        print(f"  {r.check:40} error {r.err:9.2e}  tol {r.tol:7.1e}  {'pass' if r.ok else 'FAIL'}")
+        print(f"  {r.check:48} error {r.err:9.2e}  tol {r.tol:7.1e}  {'pass' if r.ok else 'FAIL'}")
     return {"batch": batch, "image_size": image_size, "seconds": time.perf_counter() - t0,
             "ok": all(r.ok for r in rows),
             "rows": [{"check": r.check, "error": r.err, "tol": r.tol, "ok": r.ok} for r in rows]}
 
 
-# ---- 2. speed of a training step ------------------------------------------------------------------
-def bench_ours(cp, batch, steps, warmup):
-    from alexnet.engine.loss import SoftmaxCrossEntropy
-    from alexnet.engine.optim import SGD
-    from alexnet.models.alexnet import AlexNet
-    rng = np.random.default_rng(0)
-    x = cp.asarray(rng.standard_normal((batch, 3, 227, 227)).astype(np.float32))
-    y = cp.asarray(rng.integers(0, 1000, batch).astype(np.int32))
-    net = AlexNet(1000, groups=2, init="caffe", seed=0).to("cuda")
-    crit, opt = SoftmaxCrossEntropy(), SGD(net, lr=0.01, momentum=0.9, weight_decay=5e-4)
-    clock = Clock.cupy(cp)
+# ---- 2. our step ------------------------------------------------------------------------------------------
+class OurStep:
+    """The trainer's step on fixed inputs: forward, loss, backward, SGD, in one precision."""
 
-    def step(mark=None):
-        """The trainer's step; `mark(label)` records an event after each stage when given."""
+    def __init__(self, rt, make_net, precision, batch, image_size, classes):
+        from alexnet.engine.loss import SoftmaxCrossEntropy
+        from alexnet.engine.optim import SGD
+        rng = np.random.default_rng(0)
+        self.rt, self.batch = rt, batch
+        self.x = rt.xp.asarray(rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32))
+        self.y = rt.xp.asarray(rng.integers(0, classes, batch).astype(np.int32))
+        self.net = make_net()
+        if rt.name == "cupy":
+            self.net.to("cuda", precision)
+        else:
+            self.net.set_precision(precision, runtime=rt)
+        self.crit, self.opt = SoftmaxCrossEntropy(), SGD(self.net, lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    def __call__(self, x=None, y=None, count=None, mark=None):
+        """One step; `mark(label)` records an event after each stage when given."""
         mark = mark or (lambda label: None)
-        h = x
+        rt, net = self.rt, self.net
+        h = net.to_storage(rt, self.x if x is None else x)
         for layer in net.layers:
-            h = layer.forward(h, train=True)
+            h = layer.forward(h, train=True, runtime=rt)
             mark(f"{layer.name} fwd")
-        crit.forward(h, y)
-        dout = crit.backward()
+        loss = self.crit.forward(net.from_storage(rt, h), self.y if y is None else y, runtime=rt)
+        dout = net.to_storage(rt, self.crit.backward(runtime=rt))
         mark("loss fwd+bwd")
         for i in reversed(range(len(net.layers))):
-            dout = net.layers[i].backward(dout, need_dx=i > 0)
+            dout = net.layers[i].backward(dout, need_dx=i > 0, runtime=rt)
             mark(f"{net.layers[i].name} bwd")
-        opt.step()
+        self.opt.step(runtime=rt)
         mark("sgd")
+        return loss, count
 
-    ms = back_to_back(step, steps, warmup, clock)
+    def graphed(self, cp):
+        """The same step captured as a CUDA graph (engine/graphs.py), on its own inputs."""
+        from alexnet.engine.graphs import GraphedStep
+        step = GraphedStep(lambda x, y, count: self(x, y, count), cp, (self.net.rng_state, self.net.set_rng_state))
+        return lambda: step(self.x, self.y, self.batch)
 
-    # The breakdown pass: events between the stages of every step, all read after one sync. The
-    # events themselves cost a little, so its total is a bit above the figure above.
+
+def per_layer(step, steps, clock):
+    """Median ms per stage over `steps` eager steps, an event after each stage (read after one sync;
+    the events cost a little, so the total is a bit above the whole step's time)."""
     marks_per_step = []
     for _ in range(steps):
         marks = []
@@ -139,18 +182,29 @@ def bench_ours(cp, batch, steps, warmup):
             event.record()
             marks.append((label, event))
         mark("start")
-        step(mark)
+        step(mark=mark)
         marks_per_step.append(marks)
     marks_per_step[-1][-1][1].synchronize()
     spans = {}
     for marks in marks_per_step:
         for (_, before), (label, after) in zip(marks, marks[1:]):
             spans.setdefault(label, []).append(clock.elapsed_ms(before, after))
-    per_layer = {label: median(values) for label, values in spans.items()}
-    return {"ms_per_step": ms, "images_per_s": batch / ms * 1e3, "per_layer_ms": per_layer,
-            "per_layer_total_ms": sum(per_layer.values())}
+    return {label: median(values) for label, values in spans.items()}
 
 
+def bench_ours(rt, make_net, precision, args, sizes):
+    """{eager_ms, graph_ms (None without a GPU), per_layer_ms} of our step in `precision`."""
+    step = OurStep(rt, make_net, precision, args.batch, *sizes)
+    clock = Clock.cupy(rt.xp) if rt.name == "cupy" else Clock.host()
+    result = {"eager_ms": back_to_back(step, args.steps, args.warmup, clock), "graph_ms": None}
+    if rt.name == "cupy":
+        result["graph_ms"] = back_to_back(step.graphed(rt.xp), args.steps, max(args.warmup, 2), clock)
+    result["per_layer_ms"] = per_layer(step, args.steps, clock)
+    result["per_layer_total_ms"] = sum(result["per_layer_ms"].values())
+    return result
+
+
+# ---- 2. PyTorch's fastest ----------------------------------------------------------------------------
 def tf32_state(torch):
     """What PyTorch does with float32 products now. PyTorch >= 2.9 has fp32_precision ("ieee",
     "tf32", "none" = inherit); reading or mixing the older allow_tf32 flags there can raise, so
@@ -170,32 +224,143 @@ def set_tf32_state(torch, state):
         b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = state["matmul"], state["cudnn.conv"]
 
 
-def strict_fp32(state):
-    """`state` with TF32 off for cuBLAS and cuDNN."""
-    off = "ieee" if state["api"] == "fp32_precision" else False
-    return dict(state, matmul=off, **{"cudnn.conv": off})
+def tf32_for(state, precision):
+    """`state` with TF32 on for cuBLAS and cuDNN under tf32, off otherwise (bf16 autocasts)."""
+    on = precision == "tf32"
+    value = ("tf32" if on else "ieee") if state["api"] == "fp32_precision" else on
+    return dict(state, matmul=value, **{"cudnn.conv": value})
 
 
-def bench_torch(torch, batch, steps, warmup, tf32):
+def torch_alexnet_small(torch):
+    """models/alexnet.py AlexNetSmall in PyTorch (64x64 inputs, 10 classes): the CPU mode's peer."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 5, stride=2, padding=2), nn.ReLU(), nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0), nn.MaxPool2d(3, 2),
+        nn.Conv2d(32, 64, 5, padding=2, groups=2), nn.ReLU(), nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0),
+        nn.MaxPool2d(3, 2), nn.Conv2d(64, 96, 3, padding=1), nn.ReLU(), nn.Conv2d(96, 96, 3, padding=1, groups=2),
+        nn.ReLU(), nn.Conv2d(96, 64, 3, padding=1, groups=2), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Flatten(),
+        nn.Linear(576, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 256), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(256, 10))
+
+
+def bench_torch(torch, precision, benchmark, channels_last, args, device):
+    """ms per step of PyTorch's AlexNet (AlexNetSmall's on the CPU) in one precision and configuration."""
     from cpu_step import torch_alexnet
-    set_tf32_state(torch, tf32)
-    model = torch_alexnet(torch).cuda().train()
+    torch.backends.cudnn.benchmark = benchmark
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model, side, classes = (torch_alexnet(torch), 227, 1000) if device == "cuda" else (torch_alexnet_small(torch), 64, 10)
+    model = model.to(device).to(memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(batch, 3, 227, 227, device="cuda", generator=gen)
-    y = torch.randint(0, 1000, (batch,), device="cuda", generator=gen)
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(args.batch, 3, side, side, device=device, generator=gen).to(memory_format=fmt)
+    y = torch.randint(0, classes, (args.batch,), device=device, generator=gen)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
         opt.step()
-
-    ms = back_to_back(step, steps, warmup, Clock.torch(torch))
-    return {"ms_per_step": ms, "images_per_s": batch / ms * 1e3, "tf32": tf32_state(torch),
-            "cudnn.benchmark": torch.backends.cudnn.benchmark}
+    return back_to_back(step, args.steps, args.warmup, Clock.torch(torch))
 
 
-# ---- 3. LRN against PyTorch's ----------------------------------------------------------------------
+def bench_torch_fastest(torch, precision, args, device):
+    """{configs: {name: ms}, fastest: name, ms} over cudnn.benchmark x channels_last."""
+    defaults = tf32_state(torch)
+    # (on the CPU, PyTorch's TF32 is an emulation of the GPU's and slow: the CPU mode keeps it off)
+    set_tf32_state(torch, tf32_for(defaults, precision if device == "cuda" else "fp32"))
+    configs = {}
+    try:
+        for benchmark in (False, True):
+            for channels_last in (False, True):
+                name = f"cudnn.benchmark {'on' if benchmark else 'off'}, channels_last {'on' if channels_last else 'off'}"
+                configs[name] = bench_torch(torch, precision, benchmark, channels_last, args, device)
+    finally:
+        set_tf32_state(torch, defaults)
+        torch.backends.cudnn.benchmark = False
+    fastest = min(configs, key=configs.get)
+    return {"configs": configs, "fastest": fastest, "ms": configs[fastest],
+            "tf32": tf32_for(defaults, precision if device == "cuda" else "fp32"),
+            "autocast": "bfloat16" if precision == "bf16" else None}
+
+
+def load_torch(gpu):
+    """(torch, "") or (None, why): on a GPU run, PyTorch must see the GPU."""
+    try:
+        import torch
+        if gpu and not torch.cuda.is_available():
+            raise ImportError(f"PyTorch {torch.__version__} sees no CUDA device")
+        return torch, ""
+    except Exception as e:  # not installed, or a build without CUDA: its rows say skipped
+        return None, f"PyTorch unusable here: {type(e).__name__}: {e}"
+
+
+def bench_modes(rt, make_net, sizes, args, precisions):
+    """Part 2: {precision: the mode's figures} for ours and PyTorch's fastest."""
+    gpu = rt.name == "cupy"
+    torch, why = load_torch(gpu)
+    if torch is not None and not gpu:
+        torch.set_num_threads(1)        # the CPU mode's tiny steps: threads would only contend
+    modes = {}
+    for p in precisions:
+        ours = bench_ours(rt, make_net, p, args, sizes)
+        if gpu:
+            rt.xp.get_default_memory_pool().free_all_blocks()  # leave PyTorch the whole card
+        ours_ms = ours["graph_ms"] or ours["eager_ms"]
+        mode = {"ours_ms": ours_ms, "ours_graph_ms": ours["graph_ms"], "ours_eager_ms": ours["eager_ms"],
+                "ours_images_per_s": args.batch / ours_ms * 1e3, "per_layer_ms": ours["per_layer_ms"],
+                "per_layer_total_ms": ours["per_layer_total_ms"]}
+        if torch is None:
+            mode.update(torch_ms=None, torch_skipped=why)
+        else:
+            fastest = bench_torch_fastest(torch, p, args, "cuda" if gpu else "cpu")
+            mode.update(torch_ms=fastest["ms"], torch_configs=fastest["configs"], torch_fastest=fastest["fastest"],
+                        torch_tf32=fastest["tf32"], torch_autocast=fastest["autocast"],
+                        speedup_vs_torch=fastest["ms"] / ours_ms)
+        modes[p] = mode
+        graph = f"{ours['graph_ms']:.2f} ms graphed, " if ours["graph_ms"] else ""
+        torch_text = (f"PyTorch fastest {mode['torch_ms']:.2f} ms ({mode['torch_fastest']})" if torch is not None
+                      else f"PyTorch skipped ({why})")
+        print(f"  {p}: ours {graph}{ours['eager_ms']:.2f} ms eager; {torch_text}")
+    return modes
+
+
+def targets(modes, lrn):
+    """issue 19's table against this run (reported, not enforced)."""
+    out = {}
+    for p, (ms_max, ratio_max) in TARGETS.items():
+        m = modes.get(p)
+        if m and m.get("torch_ms"):
+            out[p] = {"ours_ms": m["ours_ms"], "target_ms": ms_max, "ours_over_torch": m["ours_ms"] / m["torch_ms"],
+                      "target_ours_over_torch": ratio_max,
+                      "met": m["ours_ms"] <= ms_max and m["ours_ms"] / m["torch_ms"] <= ratio_max}
+    if lrn:
+        speedup = min(r["speedup"] for r in lrn.values())
+        out["lrn"] = {"speedup_min": speedup, "target": 5.0, "met": speedup >= 5.0}
+    return out
+
+
+# ---- 3. graphs change no number -----------------------------------------------------------------------
+def check_graphs(rt, make_net, precision, batch, sizes):
+    """4 steps eager and 4 as warm-up, capture and replays, from the same start: identical bits."""
+    results = []
+    for graphed in (False, True):
+        step = OurStep(rt, lambda: make_net(dropout=0.5), precision, batch, *sizes)
+        run = step.graphed(rt.xp) if graphed else (lambda: step())
+        losses = []
+        for i in range(4):
+            if i == 2:
+                step.opt.lr = 0.005
+            loss, _ = run()
+            losses.append(float(loss))
+        results.append((losses, step.net.state_dict()))
+    (l0, w0), (l1, w1) = results
+    same = l0 == l1 and all(np.array_equal(w0[k], w1[k]) for k in w0)
+    print(f"  {precision}: losses eager {l0}, graphed {l1}: {'identical' if same else 'DIFFERENT'}")
+    return {"losses_eager": l0, "losses_graphed": l1, "identical": same}
+
+
+# ---- 4. LRN against PyTorch's ----------------------------------------------------------------------
 def bench_lrn(cp, torch, steps, warmup):
     from alexnet.app import kernel_checks as checks
     from alexnet.engine import backend
@@ -212,8 +377,7 @@ def bench_lrn(cp, torch, steps, warmup):
         gt = torch.tensor(g_host, device="cuda")
 
         def ours():
-            out, scale, scale_pow = ops.lrn_forward(rt, x, size, alpha, beta, k)
-            return out, ops.lrn_backward(rt, x, out, scale, scale_pow, g, size, alpha, beta)
+            return ops.lrn_forward(rt, x, size, alpha, beta, k), ops.lrn_backward(rt, x, g, size, alpha, beta, k)
 
         def theirs():
             xt.grad = None
@@ -233,98 +397,92 @@ def bench_lrn(cp, torch, steps, warmup):
 
 
 # ---- main ----------------------------------------------------------------------------------------
-def main():
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", choices=("cupy", "cpu-harness"), default="cupy")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=20, help="timed steps, queued back to back")
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--precision", default=",".join(PRECISIONS), help="comma-separated: fp32,tf32,bf16")
+    ap.add_argument("--batch", type=int, default=None, help="default 128 on a GPU, 2 on the CPU harness")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps, queued back to back (20; 1 on the CPU)")
+    ap.add_argument("--warmup", type=int, default=None, help="(5; 1 on the CPU)")
     ap.add_argument("--compare-batch", type=int, default=8, help="batch of the kernels vs NumPy comparison")
     ap.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    precisions = [p for p in args.precision.split(",") if p]
+    if not precisions or set(precisions) - set(PRECISIONS):
+        ap.error(f"--precision takes some of {','.join(PRECISIONS)}, got {args.precision!r}")
+    gpu = args.backend == "cupy"
+    args.batch = args.batch or (128 if gpu else 2)
+    args.steps = args.steps or (20 if gpu else 1)
+    args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
+    return args, precisions
+
+
+def run_gpu(rt, args, precisions, report):
+    from alexnet.models.alexnet import AlexNet
+    cp = rt.xp
+    report.update(gpu=device_name(cp), cupy=cp.__version__, cuda_runtime=cp.cuda.runtime.runtimeGetVersion())
+    torch, why = load_torch(True)
+    report["torch"] = torch.__version__ if torch is not None else why
+    print(f"GPU {report['gpu']}, CuPy {cp.__version__}, PyTorch {report['torch']}")
+    print(f"1. full AlexNet step, CUDA kernels vs NumPy float64 (batch {args.compare_batch}), other precisions vs fp32")
+    report["compare"] = compare(rt, lambda: AlexNet(1000, groups=2, init="he", seed=0, dropout=0.0),
+                                args.compare_batch, 227, 1000, precisions)
+    cp.get_default_memory_pool().free_all_blocks()
+    print(f"2. training step, batch {args.batch}: {args.steps} steps back to back after {args.warmup} warm-up")
+    report["modes"] = bench_modes(rt, lambda: AlexNet(1000, groups=2, init="caffe", seed=0), (227, 1000), args,
+                                  precisions)
+    print("3. graph replays against eager steps (batch 32)")
+    report["graphs"] = {p: check_graphs(rt, lambda dropout: AlexNet(1000, groups=2, init="he", seed=0, dropout=dropout),
+                                        p, 32, (227, 1000)) for p in precisions if p != "tf32"}
+    if torch is not None:
+        print("4. LRN forward + backward")
+        report["lrn"] = bench_lrn(cp, torch, args.steps, args.warmup)
+        for label, r in report["lrn"].items():
+            print(f"  {label:24} ours {r['ours_ms']:7.3f} ms  PyTorch {r['torch_ms']:7.3f} ms  speedup "
+                  f"{r['speedup']:5.1f}x  (out error {r['out_error_vs_torch']:.1e}, dx {r['dx_error_vs_torch']:.1e})")
+    else:
+        report["lrn"] = {"skipped": why}
+    report["targets"] = targets(report["modes"], report["lrn"] if torch is not None else None)
+    for name, t in report["targets"].items():
+        print(f"  target {name}: {'met' if t['met'] else 'MISSED'} ({t})")
+    return report["compare"]["ok"] and all(g["identical"] for g in report["graphs"].values())
+
+
+def run_cpu(rt, args, precisions, report):
+    from alexnet.kernels import ops
+    from alexnet.models.alexnet import AlexNetSmall
+    print("gpu_step on the CPU harness: tiny sizes, timings meaningless; graphs and LRN need a GPU")
+    print("1. full AlexNetSmall step, CUDA kernels (CPU harness) vs NumPy float64, batch 2")
+    ops.BLOCK = 32              # the harness runs each CUDA thread of a block with a barrier as an OS thread
+    report["compare"] = compare(rt, lambda: AlexNetSmall(10, init="he", dropout=0.0), 2, 64, 10, precisions)
+    print(f"2. training step, AlexNetSmall on the harness and PyTorch's AlexNet on the CPU, batch {args.batch}")
+    report["modes"] = bench_modes(rt, lambda: AlexNetSmall(10, init="he", seed=0), (64, 10), args, precisions)
+    skipped = {"skipped": "needs CuPy and PyTorch on a GPU"}
+    report.update(graphs=skipped, lrn=skipped, targets={})
+    print("3. graphs against eager steps: skipped (a capture needs a GPU; tests/test_graphs.py checks the rest)")
+    print("4. LRN against PyTorch: skipped (needs CuPy and PyTorch on a GPU)")
+    return report["compare"]["ok"]
+
+
+def main(argv=None):
+    args, precisions = parse(argv)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "gpu_step.json")
-
     from alexnet.engine import backend
     from alexnet.kernels import harness, loader
-    from alexnet.models.alexnet import AlexNet, AlexNetSmall
-    report = {"backend": args.backend, "args": vars(args)}
+    report = {"backend": args.backend, "args": vars(args), "precisions": precisions}
     try:
         rt = backend.kernel_runtime(args.backend)
     except (loader.CudaUnavailable, harness.HarnessUnavailable) as e:
         print(f"gpu_step: {e}")
         report["error"] = str(e)
-        with open(path, "w") as f:
-            json.dump(report, f, indent=1)
-        return 1
-
-    if rt.name == "cpu-harness":
-        print("gpu_step on the CPU harness: part 1 on AlexNetSmall at batch 2; parts 2 and 3 need a GPU")
-        print("1. full AlexNetSmall step, CUDA kernels (CPU harness) vs NumPy float64, batch 2")
-        report["compare"] = compare(rt, lambda: AlexNetSmall(10, dropout=0.0), 2, 64, 10)
-        skipped = {"skipped": "needs CuPy and PyTorch on a GPU"}
-        report.update(ours=skipped, torch_strict_fp32=skipped, torch_default=skipped, lrn=skipped)
-        print("2. training step speed against PyTorch: skipped (needs CuPy and PyTorch on a GPU)")
-        print("3. LRN against PyTorch: skipped (needs CuPy and PyTorch on a GPU)")
+        ok = False
     else:
-        cp = rt.xp
-        report.update(gpu=device_name(cp), cupy=cp.__version__,
-                      cuda_runtime=cp.cuda.runtime.runtimeGetVersion())
-        try:
-            import torch
-            if not torch.cuda.is_available():
-                raise ImportError(f"PyTorch {torch.__version__} sees no CUDA device")
-            report["torch"] = torch.__version__
-        except Exception as e:  # not installed, or a build without CUDA: its rows say skipped
-            torch, why = None, f"PyTorch unusable here: {type(e).__name__}: {e}"
-        print(f"GPU {report['gpu']}, CuPy {cp.__version__}, PyTorch {report.get('torch', '-')}")
-
-        print(f"1. full AlexNet step, CUDA kernels vs NumPy float64, batch {args.compare_batch}")
-        report["compare"] = compare(rt, lambda: AlexNet(1000, groups=2, init="he", seed=0, dropout=0.0),
-                                    args.compare_batch, 227, 1000)
-        cp.get_default_memory_pool().free_all_blocks()
-
-        print(f"2. training step, batch {args.batch}: {args.steps} steps back to back after {args.warmup} warm-up")
-        ours = report["ours"] = bench_ours(cp, args.batch, args.steps, args.warmup)
-        cp.get_default_memory_pool().free_all_blocks()  # leave PyTorch the whole card
-        print(f"  {'ours':22} {ours['ms_per_step']:8.2f} ms/step  {ours['images_per_s']:8.0f} images/s")
-        if torch is None:
-            report["torch_strict_fp32"] = report["torch_default"] = report["lrn"] = {"skipped": why}
-            print(f"  PyTorch: skipped ({why})")
-        else:
-            defaults = tf32_state(torch)
-            report["torch_default_tf32"] = defaults
-            strict = report["torch_strict_fp32"] = bench_torch(torch, args.batch, args.steps, args.warmup,
-                                                                  strict_fp32(defaults))
-            default = report["torch_default"] = bench_torch(torch, args.batch, args.steps, args.warmup, defaults)
-            for name, r in (("PyTorch strict FP32", strict), ("PyTorch defaults", default)):
-                print(f"  {name:22} {r['ms_per_step']:8.2f} ms/step  {r['images_per_s']:8.0f} images/s  "
-                      f"(TF32: {r['tf32']})")
-        print(f"  ours per layer (ms, median of {args.steps} steps; total {ours['per_layer_total_ms']:.2f}):")
-        for label, ms in ours["per_layer_ms"].items():
-            print(f"    {label:18} {ms:8.3f}")
-
-        if torch is not None:
-            print("3. LRN forward + backward")
-            lrn = report["lrn"] = bench_lrn(cp, torch, args.steps, args.warmup)
-            for label, r in lrn.items():
-                print(f"  {label:24} ours {r['ours_ms']:7.3f} ms  PyTorch {r['torch_ms']:7.3f} ms  "
-                      f"speedup {r['speedup']:5.1f}x  (out error {r['out_error_vs_torch']:.1e}, "
-                      f"dx {r['dx_error_vs_torch']:.1e})")
-            ratio = ours["images_per_s"] / strict["images_per_s"]
-            lrn_speedup = min(r["speedup"] for r in lrn.values())
-            report["targets"] = {"images_per_s_vs_torch_strict": ratio, "met_images_per_s": ratio >= 1.0,
-                                 "lrn_speedup_min": lrn_speedup, "met_lrn": lrn_speedup >= 5.0}
-            print(f"targets: images/s {ratio:.2f}x PyTorch strict FP32 (target >= 1.0: "
-                  f"{'met' if ratio >= 1 else 'MISSED'}), LRN {lrn_speedup:.1f}x faster (target >= 5: "
-                  f"{'met' if lrn_speedup >= 5 else 'MISSED'})")
-        else:
-            print(f"3. LRN against PyTorch: skipped ({why})")
-
+        ok = (run_gpu if rt.name == "cupy" else run_cpu)(rt, args, precisions, report)
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
-    print(f"gpu_step: comparison {'pass' if report['compare']['ok'] else 'FAILED'}; wrote {path}")
-    return 0 if report["compare"]["ok"] else 1
+    print(f"gpu_step: checks {'pass' if ok else 'FAILED'}; wrote {path}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

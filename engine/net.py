@@ -39,10 +39,10 @@ class Sequential:
         """The layers in order. train=False (the default) applies no dropout; keep_cache=False is
         inference that needs no gradients: each layer drops its cache (engine/layer.py)."""
         rt = runtime or backend.kernel_runtime_of(x)
-        x = self._store(rt, x)
+        x = self.to_storage(rt, x)
         for layer in self.layers:
             x = layer.forward(x, train, keep_cache=keep_cache, runtime=runtime)
-        return self._load(rt, x)
+        return self.from_storage(rt, x)
 
     def backward(self, dout, need_dx=True, runtime=None, after_layer=None):
         """Backpropagate dL/d(output); returns dL/d(input), or None with need_dx=False (saves the
@@ -51,20 +51,21 @@ class Sequential:
         called as each layer's gradients are written: data-parallel training starts summing them
         over the processes there, while the layers below are still working (engine/grad_sync.py)."""
         rt = runtime or backend.kernel_runtime_of(dout)
-        dout = self._store(rt, dout)
+        dout = self.to_storage(rt, dout)
         for i in reversed(range(len(self.layers))):
             dout = self.layers[i].backward(dout, need_dx=need_dx or i > 0, runtime=runtime)
             if after_layer is not None:
                 after_layer(self.layers[i])
-        return self._load(rt, dout) if dout is not None else None
+        return self.from_storage(rt, dout) if dout is not None else None
 
-    def _store(self, rt, x):
-        """An input or a gradient arriving from outside, as the layers store it (BF16 under bf16)."""
+    def to_storage(self, rt, x):
+        """An input or a gradient arriving from outside, as the layers store it (BF16 under bf16 on
+        the kernel runtime `rt`; as it is on the NumPy path, rt None)."""
         if rt is None or self.precision != "bf16" or x.dtype != "float32":
             return x
         return ops.cast(rt, x, ops.BF16, who=f"{type(self).__name__} input")
 
-    def _load(self, rt, x):
+    def from_storage(self, rt, x):
         """An output or input gradient leaving the net: float32 whatever the layers stored."""
         if rt is None or x.dtype != ops.BF16:
             return x

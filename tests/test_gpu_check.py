@@ -20,8 +20,9 @@ import pytest
 from alexnet.kernels import harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PASSING = ("versions", "package", "kernel_tests", "kernels_check", "gpu_kernels", "gpu_gemm", "gpu_step", "train")
-GPU_ONLY = ("memcheck", "racecheck")
+PASSING = ("versions", "package", "kernel_tests", "kernels_check", "gpu_kernels", "gpu_gemm", "gpu_step", "gpu_train",
+           "train")
+GPU_ONLY = ("memcheck", "racecheck", "precision_train")
 # two ranks sharing a GPU and the tower split: on the CPU tests/test_distributed.py covers them
 TWO_RANKS_ON_A_GPU = ("mpi_two_ranks", "mpi_towers")
 # one MPI rank against one process: runs where mpi4py is installed (CI), else says why it skips
@@ -78,7 +79,7 @@ def test_cpu_mode_passes_every_part_it_can_run(cpu_run):
         **{name: "pass" for name in PASSING}, **{name: "skipped" for name in GPU_ONLY + TWO_RANKS_ON_A_GPU},
         MPI: _mpi_expected()}
     for name in GPU_ONLY:
-        assert "needs a GPU" in parts[name][1]
+        assert "needs a GPU" in parts[name][1], parts[name]
         assert f"== {name} skipped: " in output
     for name in TWO_RANKS_ON_A_GPU:
         assert "tests/test_distributed.py" in parts[name][1]
@@ -104,9 +105,20 @@ def test_cpu_mode_leaves_every_log_and_report_in_out(cpu_run):
 
     step = json.loads((out / "gpu_step.json").read_text())
     assert step["backend"] == "cpu-harness" and step["compare"]["ok"]
-    assert len(step["compare"]["rows"]) == 18
-    for part in ("ours", "torch_strict_fp32", "torch_default", "lrn"):
+    # 18 rows against float64, loss and gradients of tf32 and bf16 against fp32, three probes
+    assert len(step["compare"]["rows"]) == 18 + 4 + 3
+    for part in ("graphs", "lrn"):
         assert "needs CuPy and PyTorch on a GPU" in step[part]["skipped"]
+    assert set(step["modes"]) == {"fp32", "tf32", "bf16"}
+    for mode in step["modes"].values():                     # what gpu_check writes on a GPU, measured here
+        assert mode["ours_ms"] > 0 and mode["ours_graph_ms"] is None and mode["per_layer_ms"]
+        if importlib.util.find_spec("torch"):
+            assert mode["torch_ms"] == min(mode["torch_configs"].values()) and len(mode["torch_configs"]) == 4
+    assert step["modes"]["bf16"].get("torch_autocast", "bfloat16") == "bfloat16"
+    end = step["end_to_end"]                                # from bench/gpu_train.py, merged into gpu_step.json
+    assert end["images_per_s"] > 0 and end["step_images_per_s"] is None and end["device"] == "cpu"
+    train_report = json.loads((out / "gpu_train.json").read_text())
+    assert train_report["pipeline_matches_cpu"] and train_report["loader"]["images_per_s_per_core"] > 0
 
     train = (out / "train.txt").read_text()
     assert "resumed from " in train and "stopped at step 2, resumed, stopped at step 4" in train

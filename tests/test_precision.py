@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from alexnet.app.errors import UserError
+from alexnet.app.kernel_checks import PRECISION_GRAD_TOL, PRECISION_LOSS_TOL, check_precision_probe, normwise
 from alexnet.engine import gemm as gemm_module
 from alexnet.engine import precision
 from alexnet.engine.loss import SoftmaxCrossEntropy
@@ -31,18 +32,11 @@ ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes checks BF16 round
 
 # normwise relative error against float64 (||got - want|| / ||want||), docs/kernels.md "Precision"
 SMOOTH_TOL = {"fp32": 1e-5, "tf32": 2e-3, "bf16": 2e-2}        # measured 4e-7, 6e-4, 7e-3
-STEP_LOSS_TOL = {"fp32": 1e-6, "tf32": 1e-3, "bf16": 1e-2}     # measured 4e-8, 2e-4, 2.5e-3
-STEP_GRAD_TOL = {"fp32": 1e-5, "tf32": 0.15, "bf16": 0.5}      # measured 8e-7, 0.06, 0.23 (flipped ReLUs/argmaxes)
 
 
 def bits_of(a):
     with np.errstate(invalid="ignore", over="ignore"):         # NaN and infinity inputs are the point
         return np.asarray(a, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
-
-
-def normwise(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))
 
 
 # ---- BF16 rounding -------------------------------------------------------------------------------------
@@ -235,9 +229,15 @@ def test_an_alexnet_step_is_within_the_stated_tolerances(harness_rt, rng, prec, 
     x, labels = rng.standard_normal((2, 3, 64, 64)).astype(np.float32), rng.integers(0, 10, 2)
     loss64, grads64 = _step(AlexNetSmall(10, init="he", dropout=0.0), x, labels, harness_rt, "fp64")
     loss, grads = _step(AlexNetSmall(10, init="he", dropout=0.0), x, labels, harness_rt, prec)
-    assert abs(float(loss) - loss64) / loss64 <= STEP_LOSS_TOL[prec]
+    assert abs(float(loss) - loss64) / loss64 <= PRECISION_LOSS_TOL[prec]
     errors = {k: normwise(g, grads64[k]) for k, g in grads.items()}
-    assert max(errors.values()) <= STEP_GRAD_TOL[prec], errors
+    assert max(errors.values()) <= PRECISION_GRAD_TOL[prec], errors
+
+
+@pytest.mark.parametrize("prec", ["fp32", "tf32", "bf16"])
+def test_the_probe_product_tells_the_arithmetic_apart(harness_rt, prec):
+    (row,) = check_precision_probe(harness_rt, prec)
+    assert row.ok, row
 
 
 # ---- the model API -------------------------------------------------------------------------------------------
