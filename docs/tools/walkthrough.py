@@ -146,6 +146,8 @@ def _literal(node, env):
     if isinstance(node, ast.JoinedStr):
         parts = [_literal(v.value if isinstance(v, ast.FormattedValue) else v, env) for v in node.values]
         return None if None in parts else "".join(parts)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_variant" and node.args:
+        return _literal(node.args[0], env)      # the float32 entry point; BF16 arrays take its _bf16 twin
     return None
 
 
@@ -205,7 +207,7 @@ def gpu_calls(fn, seen=None):
             elif f.value.id == "self" and owner is not None and inspect.isfunction(getattr(owner, f.attr, None)):
                 found += gpu_calls(getattr(owner, f.attr), seen)
         elif (isinstance(f, ast.Attribute) and f.attr == "matmul" and isinstance(f.value, ast.Attribute)
-              and f.value.attr == "xp"):
+              and f.value.attr == "xp") or (isinstance(f, ast.Name) and f.id == "gemm"):
             found.append(("cublas", None))
         elif isinstance(f, ast.Name) and inspect.isfunction(getattr(module, f.id, None)) \
                 and getattr(module, f.id).__module__ == module.__name__:
@@ -223,7 +225,7 @@ def describe_gpu(fn):
         if kind == "kernel":
             parts.append(kernel_link(*k))
         else:
-            parts.append("cuBLAS (`cupy.matmul`)")
+            parts.append("cuBLAS ([engine/gemm.py](../engine/gemm.py) `gemm`)")
     return ", ".join(parts) if parts else "no kernel (a reshape is a view on either device)"
 
 
