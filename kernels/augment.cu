@@ -21,21 +21,7 @@
 // 256 threads per block (kernels/ops.py), untuned; not yet timed on a GPU.
 #include "precision.h"
 
-// The lowest digit of v in base `radix`, leaving the rest in v. It divides: only before the loop.
-__device__ __forceinline__ int augment_digit(int& v, int radix) {
-    const int rest = v / radix;
-    const int digit = v - rest * radix;
-    v = rest;
-    return digit;
-}
-
-// A digit that may have reached its radix after an addition: brought back under it, returning the
-// carry into the next digit. Both addends are below the radix, so one subtraction always suffices.
-__device__ __forceinline__ int augment_carry(int& digit, int radix) {
-    const int carry = digit >= radix;
-    if (carry) digit -= radix;
-    return carry;
-}
+#include "digits.h"
 
 template <class T>
 __device__ void augment_body(const unsigned char* __restrict__ crop, const int* __restrict__ params,
@@ -45,9 +31,9 @@ __device__ void augment_body(const unsigned char* __restrict__ crop, const int* 
     const int stride = blockDim.x * gridDim.x;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     int rest = i;
-    int q = augment_digit(rest, c), r = augment_digit(rest, c), ch = augment_digit(rest, 3), n = rest;
+    int q = index_digit(rest, c), r = index_digit(rest, c), ch = index_digit(rest, 3), n = rest;
     rest = stride;
-    const int s_q = augment_digit(rest, c), s_r = augment_digit(rest, c), s_ch = augment_digit(rest, 3), s_n = rest;
+    const int s_q = index_digit(rest, c), s_r = index_digit(rest, c), s_ch = index_digit(rest, 3), s_n = rest;
     for (; i < total; i += stride) {
         const int oy = params[3 * n], ox = params[3 * n + 1];
         const int col = params[3 * n + 2] ? c - 1 - q : q;
@@ -57,9 +43,9 @@ __device__ void augment_body(const unsigned char* __restrict__ crop, const int* 
         if (lighting) v += shift[3 * n + ch];
         store(out, i, v * scale);
         q += s_q;
-        r += s_r + augment_carry(q, c);
-        ch += s_ch + augment_carry(r, c);
-        n += s_n + augment_carry(ch, 3);
+        r += s_r + index_carry(q, c);
+        ch += s_ch + index_carry(r, c);
+        n += s_n + index_carry(ch, 3);
     }
 }
 

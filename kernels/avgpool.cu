@@ -14,21 +14,7 @@
 
 #include "precision.h"
 
-// The lowest digit of v in base `radix`, leaving the rest in v. It divides: only before the loops.
-__device__ __forceinline__ int avg_digit(int& v, int radix) {
-    const int rest = v / radix;
-    const int digit = v - rest * radix;
-    v = rest;
-    return digit;
-}
-
-// A digit that may have reached its radix after an addition: brought back under it, returning the
-// carry into the next digit. Both addends are below the radix, so one subtraction always suffices.
-__device__ __forceinline__ int avg_carry(int& digit, int radix) {
-    const int carry = digit >= radix;
-    if (carry) digit -= radix;
-    return carry;
-}
+#include "digits.h"
 
 // v = q*d + r with 0 <= r < d, for a divisor d fixed for the whole launch.
 struct AvgQR {
@@ -68,9 +54,9 @@ __device__ void avgpool_forward_body(const T* __restrict__ x, T* __restrict__ ou
     const int stride = blockDim.x * gridDim.x;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     int rest = i;
-    int ow = avg_digit(rest, OW), oh = avg_digit(rest, OH), nc = rest;
+    int ow = index_digit(rest, OW), oh = index_digit(rest, OH), nc = rest;
     rest = stride;
-    const int s_ow = avg_digit(rest, OW), s_oh = avg_digit(rest, OH), s_nc = rest;
+    const int s_ow = index_digit(rest, OW), s_oh = index_digit(rest, OH), s_nc = rest;
     AvgQR h_start = avg_divmod(oh * H, OH), w_start = avg_divmod(ow * W, OW);
     // what the starts move by: the stride's digit of bins, one bin (also a carry in)
     const AvgQR h_step = avg_divmod(s_oh * H, OH), w_step = avg_divmod(s_ow * W, OW);
@@ -86,12 +72,12 @@ __device__ void avgpool_forward_body(const T* __restrict__ x, T* __restrict__ ou
         store(out, i, sum / (float)((h1 - h0) * (w1 - w0)));
         ow += s_ow;
         w_start = avg_add(w_start, w_step, OW);
-        const int carry_w = avg_carry(ow, OW);
+        const int carry_w = index_carry(ow, OW);
         if (carry_w) w_start.q -= W;  // back OW bins: OW*W / OW = W columns exactly
         oh += s_oh + carry_w;
         h_start = avg_add(h_start, h_step, OH);
         if (carry_w) h_start = avg_add(h_start, h_one, OH);
-        const int carry_h = avg_carry(oh, OH);
+        const int carry_h = index_carry(oh, OH);
         if (carry_h) h_start.q -= H;
         nc += s_nc + carry_h;
     }
@@ -143,9 +129,9 @@ __device__ void avgpool_backward_body(const T* __restrict__ dout, T* __restrict_
     const int stride = blockDim.x * gridDim.x;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     int rest = i;
-    int w = avg_digit(rest, W), h = avg_digit(rest, H), nc = rest;
+    int w = index_digit(rest, W), h = index_digit(rest, H), nc = rest;
     rest = stride;
-    const int s_w = avg_digit(rest, W), s_h = avg_digit(rest, H), s_nc = rest;
+    const int s_w = index_digit(rest, W), s_h = index_digit(rest, H), s_nc = rest;
     const AvgQR h_one = avg_divmod(H, OH), w_one = avg_divmod(W, OW);
     AvgAxis ah, aw;
     ah.first = avg_divmod(h * OH, H);
@@ -171,12 +157,12 @@ __device__ void avgpool_backward_body(const T* __restrict__ dout, T* __restrict_
         store(dx, i, sum);
         w += s_w;
         avg_axis_add(aw, w_step, w_one, W, OW);
-        const int carry_w = avg_carry(w, W);
+        const int carry_w = index_carry(w, W);
         if (carry_w) avg_axis_wrap(aw, W, OW);
         h += s_h + carry_w;
         avg_axis_add(ah, h_step, h_one, H, OH);
         if (carry_w) avg_axis_add(ah, h_next, h_one, H, OH);
-        const int carry_h = avg_carry(h, H);
+        const int carry_h = index_carry(h, H);
         if (carry_h) avg_axis_wrap(ah, H, OH);
         nc += s_nc + carry_h;
     }

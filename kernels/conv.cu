@@ -31,21 +31,7 @@
 // stride S of the convolution, by the pixels P of a channel) are carried the same way, as a
 // quotient-remainder pair.
 
-// The lowest digit of v in base `radix`, leaving the rest in v. It divides: only before the loops.
-__device__ __forceinline__ int conv_digit(int& v, int radix) {
-    const int rest = v / radix;
-    const int digit = v - rest * radix;
-    v = rest;
-    return digit;
-}
-
-// A digit that may have reached its radix after an addition: brought back under it, returning the
-// carry into the next digit. Both addends are below the radix, so one subtraction always suffices.
-__device__ __forceinline__ int conv_carry(int& digit, int radix) {
-    const int carry = digit >= radix;
-    if (carry) digit -= radix;
-    return carry;
-}
+#include "digits.h"
 
 // v = q*d + r with 0 <= r < d, for a divisor d fixed for the whole launch.
 struct ConvQR {
@@ -88,9 +74,9 @@ __device__ void conv_im2col_body(const T* __restrict__ x, T* __restrict__ col, i
     const int stride = blockDim.x * gridDim.x;
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     int rest = j;
-    int ow = conv_digit(rest, OW), oh = conv_digit(rest, OH), n = conv_digit(rest, N), c = rest;
+    int ow = index_digit(rest, OW), oh = index_digit(rest, OH), n = index_digit(rest, N), c = rest;
     rest = stride;
-    const int s_ow = conv_digit(rest, OW), s_oh = conv_digit(rest, OH), s_n = conv_digit(rest, N), s_c = rest;
+    const int s_ow = index_digit(rest, OW), s_oh = index_digit(rest, OH), s_n = index_digit(rest, N), s_c = rest;
     for (; j < total; j += stride) {
         const T* plane = x + (n * C + c) * H * W;
         T* dst = col + (c * KH * KW) * NQ + (j - c * NQ);  // row (c, 0, 0), column q; the next row is NQ on
@@ -108,9 +94,9 @@ __device__ void conv_im2col_body(const T* __restrict__ x, T* __restrict__ col, i
             }
         }
         ow += s_ow;
-        oh += s_oh + conv_carry(ow, OW);
-        n += s_n + conv_carry(oh, OH);
-        c += s_c + conv_carry(n, N);
+        oh += s_oh + index_carry(ow, OW);
+        n += s_n + index_carry(oh, OH);
+        c += s_c + index_carry(n, N);
     }
 }
 
@@ -128,9 +114,9 @@ __device__ void conv_col2im_body(const T* __restrict__ col, T* __restrict__ dx, 
     const int stride = blockDim.x * gridDim.x;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     int rest = i;
-    int w = conv_digit(rest, W), h = conv_digit(rest, H), c = conv_digit(rest, C), n = rest;
+    int w = index_digit(rest, W), h = index_digit(rest, H), c = index_digit(rest, C), n = rest;
     rest = stride;
-    const int s_w = conv_digit(rest, W), s_h = conv_digit(rest, H), s_c = conv_digit(rest, C), s_n = rest;
+    const int s_w = index_digit(rest, W), s_h = index_digit(rest, H), s_c = index_digit(rest, C), s_n = rest;
     ConvQR hp = conv_divmod(h + P, S), wp = conv_divmod(w + P, S);  // (oh_top, kh_top), (ow_top, kw_top)
     // what the pairs move by: the stride's digit, one row (a carry in), back one plane or row (a wrap)
     const ConvQR hp_step = conv_divmod(s_h, S), wp_step = conv_divmod(s_w, S);
@@ -149,15 +135,15 @@ __device__ void conv_col2im_body(const T* __restrict__ col, T* __restrict__ dx, 
         store(dx, i, sum);
         w += s_w;
         wp = conv_add(wp, wp_step, S);
-        const int carry_w = conv_carry(w, W);
+        const int carry_w = index_carry(w, W);
         if (carry_w) wp = conv_add(wp, wp_wrap, S);
         h += s_h + carry_w;
         hp = conv_add(hp, hp_step, S);
         if (carry_w) hp = conv_add(hp, hp_one, S);
-        const int carry_h = conv_carry(h, H);
+        const int carry_h = index_carry(h, H);
         if (carry_h) hp = conv_add(hp, hp_wrap, S);
         c += s_c + carry_h;
-        n += s_n + conv_carry(c, C);
+        n += s_n + index_carry(c, C);
     }
 }
 
@@ -173,15 +159,15 @@ __device__ void conv_bias_forward_body(const float* __restrict__ y, const float*
     const int stride = blockDim.x * gridDim.x;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     int rest = i;
-    int p = conv_digit(rest, P), c = conv_digit(rest, C), n = rest;
+    int p = index_digit(rest, P), c = index_digit(rest, C), n = rest;
     rest = stride;
-    const int s_p = conv_digit(rest, P), s_c = conv_digit(rest, C), s_n = rest;
+    const int s_p = index_digit(rest, P), s_c = index_digit(rest, C), s_n = rest;
     for (; i < total; i += stride) {
         const float v = y[(c * N + n) * P + p] + b[c];
         store(out, i, relu && v <= 0.0f ? 0.0f : v);
         p += s_p;
-        c += s_c + conv_carry(p, P);
-        n += s_n + conv_carry(c, C);
+        c += s_c + index_carry(p, P);
+        n += s_n + index_carry(c, C);
     }
 }
 

@@ -16,21 +16,7 @@
 
 #include "precision.h"
 
-// The lowest digit of v in base `radix`, leaving the rest in v. It divides: only before the loops.
-__device__ __forceinline__ int pool_digit(int& v, int radix) {
-    const int rest = v / radix;
-    const int digit = v - rest * radix;
-    v = rest;
-    return digit;
-}
-
-// A digit that may have reached its radix after an addition: brought back under it, returning the
-// carry into the next digit. Both addends are below the radix, so one subtraction always suffices.
-__device__ __forceinline__ int pool_carry(int& digit, int radix) {
-    const int carry = digit >= radix;
-    if (carry) digit -= radix;
-    return carry;
-}
+#include "digits.h"
 
 // v = q*d + r with 0 <= r < d, for a divisor d fixed for the whole launch.
 struct PoolQR {
@@ -72,9 +58,9 @@ __device__ void maxpool_forward_body(const T* __restrict__ x, T* __restrict__ ou
     const int stride = blockDim.x * gridDim.x;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     int rest = i;
-    int ow = pool_digit(rest, OW), oh = pool_digit(rest, OH), nc = rest;
+    int ow = index_digit(rest, OW), oh = index_digit(rest, OH), nc = rest;
     rest = stride;
-    const int s_ow = pool_digit(rest, OW), s_oh = pool_digit(rest, OH), s_nc = rest;
+    const int s_ow = index_digit(rest, OW), s_oh = index_digit(rest, OH), s_nc = rest;
     for (; i < total; i += stride) {
         const T* window = x + nc * H * W + (oh * S) * W + ow * S;  // its top-left input element
         float best = to_f32(window[0]);
@@ -91,8 +77,8 @@ __device__ void maxpool_forward_body(const T* __restrict__ x, T* __restrict__ ou
         store(out, i, best);
         argmax[i] = (unsigned char)best_offset;
         ow += s_ow;
-        oh += s_oh + pool_carry(ow, OW);
-        nc += s_nc + pool_carry(oh, OH);
+        oh += s_oh + index_carry(ow, OW);
+        nc += s_nc + index_carry(oh, OH);
     }
 }
 
@@ -114,9 +100,9 @@ __device__ void maxpool_backward_body(const T* __restrict__ dout, const unsigned
     const int span = (K - 1) / S;
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     int rest = i;
-    int w = pool_digit(rest, W), h = pool_digit(rest, H), nc = rest;
+    int w = index_digit(rest, W), h = index_digit(rest, H), nc = rest;
     rest = stride;
-    const int s_w = pool_digit(rest, W), s_h = pool_digit(rest, H), s_nc = rest;
+    const int s_w = index_digit(rest, W), s_h = index_digit(rest, H), s_nc = rest;
     PoolQR hs = pool_divmod(h, S), ws = pool_divmod(w, S);  // (hq, hr), (wq, wr)
     // what the pairs move by: the stride's digit, one row (a carry in), back one plane or row (a wrap)
     const PoolQR hs_step = pool_divmod(s_h, S), ws_step = pool_divmod(s_w, S);
@@ -136,12 +122,12 @@ __device__ void maxpool_backward_body(const T* __restrict__ dout, const unsigned
         store(dx, i, sum);
         w += s_w;
         ws = pool_add(ws, ws_step, S);
-        const int carry_w = pool_carry(w, W);
+        const int carry_w = index_carry(w, W);
         if (carry_w) ws = pool_add(ws, ws_wrap, S);
         h += s_h + carry_w;
         hs = pool_add(hs, hs_step, S);
         if (carry_w) hs = pool_add(hs, hs_one, S);
-        const int carry_h = pool_carry(h, H);
+        const int carry_h = index_carry(h, H);
         if (carry_h) hs = pool_add(hs, hs_wrap, S);
         nc += s_nc + carry_h;
     }

@@ -5,7 +5,8 @@ from pathlib import Path
 
 KERNEL_DIR = Path(__file__).resolve().parent
 INCLUDE_DIR = KERNEL_DIR / "include"
-# `#include "precision.h"` in a .cu file: pasted in by source() (cuda_cpu.h is the harness's own)
+# `#include "precision.h"` (or "digits.h") in a .cu file: pasted in by source() (cuda_cpu.h is the
+# harness's own, included before)
 _INCLUDE = re.compile(r'^#include "(\w+\.h)"[ \t]*$', re.M)
 
 

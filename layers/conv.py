@@ -49,14 +49,14 @@ from alexnet.engine.layer import Layer
 from alexnet.engine.threads import batch_grain, run_chunks
 from alexnet.kernels import ops
 from alexnet.layers import conv_im2col, conv_winograd
-from alexnet.layers.relu import ReLU
+from alexnet.layers.relu import AbsorbsReLU
 
 ALGORITHMS = ("auto", "im2col", "winograd")
 # chunks: [(lo, hi, saved)]; relu_out: the rectified output when a ReLU is absorbed (CUDA path)
 ConvCache = namedtuple("ConvCache", "algorithm x_shape prepared chunks relu_out", defaults=(None,))
 
 
-class Conv2d(Layer):
+class Conv2d(AbsorbsReLU, Layer):
     low_param_keys = ("W",)
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
@@ -82,14 +82,6 @@ class Conv2d(Layer):
         K = self.kernel_size
         self.params = {"W": np.zeros((out_channels, in_channels // groups, K, K), dtype),
                        "b": np.zeros((out_channels,), dtype)}
-        self.relu = None         # the ReLU after it, when absorbed (CUDA path)
-
-    def absorb(self, following):
-        """The ReLU right after this layer runs in its bias kernels on the CUDA path."""
-        if type(following) is not ReLU:
-            return False
-        self.relu, following.fused_into = following, self
-        return True
 
     def describe(self):
         return (f"Conv2d({self.in_channels}->{self.out_channels}, {self.kernel_size}x"

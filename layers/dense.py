@@ -24,12 +24,12 @@ from alexnet.engine.gemm import gemm
 from alexnet.engine.layer import Layer
 from alexnet.engine.threads import run_chunks
 from alexnet.kernels import ops
-from alexnet.layers.relu import ReLU
+from alexnet.layers.relu import AbsorbsReLU
 
 DenseCache = namedtuple("DenseCache", "x relu_out")    # the CUDA path's; the NumPy path caches x
 
 
-class Dense(Layer):
+class Dense(AbsorbsReLU, Layer):
     low_param_keys = ("W",)
 
     def __init__(self, in_features, out_features, dtype=np.float32):
@@ -40,14 +40,6 @@ class Dense(Layer):
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.params = {"W": np.zeros((out_features, in_features), dtype),
                        "b": np.zeros((out_features,), dtype)}
-        self.relu = None         # the ReLU after it, when absorbed (CUDA path)
-
-    def absorb(self, following):
-        """The ReLU right after this layer runs in its bias kernels on the CUDA path."""
-        if type(following) is not ReLU:
-            return False
-        self.relu, following.fused_into = following, self
-        return True
 
     def describe(self):
         return f"Dense({self.in_features}->{self.out_features})"

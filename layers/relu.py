@@ -48,3 +48,18 @@ class ReLU(Layer):
         if self.fused_into is not None:
             return dout
         return ops.relu_backward(rt, self.cache, dout, who=self.name)
+
+
+class AbsorbsReLU:
+    """Mixed into a layer whose bias kernels can apply the ReLU after it on the CUDA path (Conv2d,
+    Dense: kernels/conv.cu's `relu`). Inside a Sequential the ReLU right after such a layer is
+    absorbed (engine/layer.py): the layer's `relu` is set, and the ReLU passes its input and
+    gradient through on the GPU. Only a plain ReLU: a subclass may compute something else."""
+
+    relu = None
+
+    def absorb(self, following):
+        if type(following) is not ReLU:
+            return False
+        self.relu, following.fused_into = following, self
+        return True

@@ -113,11 +113,8 @@ LAUNCHES = [(256, 4096), (37, 5), (32, 1), (1, 1)]
 
 
 @pytest.fixture(scope="module")
-def before():
-    try:
-        harness.compiler()
-    except harness.HarnessUnavailable as e:
-        pytest.skip(str(e))
+def before(harness_rt):
+    """The previous kernels, built by the harness (harness_rt skips, saying why, without g++)."""
     return harness.Module(BEFORE, "before_issue19.cu")
 
 
