@@ -544,7 +544,7 @@ class RecordingRuntime:
 
     def __init__(self, rt):
         self.rt, self.launched = rt, set()
-        self.name, self.xp, self.pointer = rt.name, rt.xp, rt.pointer
+        self.name, self.xp, self.pointer, self.upload = rt.name, rt.xp, rt.pointer, rt.upload
 
     def function(self, file, kernel):
         self.launched.add(kernel)

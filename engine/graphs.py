@@ -9,9 +9,11 @@ the same memory, which the step must allow for:
 
 - **Memory stays put.** The step allocates from a memory pool of its own (`cupy.cuda.MemoryPool`,
   made current by `cupy.cuda.using_allocator`) that nothing else draws from, so the arrays the
-  graph reads and writes are never handed to anyone else. One eager run of the step in that pool
-  comes first (it compiles the kernels, creates cuBLAS's workspace and leaves the pool holding
-  blocks of every size the step needs); the capture then repeats the same allocations.
+  graph reads and writes are never handed to anyone else. Two eager runs of the step in that pool
+  come first (they compile the kernels, let cuBLAS set up, and leave the pool holding blocks of
+  every size the step needs in the rotation a step's gradients take, so the capture meets
+  addresses it has seen: the SGD kernel's pointer table, engine/optim.py, is then found built;
+  one built during the capture is uploaded through pinned memory, which a graph can copy).
 - **Inputs go into fixed buffers**: each replay first copies the batch into the arrays the
   captured step read.
 - **What changes between steps is read from device memory**: the learning rate
@@ -21,7 +23,7 @@ the same memory, which the step must allow for:
   the step would have used: `refresh()`, which advances the layer's counter exactly as an eager
   forward does). Eager and replayed steps therefore compute the same numbers.
 
-`GraphedStep` runs a step function so: eagerly while warming up, for another shape (the last,
+`GraphedStep` runs a step function so: eagerly while warming up (WARM_STEPS), for another shape (the last,
 smaller batch of an epoch) and with `enabled=False` (`--no-graphs`); as a replay otherwise. A
 capture that fails (an operation that cannot be captured) is reported once through `log`, the
 model's random state is put back, and the run goes on eagerly. The capture itself needs a GPU:
@@ -35,6 +37,7 @@ Graph.launch(stream=None) (the current stream), Stream.wait_event, Event.record(
 MemoryPool().malloc, using_allocator(allocator) (thread-local).
 """
 _capture = None     # while a step is being captured: the [(slot, value, refresh)] it registered
+WARM_STEPS = 2      # eager steps in the graph's own pool before the capture
 
 
 def write_scalar(slot, value, refresh):
@@ -59,7 +62,7 @@ class GraphedStep:
         self.pool = cupy.cuda.MemoryPool()
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.key = None          # the (shapes, dtypes, args) the graph is for
-        self.warmed = False
+        self.warm_steps = 0
         self.graph = None
         self.inputs = self.results = None
         self.scalars = []        # [(slot, refresh)] to fill before each replay
@@ -69,8 +72,8 @@ class GraphedStep:
         key = (tuple(x.shape), x.dtype.str, tuple(labels.shape), args)
         if not self.enabled or (self.key is not None and key != self.key):
             return self.fn(x, labels, *args)
-        if self.key is None or not self.warmed:
-            self.key, self.warmed = key, True
+        if self.warm_steps < WARM_STEPS:
+            self.key, self.warm_steps = key, self.warm_steps + 1
             return self._on_own_stream(lambda: self.fn(x, labels, *args))
         if self.graph is None:
             return self._capture(x, labels, args)

@@ -34,7 +34,7 @@ from collections import OrderedDict
 import numpy as np
 
 from alexnet.engine import backend
-from alexnet.engine.graphs import write_scalar
+from alexnet.engine.graphs import capturing, write_scalar
 from alexnet.engine.threads import run_chunks
 from alexnet.kernels import ops
 
@@ -151,9 +151,12 @@ class SGD:
 # tables are kept, keyed by the addresses: the parameters and momentum buffers never move, and the
 # gradients come from CuPy's memory pool, which hands the same few blocks back step after step (an
 # LRU of a few tables covers its rotation). A key of addresses and sizes cannot go stale: equal
-# addresses with equal sizes are the same tensors' storage.
+# addresses with equal sizes are the same tensors' storage. A table built while a step is being
+# captured as a CUDA graph (engine/graphs.py) is one the graph copies at every replay: it is kept
+# for good, outside the LRU.
 _TABLES = OrderedDict()
 _TABLES_KEPT = 8
+_GRAPH_TABLES = {}
 
 
 def sgd_update_cuda(rt, entries, lr, momentum, weight_decay):
@@ -164,13 +167,15 @@ def sgd_update_cuda(rt, entries, lr, momentum, weight_decay):
     entries = ops.sgd_entries(entries)
     key = (rt.name,) + tuple((rt.pointer(w), rt.pointer(g), rt.pointer(v), 0 if low is None else rt.pointer(low),
                               w.size, float(lm), float(dm)) for w, g, v, lm, dm, low in entries)
-    table = _TABLES.get(key)
+    table = _GRAPH_TABLES.get(key) or _TABLES.get(key)
     if table is None:
         table = _TABLES[key] = ops.sgd_table(rt, entries)
         while len(_TABLES) > _TABLES_KEPT:
             _TABLES.popitem(last=False)
-    else:
+    elif key in _TABLES:
         _TABLES.move_to_end(key)
+    if capturing():
+        _GRAPH_TABLES[key] = table
     ops.sgd_update(rt, table, lr, momentum, weight_decay)
 
 

@@ -8,6 +8,8 @@ A *runtime* is everything kernels/ops.py needs besides the arrays:
                              fn(grid, block, args, shared_mem=0); looked up once per runtime and
                              kept (a cupy.RawKernel, or the CPU harness's function of that shape)
     rt.pointer(a)            the device address of an array (the fused SGD update takes a pointer table)
+    rt.upload(a)             (a device copy of the NumPy array a, what must stay alive with it): on a
+                             GPU through pinned memory, so that the copy can be part of a CUDA graph
 
 The launchers take a runtime as their first argument, so the same code runs on a GPU and, through
 the harness, on the CPU: that is how the kernel tests and `alexnet kernels --check` run anywhere.
@@ -15,6 +17,8 @@ the harness, on the CPU: that is how the kernel tests and `alexnet kernels --che
 This module never imports CuPy: engine/backend.py does, and hands the module to `cupy_runtime`.
 """
 import functools
+
+import numpy as np
 
 from alexnet.kernels.sources import KERNEL_DIR, kernel_files, source  # noqa: F401 (the loader's API too)
 
@@ -54,6 +58,19 @@ class CupyRuntime(_Runtime):
     def pointer(a):
         return a.data.ptr
 
+    def upload(self, a):
+        """A copy of the NumPy array `a` on the device, through a pinned staging buffer, returned
+        with it: a copy from pageable memory cannot be captured into a CUDA graph (one from pinned
+        memory becomes a node of the graph, which reads the staging buffer at every replay, so the
+        caller keeps it as long as it keeps the device array)."""
+        a = np.ascontiguousarray(a)
+        memory = self.xp.cuda.alloc_pinned_memory(max(1, a.nbytes))
+        staged = np.frombuffer(memory, a.dtype, a.size).reshape(a.shape)
+        staged[...] = a
+        device = self.xp.empty(a.shape, a.dtype)
+        device.set(staged)
+        return device, memory
+
 
 class HarnessRuntime(_Runtime):
     name = "cpu-harness"
@@ -73,6 +90,10 @@ class HarnessRuntime(_Runtime):
     @staticmethod
     def pointer(a):
         return a.ctypes.data
+
+    @staticmethod
+    def upload(a):
+        return np.array(a), None
 
 
 _cupy_runtimes = {}

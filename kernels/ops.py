@@ -407,24 +407,23 @@ def check_sgd_entries(rt, entries, who="sgd"):
 
 def sgd_table(rt, entries):
     """The device table sgd.cu reads for checked entries, plus the tensor and group counts on the
-    host (reading them back from the device would wait for the GPU)."""
+    host (reading them back from the device would wait for the GPU) and the staging buffers its
+    upload needs kept (rt.upload: a table built while a step is captured is copied by the graph)."""
     entries = sgd_entries(entries)
     ptrs = [(rt.pointer(w), rt.pointer(g), rt.pointer(v), 0 if low is None else rt.pointer(low))
             for w, g, v, _, _, low in entries]
     sizes = [w.size for w, *_ in entries]
     groups = [0] + [-(-n // SGD_GROUP) for n in sizes]
     mults = [(lr_mult, decay_mult) for _, _, _, lr_mult, decay_mult, _ in entries]
-    return (rt.xp.asarray(np.array(ptrs, np.uint64).reshape(-1, 4)),
-            rt.xp.asarray(np.cumsum(groups, dtype=np.int64)),
-            rt.xp.asarray(np.array(sizes, np.int64)),
-            rt.xp.asarray(np.array(mults, np.float32).reshape(-1, 2)),
-            len(entries), sum(groups))
+    uploads = [rt.upload(a) for a in (np.array(ptrs, np.uint64).reshape(-1, 4), np.cumsum(groups, dtype=np.int64),
+                                      np.array(sizes, np.int64), np.array(mults, np.float32).reshape(-1, 2))]
+    return (*(device for device, _ in uploads), len(entries), sum(groups), [keep for _, keep in uploads])
 
 
 def sgd_update(rt, table, lr, momentum, weight_decay):
     """One launch updates every tensor in `table` (from sgd_table) in place, and its BF16 copy.
     `lr` is the learning rate or the one-element float32 device array holding it (device_scalar)."""
-    tensors, offsets, sizes, mults, T, groups = table
+    tensors, offsets, sizes, mults, T, groups, _ = table
     rt.function("sgd", "sgd_update")(
         _grid(groups), (BLOCK,),
         (tensors, offsets, sizes, mults, np.int32(T), device_scalar(rt, lr, np.float32, "sgd", "lr"),

@@ -181,9 +181,9 @@ def test_graphed_steps_compute_what_eager_steps_do(harness_rt, rng, monkeypatch,
     if fail_capture:                       # said once, then eager: every step ran the Python step
         assert len(said) == 1 and "CUDA graph capture failed (RuntimeError" in said[0]
         assert cupy.cuda.launches == 0 and calls == [4, 4, 4, 4, 4, 3]
-    else:                                  # warm-up, capture (replayed at once), 3 replays, eager last
-        assert said == [] and cupy.cuda.launches == 4 and graphed.replays == 4
-        assert calls == [4, 4] + [4] * 4 + [3]       # the replays re-ran the step only in this stand-in
+    else:                                  # 2 warm-up steps, the capture (replayed at once), 2 replays, eager last
+        assert said == [] and cupy.cuda.launches == 3 and graphed.replays == 3
+        assert calls == [4, 4, 4] + [4] * 3 + [3]    # the replays re-ran the step only in this stand-in
 
 
 def test_without_graphs_every_step_is_eager(harness_rt, rng, monkeypatch):

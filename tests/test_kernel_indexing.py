@@ -59,7 +59,7 @@ class CheckedRuntime:
 
     def __init__(self, rt):
         self.rt, self.launched = rt, set()
-        self.name, self.xp, self.pointer = rt.name, rt.xp, rt.pointer
+        self.name, self.xp, self.pointer, self.upload = rt.name, rt.xp, rt.pointer, rt.upload
 
     def function(self, file, kernel):
         fn = self.rt.function(file, kernel)
@@ -318,7 +318,7 @@ def test_the_signature_reader_and_the_type_check():
     assert SIGNATURES["sgd_update"] == [None, None, None, None, np.int32, None, np.float32, np.float32]
 
     class Fake:
-        name, xp, pointer = "fake", np, staticmethod(lambda a: 0)
+        name, xp, pointer, upload = "fake", np, staticmethod(lambda a: 0), staticmethod(lambda a: (a, None))
 
         @staticmethod
         def function(file, kernel):

@@ -95,7 +95,7 @@ class _CountingRuntime:
 
     def __init__(self, rt):
         self.rt, self.launches, self.lookups = rt, [], []
-        self.name, self.xp, self.pointer = rt.name, rt.xp, rt.pointer
+        self.name, self.xp, self.pointer, self.upload = rt.name, rt.xp, rt.pointer, rt.upload
 
     def function(self, file, kernel):
         self.lookups.append(kernel)
