@@ -1,13 +1,15 @@
-"""The matrix products of our GPU convolutions, through cuBLAS (cupy.matmul), against float64.
+"""The matrix products of our GPU convolutions, through cuBLAS, against float64.
 
     python bench/gpu_gemm.py [--xp cupy|numpy] [--batch 8] [--out DIR]
 
 Every convolution of AlexNet is three products per group (layers/conv.py): the forward
 W (O/G, C/G*K*K) @ col (C/G*K*K, N*OH*OW), the weight gradient dy @ col.T and the input gradient
-W.T @ dy. This script runs each of them, at AlexNet's shapes, the way conv.py calls it (a stacked
-3-D matmul for the forward, per-group 2-D products with transposed views and `out=` for the
-backward) and in two other ways (no `out=`; the transposed operand copied contiguous first), on
-the same random float32 inputs, and compares each result with the float64 product of those inputs.
+W.T @ dy. This script runs each of them, at AlexNet's shapes, the way conv.py calls them since
+issue 19 (engine/gemm.py in fp32: one strided batched cuBLAS call per product, transposes read in
+place) and through cupy.matmul as conv.py called them before (a stacked 3-D matmul for the
+forward, per-group 2-D products with transposed views and `out=` for the backward, and two
+variants: no `out=`; the transposed operand copied contiguous first), on the same random float32
+inputs, and compares each result with the float64 product of those inputs.
 
 The error is normalised the way a product's rounding error is bounded:
     err = max |C - C64| / max (|A| @ |B|)
@@ -80,8 +82,18 @@ def tf32_probe(xp):
     return {k: float(host(v).astype(np.float64).max()) for k, v in rows.items()}
 
 
+def runtime_of(xp):
+    """The kernel runtime whose arrays are `xp`'s: the GPU's for CuPy, the CPU harness for NumPy."""
+    from alexnet.engine import backend
+    return backend.gpu_runtime() if xp.__name__ == "cupy" else backend.kernel_runtime("cpu-harness")
+
+
 def conv_products(xp, batch, rng):
-    """Each conv's three products, three ways, on random float32 inputs: normalised errors."""
+    """Each conv's three products, three ways through cupy.matmul and the way the layers make them
+    since issue 19 (engine/gemm.py in fp32: one strided batched cuBLAS call each, transposes read
+    in place), on random float32 inputs: normalised errors."""
+    from alexnet.engine.gemm import gemm
+    rt = runtime_of(xp)
     results = []
     for name, c, o, k, g, side in CONVS:
         cols = batch * side * side
@@ -101,6 +113,11 @@ def conv_products(xp, batch, rng):
         row["dcol (view, out=)"] = max(
             normalised_error(xp.matmul(W[i].T, dy[i], out=xp.empty((ckk, cols), np.float32)), W[i].T, dy[i])
             for i in range(g))
+        ours = {"forward (engine/gemm.py)": (gemm(rt, W, col, "fp32"), lambda i: (W[i], col[i])),
+                "dW (engine/gemm.py)": (gemm(rt, dy, col, "fp32", trans_b=True), lambda i: (dy[i], col[i].T)),
+                "dcol (engine/gemm.py)": (gemm(rt, W, dy, "fp32", trans_a=True), lambda i: (W[i].T, dy[i]))}
+        for label, (product, operands) in ours.items():
+            row[label] = max(normalised_error(product[i], *operands(i)) for i in range(g))
         results.append(row)
     return results
 
@@ -109,10 +126,8 @@ def network(xp, batch):
     """check_network on AlexNet (He init, no dropout) at `batch`, through the kernels of `xp`'s
     runtime (the CPU harness for NumPy)."""
     from alexnet.app import kernel_checks as checks
-    from alexnet.engine import backend
-    from alexnet.kernels import loader
     from alexnet.models.alexnet import AlexNet
-    rt = backend.gpu_runtime() if xp.__name__ == "cupy" else loader.HarnessRuntime()
+    rt = runtime_of(xp)
     rng = np.random.default_rng(0)
     x, labels = rng.standard_normal((batch, 3, 227, 227)), rng.integers(0, 1000, batch)
     rows = checks.check_network(rt, lambda: AlexNet(1000, groups=2, init="he", seed=0, dropout=0.0), x, labels)
