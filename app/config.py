@@ -164,7 +164,7 @@ class TrainConfig:
                                         "did (layers/dropout.py)", choices=VARIANTS)
     rescale_velocity: bool = option(None, "when the LR drops, scale the momentum buffer with it (PyTorch's rule; the "
                                           "small and large recipes) or keep it (the paper's rule: the weights "
-                                          "travel on at the old rate for ~10 steps)")
+                                          "travel on by about 9 of their last steps at the old rate)")
     save_every: str = option(None, "also save a resumable checkpoint inside epochs: every N steps (e.g. 500) or "
                                    "every TIME (e.g. 90s, 10m, 2h) since the last save (default: at the end of "
                                    "each epoch only)", resume=MAY_CHANGE, metavar="N|TIME")
