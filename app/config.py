@@ -188,6 +188,9 @@ class TrainConfig:
     pretrained_lr_mult: float = option(None, "with --init-from: the loaded layers learn at X times --lr (default "
                                              "0.1); the new head at --lr", check=finite_at_least(0), metavar="X",
                                        group=TUNING)
+    layers_from: str = option(None, "train on the forward and backward passes of this workbook (alexnet exercise "
+                                    "start DIR) instead of the engine's: its Python files are imported, that is "
+                                    "run, so name only your own folder; CPU only", metavar="DIR")
     parallel: str = option("data", "under mpiexec -n N: data gives each rank 1/N of every batch and sums the "
                                    "gradients, the same training as one process; towers puts the paper's two "
                                    "towers on 2 ranks (docs/distributed.md)", resume=LAUNCH,
@@ -209,6 +212,8 @@ class TrainConfig:
             raise UserError("--freeze and --pretrained-lr-mult go with --init-from CKPT (fine-tuning)")
         if self.save_every is not None:
             parse_save_every(self.save_every)
+        if self.layers_from and (self.device != "cpu" or self.parallel == "towers"):
+            raise UserError("--layers-from trains on your NumPy passes: on the CPU, one process or --parallel data")
         try:
             from alexnet.models.registry import check_options
 
@@ -302,7 +307,7 @@ def given(args):
     run given the same relative path asks for the same file."""
     values = {name: getattr(args, name, None) for name, f in FIELDS.items() if f.metadata["cli"]}
     values = {k: v for k, v in values.items() if v is not None}
-    for name in ("data", "init_from"):
+    for name in ("data", "init_from", "layers_from"):
         if values.get(name):
             values[name] = os.path.abspath(values[name])
     return values

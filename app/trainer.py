@@ -124,7 +124,7 @@ class Trainer:
                 # A deliberate change (e.g. after a divergence): the resumed run is no longer
                 # bit-identical to the original, which is the point.
                 self.optimizer.lr = float(lr_override)
-        self.criterion = SoftmaxCrossEntropy()
+        self.criterion = SoftmaxCrossEntropy() if not config.layers_from else self.model.criterion()
         self.stall = StallWatch(self.model.num_classes, config.init, lambda msg: self.log(msg))
         # on the GPU the loss is read every --log-every steps, not after each step (no host sync)
         self.read_every_step = config.device == "cpu"
@@ -176,6 +176,10 @@ class Trainer:
                                 dropout=cfg.dropout, dropout_variant=cfg.dropout_variant, **cfg.model_options())
         except ValueError as e:      # options that build no network, e.g. a pool window larger than its input
             raise UserError(f"cannot build {cfg.model} with these options: {e}") from None
+        if cfg.layers_from:         # the learner's own passes (app/learner_network.py): their files run here
+            from alexnet.app.learner_network import LearnerNetwork
+
+            model = LearnerNetwork(model, cfg.layers_from, log=self.log)
         prep = Preprocessing(self.dataset.mean, cfg.input_scale, model.resize_size, model.input_size)
         return model, prep.for_side(self.dataset.image_side)
 
