@@ -36,6 +36,10 @@ setup(
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
         # `alexnet import` of Caffe's .caffemodel files (torchvision's .pth needs nothing extra)
         "caffe": ["protobuf>=4.21"],
+        # `alexnet train --tensorboard`: event files for TensorBoard, without TensorFlow or PyTorch
+        "tensorboard": ["tensorboardX>=2.6"],
+        # the lessons as Jupyter notebooks (examples/*.ipynb), and the runner the tests execute them with
+        "notebooks": ["nbformat>=5.7", "nbclient>=0.7", "ipykernel>=6"],
     },
     entry_points={"console_scripts": ["alexnet=alexnet.app.cli:main"]},
 )

@@ -155,6 +155,9 @@ class TrainConfig:
     max_drops: int = option(3, "how many times a plateau may divide the LR by 10", check=at_least(0), metavar="D")
     log_every: int = option(50, "write a step record to log.jsonl every N steps", resume=MAY_CHANGE,
                             check=at_least(1), metavar="N")
+    tensorboard: bool = option(False, "also write TensorBoard event files into RUN_DIR/tensorboard: the step "
+                                      "and epoch figures, each layer's gradient and weight norms and histograms, "
+                                      "conv1's filters (pip install -e '.[tensorboard]')", resume=MAY_CHANGE)
     input_scale: float = option(None, "multiply mean-subtracted pixels by X (1: the paper's 0..255 range; the small "
                                       "and large recipes use 0.015625 = 1/64, about unit spread)",
                                 check=finite_at_least(0, strict=True), metavar="X")

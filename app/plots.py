@@ -1,13 +1,14 @@
 """Figures drawn with Pillow alone (no plotting library to install): line charts and filter grids.
 
-Used by `alexnet plot` (a run's curves and its conv1 filters, the paper's Figure 3) and by
-`alexnet experiment` (every experiment's figures).
+Used by `alexnet plot` (a run's curves, its gradient flow and its conv1 filters, the paper's
+Figure 3), by `alexnet experiment` (every experiment's figures) and by the TensorBoard log (the filters).
 """
 import math
 
 import numpy as np
 
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def nice_ticks(lo, hi, n=5):
@@ -29,16 +30,18 @@ def _finite(v, log_y):
     return v is not None and math.isfinite(v) and (v > 0 or not log_y)
 
 
-def line_chart(title, series, xlabel="epoch", log_y=False, size=(420, 310), marks=()):
+def line_chart(title, series, xlabel="epoch", log_y=False, size=(420, 310), marks=(), levels=()):
     """One chart, as a PIL image. series: [(label, xs, ys)] (None or non-finite ys are gaps);
-    marks: x positions drawn as dashed vertical lines (e.g. a learning-rate drop)."""
+    marks: x positions drawn as dashed vertical lines (e.g. a learning-rate drop); levels: y
+    values drawn as dashed horizontal lines (e.g. a rule of thumb), inside the range shown."""
     from PIL import Image, ImageDraw, ImageFont
 
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     left, right, top, bottom = 56, size[0] - 12, 42, size[1] - 34
-    vals = [v for _, _, ys in series for v in ys if _finite(v, log_y)] or [1.0]
+    vals = [v for _, _, ys in series for v in ys if _finite(v, log_y)] + [v for v in levels if _finite(v, log_y)]
+    vals = vals or [1.0]
     all_x = [x for _, xs, _ in series for x in xs] or [0.0, 1.0]
     tf = math.log10 if log_y else (lambda v: v)
     lo, hi = tf(min(vals)), tf(max(vals))
@@ -71,6 +74,10 @@ def line_chart(title, series, xlabel="epoch", log_y=False, size=(420, 310), mark
         if x0 <= m <= x1:
             for y in range(top, bottom, 6):
                 d.line((px(m), y, px(m), y + 3), fill=(150, 150, 150))
+    for level in levels:
+        if _finite(level, log_y):
+            for x in range(left, right, 8):
+                d.line((x, py(level), x + 4, py(level)), fill=(90, 90, 90))
     d.text(((left + right) // 2 - 3 * len(xlabel), size[1] - 14), xlabel, fill="black", font=font)
     for i, (label, xs, ys) in enumerate(series):
         colour = COLOURS[i % len(COLOURS)]
@@ -174,3 +181,31 @@ def filter_grid(W, cell=48, gap=3, cols=None):
         y, x = gap + r * (th + gap), gap + q * (tw + gap)
         grid[y: y + th, x: x + tw] = tiles[i]
     return Image.fromarray(grid)
+
+
+def stacked(images, title=""):
+    """Images one above the other under a title line."""
+    from PIL import Image, ImageDraw
+
+    w, h = max(im.size[0] for im in images), sum(im.size[1] for im in images)
+    out = Image.new("RGB", (w, h + 20), "white")
+    ImageDraw.Draw(out).text((8, 4), title, fill="black")
+    y = 20
+    for im in images:
+        out.paste(im, (0, y))
+        y += im.size[1]
+    return out
+
+
+def gradient_flow(series, title=""):
+    """A run's gradient flow (app/grad_stats.py read_grads): per layer over the steps, the gradient's
+    norm, the update-to-weight ratio (the dashed line: 1e-3, the rule of thumb) and the weights'
+    norm, three charts one above the other, log scales."""
+    steps, names = series["steps"], [k for k in series if k != "steps"]
+
+    def chart(label, stat, levels=()):
+        return line_chart(label, [(name, steps, series[name][stat]) for name in names], xlabel="step",
+                          log_y=True, size=(720, 300), levels=levels)
+    return stacked([chart("gradient norm |dL/dW| per layer", "grad_norm"),
+                    chart("update / weight |dW step| / |W| per layer (dashed: 1e-3)", "update_ratio", (1e-3,)),
+                    chart("weight norm |W| per layer", "weight_norm")], title)
