@@ -99,14 +99,22 @@ def check_exercise(folder, name):
 
 def check_functions(functions, where="your notebook"):
     """[Result] for workbook functions given by name ({"relu_backward": fn, ...}), e.g. defined in
-    notebook cells; prints each, as `alexnet exercise check` does."""
+    notebook cells; prints each, as `alexnet exercise check` does. The network exercise is
+    {"backward": fn} (with "forward": network.py's, when it is not given)."""
+    import types
+
     from alexnet.app import exercise_checks as checks
+    from alexnet.app.learner_passes import load_module
 
     specs = {spec.function: spec for specs in checks.spec_list().values() for spec in specs}
-    unknown = sorted(set(functions) - set(specs))
+    unknown = sorted(set(functions) - set(specs) - {"forward", "backward"})
     if unknown:
-        raise ValueError(f"no workbook function is called {', '.join(unknown)}: expected some of {', '.join(specs)}")
-    results = [checks.check_function(specs[name], fn, where) for name, fn in functions.items()]
+        raise ValueError(f"no workbook function is called {', '.join(unknown)}: expected some of "
+                         f"{', '.join(specs)}, or backward (and forward) of the network")
+    results = [checks.check_function(specs[name], fn, where) for name, fn in functions.items() if name in specs]
+    if "backward" in functions:
+        forward = functions.get("forward") or load_module(TEMPLATES, "network").forward
+        results += checks.check_network(types.SimpleNamespace(forward=forward, backward=functions["backward"]), where)
     for result in results:
         print_result(result)
     return results

@@ -45,7 +45,7 @@ print(f"{len(x_train)} training and {len(x_val)} validation images of {classes} 
 #    a few dozen steps; if this fails, nothing below will work either (a bug, or a bad learning rate).
 loss_fn = SoftmaxCrossEntropy()
 optimizer = SGD(net, lr=0.01, momentum=0.9, weight_decay=0.0)
-few = np.arange(16) * (len(x_train) // 16)                                 # 16 images of every class
+few = np.arange(16) * (len(x_train) // 16)                   # 16 images, spread over the classes
 for step in range(1, 301):
     loss = loss_fn.forward(net.forward(x_train[few], train=True), y_train[few])
     net.backward(loss_fn.backward(), need_dx=False)
