@@ -55,6 +55,7 @@ def describe_difference(name, yours, expected, fd=None):
     an array of expected's shape) beside them when given."""
     if not isinstance(yours, np.ndarray) and not np.isscalar(yours):
         return [f"{name} is {type(yours).__name__}, expected an array of shape {np.shape(expected)}"]
+    single = np.asarray(yours).dtype == np.float32
     yours, expected = np.asarray(yours, np.float64), np.asarray(expected, np.float64)
     if yours.shape != expected.shape:
         turned = " (transposed?)" if yours.ndim == 2 and yours.shape == expected.shape[::-1] else ""
@@ -71,7 +72,8 @@ def describe_difference(name, yours, expected, fd=None):
         line += f", largest |yours - expected| {finite_gap.max():.3g} ({finite_gap.max() / scale:.2g} of the largest expected)"
     if broken.any():
         line += f"; {int(broken.sum())} of yours are inf or nan where the expected ones are finite"
-    lines = [line]
+    lines = [line + ("; yours is float32: keep the inputs' float64 (np.zeros_like(x), not np.zeros(..., np.float32))"
+                     if single else "")]
     shown = np.argsort(-np.where(broken, np.inf, finite_gap).reshape(-1), kind="stable")[:3]
     numeric = fd(shown).reshape(-1) if fd is not None else None
     for flat in shown if yours.ndim else [0]:
