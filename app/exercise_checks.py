@@ -10,12 +10,11 @@ without the indirect terms, a convolution backward with the unflipped kernel, dr
 scale, a softmax without the max subtracted, ...) on the same inputs and says so when the
 learner's output is that one.
 
-    EXERCISES               name -> the specs of its functions, easiest first
-    check_function(spec, fn)        one function: a Result
-    check_network(module)           network.py's backward, on the engine's layer functions
+    spec_list()                     {exercise: the specs of its functions}, easiest first
+    check_function(spec, fn, where) one function: a Result
+    check_network(module, where)    network.py's backward, on the engine's layer functions
 """
 import collections
-import math
 
 import numpy as np
 
@@ -69,7 +68,8 @@ def describe_difference(name, yours, expected, fd=None):
     finite_gap = np.where(np.isfinite(gap), gap, 0.0)
     line = f"{name} differs at {int(wrong.sum())} of {wrong.size} entries"
     if (wrong & ~broken).any():
-        line += f", largest |yours - expected| {finite_gap.max():.3g} ({finite_gap.max() / scale:.2g} of the largest expected)"
+        line += (f", largest |yours - expected| {finite_gap.max():.3g} ({finite_gap.max() / scale:.2g} of the "
+                 f"largest expected)")
     if broken.any():
         line += f"; {int(broken.sum())} of yours are inf or nan where the expected ones are finite"
     lines = [line + ("; yours is float32: keep the inputs' float64 (np.zeros_like(x), not np.zeros(..., np.float32))"
@@ -241,7 +241,7 @@ def lrn_cases():
 
 def pool_windows(case):
     """[(window index (n, c, i, j), its slice of x)] of a max-pool case."""
-    x, K, S = case["x"], case["kernel_size"], case["stride"]
+    K, S = case["kernel_size"], case["stride"]
     for n, c, i, j in np.ndindex(case["dout"].shape):
         yield (n, c, i, j), (n, c, slice(S * i, S * i + K), slice(S * j, S * j + K))
 
@@ -287,6 +287,11 @@ def lrn_window(case, change):
     wider = dict(case, size=case["size"] + 2 * change)
     return {"out": ref.lrn_forward(wider["x"], wider["size"], wider["alpha"], wider["beta"], wider["k"]),
             "dx": ref.lrn_backward(wider["x"], wider["dout"], wider["size"], wider["alpha"], wider["beta"], wider["k"])}
+
+
+def lrn_window_mistakes(output):
+    """A window one channel too wide, or too narrow, on each side: LRN's forward ("out") or backward ("dx")."""
+    return tuple(Mistake(LRN_WINDOW, same_as(lambda case, d=d: lrn_window(case, d)[output])) for d in (1, -1))
 
 
 def non_finite_where_expected_finite(case, yours, expected):
@@ -376,12 +381,11 @@ def spec_list():
                       ("dx", "dW", "db"), conv_cases, (ref.conv_forward, conv_args), {"dx": "x", "dW": "W", "db": "b"},
                       (Mistake(CONV_UNFLIPPED, unflipped),))],
         "lrn": [Spec("lrn_forward", ref.lrn_forward, lrn_args, ("out",), lrn_cases,
-                     mistakes=tuple(Mistake(LRN_WINDOW, same_as(lambda c, d=d: lrn_window(c, d)["out"])) for d in (1, -1))),
+                     mistakes=lrn_window_mistakes("out")),
                 Spec("lrn_backward", ref.lrn_backward, ("x", "dout") + lrn_args[1:], ("dx",), lrn_cases,
                      (ref.lrn_forward, lrn_args), {"dx": "x"},
                      (Mistake(LRN_NO_INDIRECT, same_as(lrn_without_indirect_terms)),
-                      Mistake(LRN_OWN_CHANNEL, same_as(lrn_own_channel_only)))
-                     + tuple(Mistake(LRN_WINDOW, same_as(lambda c, d=d: lrn_window(c, d)["dx"])) for d in (1, -1)))],
+                      Mistake(LRN_OWN_CHANNEL, same_as(lrn_own_channel_only))) + lrn_window_mistakes("dx"))],
     }
 
 

@@ -18,7 +18,7 @@ def test_the_notebooks_are_their_sources():
 
 
 def execute(name, tmp_path):
-X
+    """The text its cells print, when the notebook `name` of examples/ runs in a fresh kernel in tmp_path."""
     for module in ("nbformat", "nbclient", "ipykernel"):
         pytest.importorskip(module, reason=f"{module} is not installed: pip install -e '.[notebooks]' "
                                            f"(.ci/run installs it)")
