@@ -125,11 +125,12 @@ def test_the_notation_keeps_one_meaning_per_symbol():
     """The derivations' symbols: n is the sample index (the LRN window is `size`, never n//2 or n/2);
     every text using c0(g) defines it; G is Winograd's filter transform, never the number of groups."""
     texts = {p: p.read_text() for p in [ROOT / "layers" / "lrn.py", ROOT / "layers" / "reference.py",
+                                        ROOT / "kernels" / "lrn.cu", ROOT / "layers" / "towers.py",
                                         ROOT / "layers" / "conv.py", ROOT / "layers" / "conv_im2col.py",
                                         ROOT / "layers" / "conv_winograd.py", ROOT / "docs" / "backprop.md",
                                         ROOT / "docs" / "conventions.md"]}
     for path, text in texts.items():
-        assert not re.search(r"\bn\s*//\s*2|\bn\s*/\s*2\b", text), f"{path.name}: the LRN window written as n"
+        assert not re.search(r"\bn\s*//?\s*2\b", text), f"{path.name}: the LRN window written as n"
         if "c0(g)" in text:
             assert re.search(r"c0\(g\) = g \*? ?Cg", text), f"{path.name} uses c0(g) without defining it"
         if path.name in ("conv_im2col.py", "conv_winograd.py"):
