@@ -46,7 +46,7 @@ class RunLock:
         self.log = log or (lambda msg: None)
         self._fd = None
 
-    def __enter__(self):
+    def acquire(self):
         try:
             os.makedirs(self.run_dir, exist_ok=True)
         except OSError as e:
@@ -64,12 +64,11 @@ class RunLock:
             # Some network and FUSE filesystems have no locks at all: say so, and carry on.
             self.log(f"warning: cannot lock {self.path} ({e.strerror}): nothing stops a second trainer "
                      f"from writing into {self.run_dir} at the same time")
-            return self
+            return
         self._fd = fd
         _write_holder(fd)
-        return self
 
-    def __exit__(self, *exc):
+    def release(self):
         if self._fd is not None:
             try:
                 os.ftruncate(self._fd, 0)  # no stale pid for a reader to wonder about
@@ -77,6 +76,13 @@ class RunLock:
                 pass
             os.close(self._fd)  # closing the last descriptor releases the flock
             self._fd = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
         return False
 
 
