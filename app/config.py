@@ -61,8 +61,12 @@ def epoch_list(text):
 
 
 def name_list(text):
-    """--freeze conv1..conv5 or conv1,conv2: the parts between commas (app/finetune.py reads them)."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    """--freeze conv1..conv5 or conv1,conv2: the parts between commas (app/finetune.py reads them);
+    a value that names nothing (--freeze '') is refused, not taken as "freeze nothing"."""
+    parts = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected layer names such as conv1..conv5 or conv1,conv2, got {text!r}")
+    return parts
 
 
 def parse_save_every(text):
@@ -262,7 +266,7 @@ class TrainConfig:
                 continue
             elif rule == MAY_CHANGE:
                 changes[f.name] = wanted[f.name]
-            elif not same_setting(f.name, wanted[f.name], ours):
+            elif not same_setting(f.name, wanted[f.name], ours, stored):
                 raise UserError(f"{flag(f.name)} cannot change when resuming (the run uses {ours})")
         return cls.from_json(stored, changes)
 
@@ -285,10 +289,22 @@ def check_value(name, value):
         raise UserError(f"{flag(name)} {problem}")
 
 
-def same_setting(name, asked, stored):
-    """Whether a flag given on resume asks for what the run already uses (`--recipe auto` asks for
-    whatever auto chose)."""
-    return asked == stored or (name == "recipe" and asked == "auto")
+def same_setting(name, asked, stored, run=None):
+    """Whether a flag given on resume asks for what the run already uses: `--recipe auto` asks for
+    whatever auto chose, --init-from the same file by another name, --freeze the same layers of
+    the `run`'s model (its stored config) however written."""
+    if asked == stored or (name == "recipe" and asked == "auto"):
+        return True
+    if name == "init_from" and asked and stored:
+        from alexnet.app.files import same_file
+
+        return same_file(asked, stored)
+    if name == "freeze" and run is not None:
+        from alexnet.app.finetune import same_layers
+
+        config = TrainConfig.from_json(run)
+        return same_layers(asked, stored, config.model, config.model_options())
+    return False
 
 
 def flag(name):
