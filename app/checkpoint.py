@@ -143,9 +143,10 @@ def model_spec(path, meta):
         raise bad("arch", arch, f"a model this version can build ({', '.join(MODEL_NAMES)})")
     if not _is_int(count) or count < 2:
         raise bad("num_classes", count, "an integer >= 2")
-    if not (isinstance(classes, list) and len(classes) == count and all(isinstance(c, str) for c in classes)):
-        raise bad("classes", classes if not isinstance(classes, list) else f"a list of {len(classes)}",
-                  f"a list of {count} class names")
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise bad("classes", classes, f"a list of {count} class names")
+    if len(classes) != count:
+        raise UserError(f"checkpoint {path}: its metadata names {len(classes)} classes, its num_classes is {count}")
     options = meta.get("model_options", {})
     if not isinstance(options, dict) or any(not isinstance(v, _OPTION_TYPES.get(k, object)) or
                                             (k == "groups" and isinstance(v, bool)) for k, v in options.items()):

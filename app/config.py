@@ -277,10 +277,17 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", tuple: "a list"}
+
+
 def check_value(name, value):
     """A UserError naming the flag when `value` is not one field `name` takes (None: the recipe's)."""
     if value is None:
         return
+    kind = FIELDS[name].type
+    # a config read back from a file (a checkpoint someone edited) may hold any JSON value
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind):
+        raise UserError(f"{flag(name)} must be {_KIND_NAMES[kind]}, got {value!r}")
     choices, check = FIELDS[name].metadata["choices"], FIELDS[name].metadata["check"]
     if choices is not None and value not in choices:
         raise UserError(f"unknown {flag(name)} {value!r}: expected one of {', '.join(map(str, choices))}")

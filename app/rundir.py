@@ -191,7 +191,9 @@ def append_line(path, text):
 
 def end_cut_line(path):
     """A record cut short by a kill gets its newline, so the next append starts a line of its
-    own (readers skip the fragment)."""
+    own (readers skip the fragment). A FIFO or a device in its place is refused before it is
+    opened (opening a FIFO would wait for a writer)."""
+    path = files.check_output(path)
     try:
         with open(path, "rb") as f:
             f.seek(-1, os.SEEK_END)

@@ -161,7 +161,7 @@ def _train_setup(args):
         return config, run_dir, None, None
     path, run_dir = _resume_target(args.resume, args.out)
     arrays, meta = ckpt.load(path)
-    if not isinstance(meta.get("config"), dict) or "step" not in meta:
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("step"), int):
         raise UserError(f"checkpoint {path} holds no training state to resume from")
     newer = [p for p in ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints")).list()
              if ckpt.CheckpointDir.step_of(p) > meta["step"]]

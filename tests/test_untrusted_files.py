@@ -219,6 +219,13 @@ def test_checkpoint_arrays_and_class_counts_are_checked_before_allocating(tmp_pa
     assert code == 2 and "does not match alexnet: missing ['conv1.W', 'conv1.b', 'conv2.W']" in err, err
 
 
+def test_running_out_of_memory_is_one_line():
+    """What no check can foresee (here a model of 10^8 classes asked for outright) ends in one line."""
+    code, err = run_limited(["summary", "--classes", "100000000"], memory_mb=600)
+    assert code == 2 and err == "alexnet: error: out of memory: Unable to allocate 1.49 TiB for an array with " \
+        "shape (100000000, 4096) and data type float32\n", err
+
+
 # ---- 2. non-finite weights and means ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -306,7 +313,14 @@ def test_hand_edited_metadata_is_one_line_and_never_used(trained, tmp_path, caps
         bad = rewrite(path, tmp_path / f"edited{i}.npz", meta=edited)
         line = one_error_line(capsys, ["predict", "--checkpoint", bad, image])
         assert message in line, (edited if not isinstance(edited, dict) else i, line)
-    # and where a run starts from one
+    # and where a run continues or starts from one
+    (tmp_path / "resume" / "checkpoints").mkdir(parents=True)
+    for config, message in (({**meta["config"], "dropout": "0.5"}, "--dropout must be a number, got '0.5'"),
+                            ({**meta["config"], "seed": [2]}, "--seed must be an integer, got [2]"),
+                            ("lots", "holds no training state to resume from")):
+        edited = rewrite(path, tmp_path / "resume" / "checkpoints" / f"ckpt-{meta['step']:08d}.npz", meta=dict(meta, config=config))
+        line = one_error_line(capsys, ["train", "--resume", edited, "--epochs", "3", "--no-progress"])
+        assert message in line, line
     bad = rewrite(path, tmp_path / "no-classes.npz", meta={k: v for k, v in meta.items() if k != "classes"})
     data = os.path.dirname(os.path.dirname(os.path.dirname(image)))
     line = one_error_line(capsys, ["train", "--data", data, "--init-from", bad, "--epochs", "1",
