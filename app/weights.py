@@ -61,7 +61,7 @@ Imported = namedtuple("Imported", "arch num_classes input_size resize_size optio
 def _target(arch, num_classes):
     """The model an import fills, built once per architecture and class count: only its shapes and
     layer settings are read, so its weights stay untouched zeros. Built only once the file's
-    arrays have the architecture's shapes for that class count (_check_class_count): a count the
+    arrays have the architecture's shapes for that class count (_class_count): a count the
     file declares must not decide what is allocated before it is checked."""
     from alexnet.models.registry import build_model
 
