@@ -61,8 +61,12 @@ def epoch_list(text):
 
 
 def name_list(text):
-    """--freeze conv1..conv5 or conv1,conv2: the parts between commas (app/finetune.py reads them)."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    """--freeze conv1..conv5 or conv1,conv2: the parts between commas (app/finetune.py reads them);
+    a value that names nothing (--freeze '') is refused, not taken as "freeze nothing"."""
+    parts = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected layer names such as conv1..conv5 or conv1,conv2, got {text!r}")
+    return parts
 
 
 def parse_save_every(text):
@@ -270,7 +274,7 @@ class TrainConfig:
                 continue
             elif rule == MAY_CHANGE:
                 changes[f.name] = wanted[f.name]
-            elif not same_setting(f.name, wanted[f.name], ours):
+            elif not same_setting(f.name, wanted[f.name], ours, stored):
                 raise UserError(f"{flag(f.name)} cannot change when resuming (the run uses {ours})")
         return cls.from_json(stored, changes)
 
@@ -281,10 +285,17 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", tuple: "a list"}
+
+
 def check_value(name, value):
     """A UserError naming the flag when `value` is not one field `name` takes (None: the recipe's)."""
     if value is None:
         return
+    kind = FIELDS[name].type
+    # a config read back from a file (a checkpoint someone edited) may hold any JSON value
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind):
+        raise UserError(f"{flag(name)} must be {_KIND_NAMES[kind]}, got {value!r}")
     choices, check = FIELDS[name].metadata["choices"], FIELDS[name].metadata["check"]
     if choices is not None and value not in choices:
         raise UserError(f"unknown {flag(name)} {value!r}: expected one of {', '.join(map(str, choices))}")
@@ -293,10 +304,22 @@ def check_value(name, value):
         raise UserError(f"{flag(name)} {problem}")
 
 
-def same_setting(name, asked, stored):
-    """Whether a flag given on resume asks for what the run already uses (`--recipe auto` asks for
-    whatever auto chose)."""
-    return asked == stored or (name == "recipe" and asked == "auto")
+def same_setting(name, asked, stored, run=None):
+    """Whether a flag given on resume asks for what the run already uses: `--recipe auto` asks for
+    whatever auto chose, --init-from the same file by another name, --freeze the same layers of
+    the `run`'s model (its stored config) however written."""
+    if asked == stored or (name == "recipe" and asked == "auto"):
+        return True
+    if name == "init_from" and asked and stored:
+        from alexnet.app.files import same_file
+
+        return same_file(asked, stored)
+    if name == "freeze" and run is not None:
+        from alexnet.app.finetune import same_layers
+
+        config = TrainConfig.from_json(run)
+        return same_layers(asked, stored, config.model, config.model_options())
+    return False
 
 
 def flag(name):

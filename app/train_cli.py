@@ -164,7 +164,7 @@ def _train_setup(args):
         return config, run_dir, None, None
     path, run_dir = _resume_target(args.resume, args.out)
     arrays, meta = ckpt.load(path)
-    if not isinstance(meta.get("config"), dict) or "step" not in meta:
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("step"), int):
         raise UserError(f"checkpoint {path} holds no training state to resume from")
     newer = [p for p in ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints")).list()
              if ckpt.CheckpointDir.step_of(p) > meta["step"]]
@@ -264,6 +264,7 @@ def cmd_predict(args):
 def cmd_plot(args):
     from alexnet.app import plots
     from alexnet.app.checkpoint import CheckpointDir, load_model
+    from alexnet.app.files import check_output, write_png
 
     log_path = os.path.join(args.run_dir, "log.jsonl")
     if not os.path.isfile(log_path):
@@ -277,14 +278,17 @@ def cmd_plot(args):
     ckpt_path = args.checkpoint or (ckpts.best_path if os.path.isfile(ckpts.best_path) else ckpts.latest())
     if ckpt_path is None:
         raise UserError(f"{args.run_dir} has no checkpoint to take conv1's filters from")
-    model, meta, _ = load_model(ckpt_path)
     out_dir = os.path.join(args.run_dir, "plots")
+    curves, filters = os.path.join(out_dir, "curves.png"), os.path.join(out_dir, "conv1_filters.png")
+    flow = os.path.join(out_dir, "gradient_flow.png")
+    inputs = (ckpt_path, log_path)
+    for path in (curves, filters, flow):
+        check_output(path, inputs)
+    model, meta, _ = load_model(ckpt_path)
     os.makedirs(out_dir, exist_ok=True)
-    curves = os.path.join(out_dir, "curves.png")
-    plots.run_curves(epochs, title=f"{meta['arch']}, {meta['num_classes']} classes").save(curves)
-    filters = os.path.join(out_dir, "conv1_filters.png")
-    plots.filter_grid(model.state_dict()["conv1.W"]).save(filters)
-    flow = _plot_gradient_flow(grads, out_dir, meta)
+    write_png(curves, plots.run_curves(epochs, title=f"{meta['arch']}, {meta['num_classes']} classes"), inputs)
+    write_png(filters, plots.filter_grid(model.state_dict()["conv1.W"]), inputs)
+    flow = _plot_gradient_flow(grads, flow, meta, inputs)
     if skipped:
         print(f"skipped {skipped} records of {log_path} that are cut short, incomplete or not the trainer's")
     print(f"wrote {curves}")
@@ -294,17 +298,18 @@ def cmd_plot(args):
     return 0
 
 
-def _plot_gradient_flow(grads, out_dir, meta):
-    """plots/gradient_flow.png from the log's "grads" records (app/grad_stats.py); None when it has none."""
+def _plot_gradient_flow(grads, path, meta, inputs):
+    """`path` (plots/gradient_flow.png) drawn from the log's "grads" records (app/grad_stats.py),
+    written as the other plots are; None when the log has none."""
     from alexnet.app import plots
+    from alexnet.app.files import write_png
     from alexnet.app.grad_stats import read_grads
 
     series = read_grads(grads)
     if not series["steps"]:
         return None
-    path = os.path.join(out_dir, "gradient_flow.png")
-    plots.gradient_flow(series, title=f"{meta['arch']}: gradient flow of the weights of its {len(series) - 1} "
-                                      f"layers").save(path)
+    write_png(path, plots.gradient_flow(series, title=f"{meta['arch']}: gradient flow of the weights of its "
+                                                       f"{len(series) - 1} layers"), inputs)
     return path
 
 

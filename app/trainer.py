@@ -200,7 +200,7 @@ class Trainer:
         self.log(f"fine-tuning from {cfg.init_from}: {len(loaded)} layers loaded"
                  + (f", {replaced} new for {len(classes)} classes" if replaced else "")
                  + (f", frozen: {', '.join(frozen)}" if frozen else ""))
-        return finetune.learning_rate_multipliers(loaded, frozen, cfg.pretrained_lr_mult)
+        return finetune.learning_rate_multipliers(loaded, frozen, cfg.pretrained_lr_mult, replaced)
 
     def _restore(self, path, arrays, meta):
         """Continue from a checkpoint: its weights, position, statistics and training mean; returns
