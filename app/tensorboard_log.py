@@ -15,7 +15,8 @@ The x axis is the global step. A histogram is of at most HISTOGRAM_VALUES values
 every k-th one, taken on the device: fc6 of AlexNet has 38M weights, and the step after a log
 step should not wait for all of them to be copied and binned. Under --parallel towers the lead
 rank writes its tower's halves of the histograms and filters. The writer opens with the run (the
-run directory exists then) and is closed when the run ends.
+run directory exists then) and is closed when the run ends; each run, or resumed session, adds
+an event file of its own.
 """
 import os
 
@@ -44,8 +45,16 @@ def sample(a):
 
 class TensorBoardLog:
     def __init__(self, run_dir, lead=True):
+        """Refuses, before the run starts, a RUN_DIR/tensorboard that is not a folder (app/files.py's
+        rule; the event files themselves are new files, named by the time and the host, so nothing
+        there is ever replaced)."""
+        from alexnet.app.files import kind_of
+
         check_available()
         self.directory, self.lead = os.path.join(run_dir, "tensorboard"), lead
+        if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
+            what = kind_of(os.stat(self.directory).st_mode) if os.path.exists(self.directory) else "a broken link"
+            raise UserError(f"--tensorboard writes event files into the folder {self.directory}, which is {what}")
         self._writer = None
 
     def _open(self):

@@ -103,3 +103,13 @@ def test_tensorboard_without_tensorboardx_is_one_line(tiny, tmp_path, monkeypatc
                "--tensorboard"])
     assert rc == 2 and "pip install -e '.[tensorboard]'" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_tensorboard_refuses_a_tensorboard_path_that_is_not_a_folder(tiny, tmp_path, capsys):
+    pytest.importorskip("tensorboardX", reason="tensorboardX is not installed: pip install -e '.[tensorboard]'")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.mkfifo(run / "tensorboard")
+    rc = main(["train", *small_argv(), "--data", tiny, "--epochs", "1", "--out", str(run), "--tensorboard"])
+    assert rc == 2 and "which is a FIFO" in capsys.readouterr().err
+    assert sorted(os.listdir(run)) == ["tensorboard"]
