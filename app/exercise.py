@@ -6,7 +6,8 @@
     alexnet train --layers-from DIR       the demo, trained on the workbook's own passes (app/learner_passes.py)
 
 The workbook's files are the templates of app/workbook/ (their docstrings state the math to derive),
-with THIS_FOLDER replaced by the folder's name. `start` never overwrites a file. `check` and
+with THIS_FOLDER replaced by the folder's name. `start` never overwrites a file: it refuses a folder
+that holds any of them (a link or a FIFO by that name too), and writes each atomically. `check` and
 `status` import the folder's Python files, that is, run them: they are the learner's own code,
 and the help says so. In a notebook, `check_functions({"relu_backward": relu_backward})` checks
 functions defined in cells.
@@ -14,10 +15,11 @@ functions defined in cells.
 import os
 
 from alexnet.app.errors import UserError
+from alexnet.app.files import atomic_write
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workbook")
-RUNS_CODE = ("It imports the Python files of DIR, which runs them: they are meant to be your own code, so "
-             "name only a folder whose files you trust.")
+RUNS_CODE = ("Checking imports the Python files of DIR, which runs them (so does alexnet train --layers-from "
+             "DIR): they are meant to be your own code, so name only a folder whose files you trust.")
 # the names people type for an exercise
 ALIASES = {"softmax_xent": "softmax", "loss": "softmax", "fc": "dense", "linear": "dense", "pool": "maxpool",
            "maxpool2d": "maxpool", "conv2d": "conv", "convolution": "conv", "net": "network"}
@@ -59,9 +61,8 @@ def start(folder):
     os.makedirs(folder, exist_ok=True)
     for name in names:
         with open(os.path.join(TEMPLATES, name)) as f:
-            text = f.read().replace("THIS_FOLDER", folder)
-        with open(os.path.join(folder, name), "x") as f:         # "x": never replace what is there
-            f.write(text)
+            text = f.read().replace("THIS_FOLDER", folder).encode()
+        atomic_write(os.path.join(folder, name), lambda f, text=text: f.write(text))   # app/files.py's rule
     return names
 
 
