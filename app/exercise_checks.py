@@ -85,12 +85,17 @@ def describe_difference(name, yours, expected, fd=None):
 
 
 # ---- running one function -----------------------------------------------------------------------------
+class WrongReturn(Exception):
+    """A function returned something of another kind than its outputs (one array, or a tuple of them)."""
+
+
 def as_outputs(spec, value):
     """{output name: value} of what a function returned (a tuple for several outputs)."""
     if len(spec.outputs) == 1:
         return {spec.outputs[0]: value}
     if not isinstance(value, tuple) or len(value) != len(spec.outputs):
-        raise TypeError(f"returned {type(value).__name__}, expected a tuple ({', '.join(spec.outputs)})")
+        got = f"a tuple of {len(value)}" if isinstance(value, tuple) else type(value).__name__
+        raise WrongReturn(f"returned {got}, expected a tuple ({', '.join(spec.outputs)})")
     return dict(zip(spec.outputs, value))
 
 
@@ -156,6 +161,8 @@ def check_function(spec, fn, where):
             return Result(spec.function, "not implemented",
                           [f"not implemented yet: {spec.function} in {where} still raises NotImplementedError; "
                            f"write its body from the math in the file's docstring"])
+        except WrongReturn as e:
+            lines, found = [str(e)], []
         except Exception as e:              # the learner's code: say where it failed, as one line
             lines, found = [f"raised {type(e).__name__}: {e} ({where_in(e, where)}in {where})"], []
         if lines:
