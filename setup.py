@@ -16,8 +16,10 @@ setup(
     python_requires=">=3.10",
     packages=[f"alexnet.{floor}" for floor in FLOORS],
     package_dir={f"alexnet.{floor}": floor for floor in FLOORS},
-    # the ImageNet class names travel with the package: imported checkpoints name their classes
-    package_data={"alexnet.kernels": ["*.cu", "include/*.h"], "alexnet.app": ["imagenet_classes.txt"]},
+    # the ImageNet class names travel with the package: imported checkpoints name their classes;
+    # the workbook's templates are what `alexnet exercise start` writes
+    package_data={"alexnet.kernels": ["*.cu", "include/*.h"],
+                  "alexnet.app": ["imagenet_classes.txt", "workbook/*.py", "workbook/*.md"]},
     install_requires=["numpy>=1.24", "pillow>=9", "tqdm>=4.60", "threadpoolctl>=3"],
     extras_require={
         # CuPy 14 for CUDA 13 supports NumPy 2; [ctk] brings the CUDA headers and NVRTC that
@@ -35,6 +37,10 @@ setup(
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
         # `alexnet import` of Caffe's .caffemodel files (torchvision's .pth needs nothing extra)
         "caffe": ["protobuf>=4.21"],
+        # `alexnet train --tensorboard`: event files for TensorBoard, without TensorFlow or PyTorch
+        "tensorboard": ["tensorboardX>=2.6"],
+        # the lessons as Jupyter notebooks (examples/*.ipynb), and the runner the tests execute them with
+        "notebooks": ["nbformat>=5.7", "nbclient>=0.7", "ipykernel>=6"],
     },
     entry_points={"console_scripts": ["alexnet=alexnet.app.cli:main"]},
 )

@@ -17,11 +17,15 @@ Blobs carry `shape` (BlobShape) or, in older files, num/channels/height/width.
 The still older V0 layers (V1LayerParameter.layer, field 1) are refused: Caffe's
 upgrade_net_proto_binary tool converts them.
 """
+import math
 from collections import namedtuple
 
 import numpy as np
 
 from alexnet.app.errors import UserError, one_line
+
+MAX_NET_BYTES = 2 << 30        # protobuf parses at most 2 GB; bvlc_alexnet.caffemodel is 233 MB
+MAX_MEAN_BYTES = 64 << 20      # a mean image: imagenet_mean.binaryproto (3x256x256 floats) is 786 KB
 
 # message -> [(field, number, type, label, default)]; type is a scalar name or another message
 _OPT, _REP = "optional", "repeated"
@@ -118,15 +122,15 @@ def messages():
     return _messages
 
 
-def _parse(path, message):
+def _parse(path, message, limit, what):
+    """The `message` in file `path`, read whole (refused above `limit` bytes, or when it is not a
+    regular file: /dev/zero would be read for ever); `what` names the file in errors."""
     msg = messages()[message]()                    # first: says what to install when protobuf is missing
     from google.protobuf.message import DecodeError
 
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    from alexnet.app.files import read_capped
+
+    raw = read_capped(path, limit, what)
     try:
         msg.ParseFromString(raw)
     except (DecodeError, RuntimeError, ValueError) as e:
@@ -141,14 +145,15 @@ def blob_array(blob, what):
         shape = tuple(int(d) for d in blob.shape.dim)
     else:
         shape = tuple(int(d) for d in (blob.num, blob.channels, blob.height, blob.width))
-    if any(d < 0 for d in shape) or int(np.prod(shape)) != data.size:
+    # math.prod in Python integers: NumPy's prod of (2^32, 2^32) wraps round to 0, "the size" of no data
+    if any(d < 0 for d in shape) or math.prod(shape) != data.size:
         raise UserError(f"{what}: its shape {shape} does not hold its {data.size} numbers (a truncated file?)")
     return data.reshape(shape)
 
 
 def read_net(path):
     """The layers of a .caffemodel, in file order, as CaffeLayer tuples with NumPy blobs."""
-    net = _parse(path, "NetParameter")
+    net = _parse(path, "NetParameter", MAX_NET_BYTES, "Caffe model")
     if len(net.layer) and len(net.layers):
         raise UserError(f"{path} mixes Caffe's two layer formats (layer and layers); Caffe would refuse it too")
     layers = []
@@ -172,9 +177,13 @@ def _layer(layer, kind):
 def read_mean(path):
     """A .binaryproto mean image (Caffe's imagenet_mean.binaryproto: one BlobProto, 1x3xHxW, BGR)
     as float32 (H, W, 3) in RGB order, the per-pixel mean layout of our checkpoints."""
-    blob = blob_array(_parse(path, "BlobProto"), f"mean file {path}")
+    from alexnet.app.preprocess import Preprocessing
+
+    blob = blob_array(_parse(path, "BlobProto", MAX_MEAN_BYTES, "mean file"), f"mean file {path}")
     if blob.ndim == 4 and blob.shape[0] == 1:
         blob = blob[0]
     if blob.ndim != 3 or blob.shape[0] != 3:
         raise UserError(f"mean file {path} holds an array of shape {blob.shape}, not a 3-channel image")
-    return np.ascontiguousarray(blob[::-1].transpose(1, 2, 0))        # BGR (3, H, W) -> RGB (H, W, 3)
+    mean = np.ascontiguousarray(blob[::-1].transpose(1, 2, 0))        # BGR (3, H, W) -> RGB (H, W, 3)
+    Preprocessing.check_mean(mean, f"mean file {path}")
+    return mean

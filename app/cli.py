@@ -1,6 +1,6 @@
 """The `alexnet` command line: summary, and the subcommands of the other modules (gradcheck in
 app/gradcheck.py, train/prepare/eval/predict/plot in app/train_cli.py, kernels in app/kernels_cli.py,
-import/export in app/import_cli.py).
+import/export in app/import_cli.py, exercise in app/exercise.py).
 
 Every error a user can cause ends as one line on stderr and a non-zero exit, never a traceback;
 a bug in this program shows its traceback (app/errors.py).
@@ -72,7 +72,7 @@ def build_parser():
                    help="show a few entries of each gradient, analytic and numeric side by side")
     p.set_defaults(func=cmd_gradcheck)
     for module in ("alexnet.app.train_cli", "alexnet.app.kernels_cli", "alexnet.app.inspect",
-                   "alexnet.app.experiments", "alexnet.app.import_cli"):
+                   "alexnet.app.experiments", "alexnet.app.import_cli", "alexnet.app.exercise"):
         try:
             __import__(module, fromlist=["register"]).register(sub)
         except ModuleNotFoundError as e:

@@ -62,8 +62,12 @@ def epoch_list(text):
 
 
 def name_list(text):
-    """--freeze conv1..conv5 or conv1,conv2: the parts between commas (app/finetune.py reads them)."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    """--freeze conv1..conv5 or conv1,conv2: the parts between commas (app/finetune.py reads them);
+    a value that names nothing (--freeze '') is refused, not taken as "freeze nothing"."""
+    parts = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected layer names such as conv1..conv5 or conv1,conv2, got {text!r}")
+    return parts
 
 
 def parse_save_every(text):
@@ -162,6 +166,9 @@ class TrainConfig:
     max_drops: int = option(3, "how many times a plateau may divide the LR by 10", check=at_least(0), metavar="D")
     log_every: int = option(50, "write a step record to log.jsonl every N steps", resume=MAY_CHANGE,
                             check=at_least(1), metavar="N")
+    tensorboard: bool = option(False, "also write TensorBoard event files into RUN_DIR/tensorboard: the step "
+                                      "and epoch figures, each layer's gradient and weight norms and histograms, "
+                                      "conv1's filters (pip install -e '.[tensorboard]')", resume=MAY_CHANGE)
     input_scale: float = option(None, "multiply mean-subtracted pixels by X (1: the paper's 0..255 range; the small "
                                       "and large recipes use 0.015625 = 1/64, about unit spread)",
                                 check=finite_at_least(0, strict=True), metavar="X")
@@ -171,7 +178,7 @@ class TrainConfig:
                                         "did (layers/dropout.py)", choices=VARIANTS)
     rescale_velocity: bool = option(None, "when the LR drops, scale the momentum buffer with it (PyTorch's rule; the "
                                           "small and large recipes) or keep it (the paper's rule: the weights "
-                                          "travel on at the old rate for ~10 steps)")
+                                          "travel on by about 9 of their last steps at the old rate)")
     save_every: str = option(None, "also save a resumable checkpoint inside epochs: every N steps (e.g. 500) or "
                                    "every TIME (e.g. 90s, 10m, 2h) since the last save (default: at the end of "
                                    "each epoch only)", resume=MAY_CHANGE, metavar="N|TIME")
@@ -195,6 +202,9 @@ class TrainConfig:
     pretrained_lr_mult: float = option(None, "with --init-from: the loaded layers learn at X times --lr (default "
                                              "0.1); the new head at --lr", check=finite_at_least(0), metavar="X",
                                        group=TUNING)
+    layers_from: str = option(None, "train on the forward and backward passes of this workbook (alexnet exercise "
+                                    "start DIR) instead of the engine's: its Python files are imported, that is "
+                                    "run, so name only your own folder; CPU only", metavar="DIR")
     parallel: str = option("data", "under mpiexec -n N: data gives each rank 1/N of every batch and sums the "
                                    "gradients, the same training as one process; towers puts the paper's two "
                                    "towers on 2 ranks (docs/distributed.md)", resume=LAUNCH,
@@ -217,6 +227,8 @@ class TrainConfig:
         if self.save_every is not None:
             parse_save_every(self.save_every)
         check_precision(self.device, self.precision)
+        if self.layers_from and (self.device != "cpu" or self.parallel == "towers"):
+            raise UserError("--layers-from trains on your NumPy passes: on the CPU, one process or --parallel data")
         try:
             from alexnet.models.registry import check_options
 
@@ -270,7 +282,7 @@ class TrainConfig:
                 continue
             elif rule == MAY_CHANGE:
                 changes[f.name] = wanted[f.name]
-            elif not same_setting(f.name, wanted[f.name], ours):
+            elif not same_setting(f.name, wanted[f.name], ours, stored):
                 raise UserError(f"{flag(f.name)} cannot change when resuming (the run uses {ours})")
         return cls.from_json(stored, changes)
 
@@ -281,10 +293,17 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", tuple: "a list"}
+
+
 def check_value(name, value):
     """A UserError naming the flag when `value` is not one field `name` takes (None: the recipe's)."""
     if value is None:
         return
+    kind = FIELDS[name].type
+    # a config read back from a file (a checkpoint someone edited) may hold any JSON value
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind):
+        raise UserError(f"{flag(name)} must be {_KIND_NAMES[kind]}, got {value!r}")
     choices, check = FIELDS[name].metadata["choices"], FIELDS[name].metadata["check"]
     if choices is not None and value not in choices:
         raise UserError(f"unknown {flag(name)} {value!r}: expected one of {', '.join(map(str, choices))}")
@@ -303,10 +322,22 @@ def check_precision(device, precision):
         raise UserError(str(e)) from None
 
 
-def same_setting(name, asked, stored):
-    """Whether a flag given on resume asks for what the run already uses (`--recipe auto` asks for
-    whatever auto chose)."""
-    return asked == stored or (name == "recipe" and asked == "auto")
+def same_setting(name, asked, stored, run=None):
+    """Whether a flag given on resume asks for what the run already uses: `--recipe auto` asks for
+    whatever auto chose, --init-from the same file by another name, --freeze the same layers of
+    the `run`'s model (its stored config) however written."""
+    if asked == stored or (name == "recipe" and asked == "auto"):
+        return True
+    if name == "init_from" and asked and stored:
+        from alexnet.app.files import same_file
+
+        return same_file(asked, stored)
+    if name == "freeze" and run is not None:
+        from alexnet.app.finetune import same_layers
+
+        config = TrainConfig.from_json(run)
+        return same_layers(asked, stored, config.model, config.model_options())
+    return False
 
 
 def flag(name):
@@ -320,7 +351,7 @@ def given(args):
     run given the same relative path asks for the same file."""
     values = {name: getattr(args, name, None) for name, f in FIELDS.items() if f.metadata["cli"]}
     values = {k: v for k, v in values.items() if v is not None}
-    for name in ("data", "init_from"):
+    for name in ("data", "init_from", "layers_from"):
         if values.get(name):
             values[name] = os.path.abspath(values[name])
     return values

@@ -124,7 +124,13 @@ def _to_rgb(im):
         im = Image.fromarray(_float_to_uint8(np.asarray(im, dtype=np.float32)), mode="L")
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grayscale: Pillow's convert("L") clips at 255 instead of scaling.
-        a = np.asarray(im, dtype=np.uint32)
+        a = np.asarray(im)
+        if a.min() < 0:
+            # mode I is signed 32-bit: no convention says what a negative grey is (cast to uint32 it
+            # would wrap round to near 2^32, the top of the scale: white)
+            raise ValueError(f"32-bit integer image with negative values (down to {int(a.min())}): "
+                             f"only 0 and up is understood")
+        a = a.astype(np.uint64)
         top = 65535 if im.mode.startswith("I;16") else max(int(a.max()), 1)
         im = Image.fromarray((a * 255 // top).astype(np.uint8), mode="L")
     has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
@@ -705,7 +711,7 @@ def prepare_dataset(src, dst, size, strict=False, shard_size=None, workers=2, pr
 
     from tqdm import tqdm
 
-    if os.path.exists(dst):
+    if os.path.lexists(dst):        # a link too, even one that leads nowhere: DST is made, never replaced
         raise UserError(f"{dst} already exists; remove it or choose another destination")
     if is_prepared(src):
         raise UserError(f"{src} is already a prepared dataset")

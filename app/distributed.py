@@ -161,6 +161,10 @@ class Alone:
     def own_tensors(self, model, tensors):
         return tensors
 
+    def model_sums(self, values):
+        """Sums over the model's tensors (squared norms), completed over the ranks that hold parts of it."""
+        return values
+
 
 class _Ranks(Alone):
     """What data and tower parallelism share: collective decisions and rank 0's writes."""
@@ -310,3 +314,7 @@ class TowerParallel(_Ranks):
 
     def own_tensors(self, model, tensors):
         return model.own_tensors(tensors)
+
+    def model_sums(self, values):
+        """Each rank holds half of every layer: the halves' sums add up to the whole's."""
+        return self.world.allreduce(np.asarray(values, np.float64), "the other tower's sums")

@@ -27,6 +27,7 @@ import time
 import numpy as np
 
 from alexnet.app.errors import UserError
+from alexnet.app.files import write_png, write_text
 
 NAMES = ("relu-vs-tanh", "ablations", "towers", "lr-drop")
 
@@ -54,12 +55,14 @@ def train(out, label, data, **settings):
         raise UserError(f"{run_dir} holds a run with other settings: remove it or choose another --out")
     if os.path.isdir(run_dir):                       # an earlier attempt that did not finish
         import shutil
+
+        from alexnet.app.rundir import check_not_in_use
+        check_not_in_use(run_dir)                    # unless a trainer started by hand still writes there
         shutil.rmtree(run_dir)
     rc = Trainer(config, run_dir, progress=False, log=lambda message: None).run()
     if rc != 0:
         raise UserError(f"training run {label} stopped (exit status {rc}); its log: {run_dir}/log.jsonl")
-    with open(done_mark, "w") as f:
-        json.dump(asked, f)
+    write_text(done_mark, json.dumps(asked))
     return read_log(run_dir)
 
 
@@ -97,10 +100,8 @@ def smooth(ys, window):
 
 
 def write_report(out, title, sections, results):
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(f"# {title}\n\n" + "\n\n".join(sections).strip() + "\n")
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write_text(os.path.join(out, "report.md"), f"# {title}\n\n" + "\n\n".join(sections).strip() + "\n")
+    write_text(os.path.join(out, "results.json"), json.dumps(results, indent=1))
 
 
 def table(header, rows):
@@ -146,9 +147,10 @@ def relu_vs_tanh(out, data, quick, seeds, epochs, log):
         reach[act] = {level: mean_spread(h) if None not in h else None for level, h in hits.items()}
     ratios = {str(level): (reach["tanh"][str(level)][0] / reach["relu"][str(level)][0]
                            if reach["relu"][str(level)] and reach["tanh"][str(level)] else None) for level in levels}
-    line_chart("training error of the four-layer net, ReLU against tanh (running mean, 1/4 epoch)",
-               [(act, c[0]["epochs_x"], c[0]["smoothed"]) for act, c in curves.items()],
-               xlabel="epochs", size=(640, 380)).save(os.path.join(out, "relu_vs_tanh.png"))
+    write_png(os.path.join(out, "relu_vs_tanh.png"),
+              line_chart("training error of the four-layer net, ReLU against tanh (running mean, 1/4 epoch)",
+                         [(act, c[0]["epochs_x"], c[0]["smoothed"]) for act, c in curves.items()],
+                         xlabel="epochs", size=(640, 380)))
     _relu_vs_tanh_report(out, data, seeds, epochs, levels, curves, reach, ratios)
     return {"ratios": ratios, "epochs_to": reach}
 
@@ -232,9 +234,10 @@ def ablations(out, data, quick, seeds, epochs, log):
                      "—" if label == "baseline" else f"{d1:+.1f} / {d5:+.1f}", f"{gap:+.1f}", paper])
     from alexnet.app.plots import bar_chart
     labels = [label for label, _, _, _ in ABLATIONS]
-    bar_chart("best validation top-1 error (%), mean over seeds, with its spread", labels,
-              [100 * results[k]["val_top1_error"][0] for k in labels],
-              [100 * results[k]["val_top1_error"][1] for k in labels]).save(os.path.join(out, "ablations.png"))
+    write_png(os.path.join(out, "ablations.png"),
+              bar_chart("best validation top-1 error (%), mean over seeds, with its spread", labels,
+                        [100 * results[k]["val_top1_error"][0] for k in labels],
+                        [100 * results[k]["val_top1_error"][1] for k in labels]))
     sections = [
         f"alexnet-small ({epochs} epochs, {seeds} seed(s) each, batch {BASE['batch_size']}, He init, pixels / 64, "
         f"no dropout) with one of the paper's choices taken out at a time (dropout: put in), on "
@@ -279,8 +282,9 @@ def towers(out, data, quick, seeds, epochs, log):
         scores.append({"tower1": float(spec[:half].mean()), "tower2": float(spec[half:].mean()),
                        "per_filter": spec.tolist()})
         if seed == 1:
-            side_by_side([filter_grid(W[:half], cols=4), filter_grid(W[half:], cols=4)],
-                         "conv1: tower 1 (left), tower 2 (right)").save(os.path.join(out, "towers.png"))
+            write_png(os.path.join(out, "towers.png"),
+                      side_by_side([filter_grid(W[:half], cols=4), filter_grid(W[half:], cols=4)],
+                                   "conv1: tower 1 (left), tower 2 (right)"))
     rows = [[f"seed {i + 1}", f"{s['tower1']:.3f}", f"{s['tower2']:.3f}",
              f"{max(s['tower1'], s['tower2']) / max(min(s['tower1'], s['tower2']), 1e-9):.2f}"]
             for i, s in enumerate(scores)]
@@ -321,9 +325,10 @@ def lr_drop(out, data, quick, seeds, epochs, log):
                              "step_loss": [r["loss"] for r in step_recs],
                              "best_val_top1": max(r["val_top1"] for r in epoch_recs)})
         results[rule] = per_seed
-    line_chart(f"training loss, learning rate / 10 after epoch {drop}",
-               [(f"{rule} rule", r[0]["steps_x"], r[0]["step_loss"]) for rule, r in results.items()],
-               xlabel="epochs", size=(640, 380), marks=(drop,)).save(os.path.join(out, "lr_drop.png"))
+    write_png(os.path.join(out, "lr_drop.png"),
+              line_chart(f"training loss, learning rate / 10 after epoch {drop}",
+                         [(f"{rule} rule", r[0]["steps_x"], r[0]["step_loss"]) for rule, r in results.items()],
+                         xlabel="epochs", size=(640, 380), marks=(drop,)))
     rows = []
     for rule, runs in results.items():
         rises = [r["rise_after_drop"] for r in runs if r["rise_after_drop"] is not None]
@@ -376,8 +381,14 @@ def cmd_experiment(args):
     if data is None:
         from alexnet.app.demo import ensure_demo
         data = ensure_demo()
-    os.makedirs(out, exist_ok=True)
+    else:
+        from alexnet.app.data import peek_classes
+        peek_classes(data)                  # a --data that is no dataset is refused before --out exists
+    from alexnet.app.rundir import RunLock
     start = time.perf_counter()
-    EXPERIMENTS[args.name](out, data, args.quick, seeds, args.epochs, lambda msg: print(msg, flush=True))
+    # one experiment per --out at a time, as one trainer per run directory: a second one would
+    # remove the first one's unfinished runs (its live run directories) as leftovers
+    with RunLock(out, kind="experiment folder", user="`alexnet experiment`"):
+        EXPERIMENTS[args.name](out, data, args.quick, seeds, args.epochs, lambda msg: print(msg, flush=True))
     print(f"{args.name}: wrote {os.path.join(out, 'report.md')} in {time.perf_counter() - start:.0f} s")
     return 0

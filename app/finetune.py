@@ -28,7 +28,10 @@ def weight_layers(model):
 def parse_freeze(parts, model):
     """--freeze, split at its commas: layer names, and ranges A..B of layers with weights in model
     order (conv1..conv5). Returns the names, in model order."""
-    names = weight_layers(model)
+    return _chosen_layers(parts, weight_layers(model))
+
+
+def _chosen_layers(parts, names):
     chosen = set()
     for part in (p.strip() for p in parts):
         if not part:
@@ -49,6 +52,15 @@ def parse_freeze(parts, model):
     return [n for n in names if n in chosen]
 
 
+def same_layers(asked, stored, model_name, model_options):
+    """Whether two --freeze values name the same layers of model `model_name` (conv1..conv3 and
+    conv1,conv2,conv3 do): a resumed run refuses only a --freeze that changes something."""
+    from alexnet.models.registry import parameter_shapes
+
+    names = list(dict.fromkeys(k.rsplit(".", 1)[0] for k in parameter_shapes(model_name, 2, **model_options)))
+    return _chosen_layers(asked, names) == _chosen_layers(stored, names)
+
+
 def start_from(path, model, model_name, model_options, classes):
     """Load checkpoint `path`'s weights into `model` (the head too when the classes are the same).
     Returns (names of the layers loaded, the head's name if it was replaced else None, the
@@ -56,16 +68,16 @@ def start_from(path, model, model_name, model_options, classes):
     from alexnet.app.preprocess import Preprocessing
 
     arrays, meta = ckpt.load(path)
-    if meta.get("arch") != model_name:
-        raise UserError(f"--init-from {path} holds a {meta.get('arch')} network; train it with --model "
-                        f"{meta.get('arch')}")
-    theirs, ours = changed_options(meta.get("model_options", {})), changed_options(model_options)
+    spec = ckpt.model_spec(path, meta)
+    if spec.arch != model_name:
+        raise UserError(f"--init-from {path} holds a {spec.arch} network; train it with --model {spec.arch}")
+    theirs, ours = changed_options(spec.options), changed_options(model_options)
     if theirs != ours:
         raise UserError(f"--init-from {path} was trained with architecture options {theirs or 'the default'}, "
                         f"this run has {ours or 'the default'}")
     weights = ckpt.split(arrays, "model")
     head = weight_layers(model)[-1]
-    replace_head = list(meta.get("classes", [])) != list(classes)
+    replace_head = spec.classes != list(classes)
     loaded = []
     for layer in model.layers:
         if not layer.params or (replace_head and layer.name == head):
@@ -83,9 +95,17 @@ def start_from(path, model, model_name, model_options, classes):
     return loaded, (head if replace_head else None), prep
 
 
-def learning_rate_multipliers(loaded, frozen, pretrained_lr_mult):
+def learning_rate_multipliers(loaded, frozen, pretrained_lr_mult, new_head=None):
     """{layer: multiplier}: frozen 0, other loaded layers pretrained_lr_mult; the rest (the new
-    head) stays at 1."""
+    head) stays at 1. Refused, saying why, when the run could not learn: a frozen new head stays
+    as randomly initialised, and a run whose every layer has rate 0 changes nothing."""
+    if new_head is not None and new_head in frozen:
+        raise UserError(f"--freeze {new_head}: {new_head} is the new head for this data's classes, freshly "
+                        f"initialised; frozen, it would stay random (freeze the layers below it)")
     mults = {name: pretrained_lr_mult for name in loaded}
     mults.update({name: 0.0 for name in frozen})
+    if new_head is None and mults and all(m == 0 for m in mults.values()):
+        why = "--freeze covers every layer with weights" if set(frozen) >= set(loaded) else \
+            "--pretrained-lr-mult 0 stops every layer --freeze leaves"
+        raise UserError(f"nothing would learn: {why} (the head is the checkpoint's, as the classes are the same)")
     return mults

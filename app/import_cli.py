@@ -45,24 +45,28 @@ def register(subparsers):
 
 
 def sniff_format(path):
-    """torchvision for what torch.save writes (a zip archive, or a pickle in the legacy layout);
-    caffe otherwise (protobuf has no magic number)."""
+    """torchvision for what torch.save writes (a zip archive, a pickle in the legacy layout, a tar
+    archive in the oldest one, which the reader then names); caffe otherwise (protobuf has no
+    magic number)."""
     from alexnet.app import torch_format
 
     with open(path, "rb") as f:
         head = f.read(512)
-    return "torchvision" if torch_format.layout(head) in ("zip", "legacy") else "caffe"
+    return "caffe" if torch_format.layout(head) is None else "torchvision"
 
 
 def import_weights(source, fmt=None, classes_path=None, mean_path=None):
     """(arrays, meta, imported) of the checkpoint that `source` becomes."""
     from alexnet.app import weights
+    from alexnet.app.checkpoint import non_finite
+    from alexnet.app.files import check_input
 
-    if not os.path.isfile(source):
-        raise UserError(f"{source} not found")
+    check_input(source)
     fmt = fmt or sniff_format(source)
     if mean_path and fmt != "caffe":
         raise UserError("--mean is for Caffe models (torchvision's mean is fixed and folded in)")
+    # the small inputs first: a bad one is told before the weights (hundreds of MB) are read
+    given_names = weights.read_class_names(classes_path) if classes_path else None
     origin = {"format": fmt, "file": os.path.basename(source)}
     if fmt == "torchvision":
         from alexnet.app import torch_format
@@ -76,18 +80,25 @@ def import_weights(source, fmt=None, classes_path=None, mean_path=None):
 
         mean = caffe_format.read_mean(mean_path) if mean_path else None
         imported = weights.from_caffe(caffe_format.read_net(source), mean)
-    names = weights.class_names(imported.num_classes, classes_path)
+    names = weights.class_names(imported.num_classes, given_names, classes_path)
     arrays, meta = weights.checkpoint_contents(imported, names, origin)
+    # a NaN weight or mean would make every prediction NaN: refused here, as every load refuses it
+    bad = non_finite(arrays)
+    if bad:
+        raise UserError(f"{source} has non-finite weights ({bad}): refusing to import them")
     return arrays, meta, imported
 
 
 def cmd_import(args):
     from alexnet.app import checkpoint
+    from alexnet.app.files import check_output
 
     t0 = time.perf_counter()
-    arrays, meta, imported = import_weights(args.source, args.format, args.classes, args.mean)
     out = args.out or os.path.splitext(os.path.basename(args.source))[0] + ".npz"
-    checkpoint.save(out, arrays, meta)
+    inputs = (args.source, args.classes, args.mean)
+    check_output(out, inputs)                      # before the reading: it may take a while
+    arrays, meta, imported = import_weights(args.source, args.format, args.classes, args.mean)
+    checkpoint.save(out, arrays, meta, inputs)
     params = sum(a.size for k, a in arrays.items() if k.startswith("model/"))
     print(f"imported {meta['imported_from']['format']} weights from {args.source}: {imported.arch}, "
           f"{imported.num_classes} classes, {params:,} parameters ({time.perf_counter() - t0:.1f} s)")

@@ -135,9 +135,29 @@ def register(subparsers):
     p.set_defaults(func=cmd_neighbors)
 
 
+def saliency_paths(images, out_dir):
+    """The PNG each image's saliency goes to: DIR/<name>.saliency.png, numbered (<name>-2, ...)
+    where two images share a name (a/x.jpg and b/x.jpg), so that no picture replaces another."""
+    paths, taken = [], set()
+    for image in images:
+        stem = os.path.splitext(os.path.basename(image))[0]
+        name, n = stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name)
+        paths.append(os.path.join(out_dir, f"{name}.saliency.png"))
+    return paths
+
+
 def cmd_saliency(args):
     from alexnet.app.checkpoint import load_model
+    from alexnet.app.files import check_output, write_png
 
+    inputs = [args.checkpoint, *args.images]
+    outs = saliency_paths(args.images, args.out)
+    for out in outs:
+        check_output(out, inputs)
     model, meta, prep = load_model(args.checkpoint)
     classes = meta["classes"]
     target = None
@@ -150,9 +170,8 @@ def cmd_saliency(args):
     grad, chosen, scores = saliency(model, x, target)
     maps = saliency_map(grad)
     os.makedirs(args.out, exist_ok=True)
-    for path, crop, m, c, score in zip(args.images, crops, maps, chosen, scores):
-        out = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0] + ".saliency.png")
-        draw_saliency(crop, m, f"{classes[c]} (score {score:.2f})").save(out)
+    for path, out, crop, m, c, score in zip(args.images, outs, crops, maps, chosen, scores):
+        write_png(out, draw_saliency(crop, m, f"{classes[c]} (score {score:.2f})"), inputs)
         print(f"{path}: {classes[c]}, score {score:.3f}; wrote {out}")
     return 0
 
@@ -177,14 +196,18 @@ def _train_crops_and_features(model, ds, prep, limit, batch_size):
 def cmd_neighbors(args):
     from alexnet.app.checkpoint import load_model
     from alexnet.app.data import open_dataset
+    from alexnet.app.files import check_output, write_png
     if args.k < 1 or args.limit < 1 or args.batch_size < 1:
         raise UserError("--k, --limit and --batch-size must be at least 1")
+    inputs = [args.checkpoint, *args.images]
+    check_output(args.out, inputs)
     model, meta, prep = load_model(args.checkpoint)
+    # the queries and the output first: the search below reads up to --limit training images
+    x, query_crops = prep.inputs(prep.decode(args.images))
     ds = open_dataset(args.data, model.resize_size)
     if ds.classes != meta["classes"]:
         raise UserError(f"{args.data} has other classes than the checkpoint was trained on")
     feats, pixels, crops, labels = _train_crops_and_features(model, ds, prep, args.limit, args.batch_size)
-    x, query_crops = prep.inputs(prep.decode(args.images))
     k = min(args.k, len(feats))
     by_features, _ = nearest(hidden_features(model, x), feats, k)
     by_pixels, _ = nearest(_small(query_crops), pixels, k)
@@ -197,6 +220,6 @@ def cmd_neighbors(args):
                      [crop] + [crops[i] for i in p_idx]))
         print(f"{path}: hidden-layer neighbours {[classes[labels[i]] for i in f_idx]}; "
               f"pixel neighbours {[classes[labels[i]] for i in p_idx]}")
-    draw_neighbors(rows).save(args.out)
+    write_png(args.out, draw_neighbors(rows), inputs)
     print(f"wrote {args.out} ({len(feats)} training images searched)")
     return 0

@@ -148,13 +148,14 @@ def to_onnx(model, meta, prep):
 
 
 def export(checkpoint_path, out_path):
-    """Write the ONNX model of a checkpoint to `out_path` (atomically: a temporary, then a rename);
-    returns the ModelProto."""
+    """Write the ONNX model of a checkpoint to `out_path` (atomically, by app/files.py's rule: never
+    over a device or the checkpoint itself); returns the ModelProto."""
     from alexnet.app.checkpoint import load_model
-    from alexnet.app.files import atomic_write
+    from alexnet.app.files import atomic_write, check_output
 
     _onnx()                                                # before the weights are read
+    check_output(out_path, [checkpoint_path])
     model, meta, prep = load_model(checkpoint_path)
     onnx_model = to_onnx(model, meta, prep)
-    atomic_write(out_path, lambda f: f.write(onnx_model.SerializeToString()))
+    atomic_write(out_path, lambda f: f.write(onnx_model.SerializeToString()), [checkpoint_path])
     return onnx_model

@@ -1,13 +1,14 @@
 """Figures drawn with Pillow alone (no plotting library to install): line charts and filter grids.
 
-Used by `alexnet plot` (a run's curves and its conv1 filters, the paper's Figure 3) and by
-`alexnet experiment` (every experiment's figures).
+Used by `alexnet plot` (a run's curves, its gradient flow and its conv1 filters, the paper's
+Figure 3), by `alexnet experiment` (every experiment's figures) and by the TensorBoard log (the filters).
 """
 import math
 
 import numpy as np
 
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def nice_ticks(lo, hi, n=5):
@@ -29,16 +30,26 @@ def _finite(v, log_y):
     return v is not None and math.isfinite(v) and (v > 0 or not log_y)
 
 
-def line_chart(title, series, xlabel="epoch", log_y=False, size=(420, 310), marks=()):
+def _dashed(d, start, end, fill, dash):
+    """A dashed straight line from `start` to `end`, dashes and gaps `dash` pixels long."""
+    (xa, ya), (xb, yb) = start, end
+    length = max(abs(xb - xa), abs(yb - ya), 1)
+    for k in range(0, int(length), 2 * dash):
+        t0, t1 = k / length, min(1.0, (k + dash) / length)
+        d.line((xa + t0 * (xb - xa), ya + t0 * (yb - ya), xa + t1 * (xb - xa), ya + t1 * (yb - ya)), fill=fill)
+
+
+def line_chart(title, series, xlabel="epoch", log_y=False, size=(420, 310), marks=(), levels=()):
     """One chart, as a PIL image. series: [(label, xs, ys)] (None or non-finite ys are gaps);
-    marks: x positions drawn as dashed vertical lines (e.g. a learning-rate drop)."""
+    marks: x positions drawn as dashed vertical lines (e.g. a learning-rate drop); levels: y
+    values drawn as dashed horizontal lines (e.g. a rule of thumb), inside the range shown."""
     from PIL import Image, ImageDraw, ImageFont
 
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     left, right, top, bottom = 56, size[0] - 12, 42, size[1] - 34
-    vals = [v for _, _, ys in series for v in ys if _finite(v, log_y)] or [1.0]
+    vals = [v for ys in [s[2] for s in series] + [list(levels)] for v in ys if _finite(v, log_y)] or [1.0]
     all_x = [x for _, xs, _ in series for x in xs] or [0.0, 1.0]
     tf = math.log10 if log_y else (lambda v: v)
     lo, hi = tf(min(vals)), tf(max(vals))
@@ -62,15 +73,13 @@ def line_chart(title, series, xlabel="epoch", log_y=False, size=(420, 310), mark
         y = bottom - (t - lo) / ((hi - lo) or 1) * (bottom - top)
         d.line((left, y, right, y), fill=(225, 225, 225))
         d.text((4, y - 6), f"1e{t}" if log_y else f"{t:g}", fill="black", font=font)
-    for t in nice_ticks(x0, x1, n=6):
-        if x0 <= t <= x1:
-            x = px(t)
-            d.line((x, bottom, x, bottom + 4), fill="black")
-            d.text((x - 4, bottom + 6), f"{t:g}", fill="black", font=font)
-    for m in marks:
-        if x0 <= m <= x1:
-            for y in range(top, bottom, 6):
-                d.line((px(m), y, px(m), y + 3), fill=(150, 150, 150))
+    for t in (t for t in nice_ticks(x0, x1, n=6) if x0 <= t <= x1):
+        d.line((px(t), bottom, px(t), bottom + 4), fill="black")
+        d.text((px(t) - 4, bottom + 6), f"{t:g}", fill="black", font=font)
+    for m in (m for m in marks if x0 <= m <= x1):
+        _dashed(d, (px(m), top), (px(m), bottom), (150, 150, 150), dash=3)
+    for level in (v for v in levels if _finite(v, log_y)):
+        _dashed(d, (left, py(level)), (right, py(level)), (90, 90, 90), dash=4)
     d.text(((left + right) // 2 - 3 * len(xlabel), size[1] - 14), xlabel, fill="black", font=font)
     for i, (label, xs, ys) in enumerate(series):
         colour = COLOURS[i % len(COLOURS)]
@@ -122,17 +131,20 @@ def bar_chart(title, labels, values, spreads=None, size=(640, 340)):
     return img
 
 
-def side_by_side(images, title=""):
-    """Images in one row under a title line."""
+def side_by_side(images, title="", vertical=False):
+    """Images in one row (or, vertical, one column) under a title line."""
     from PIL import Image, ImageDraw
 
-    w, h = sum(im.size[0] for im in images), max(im.size[1] for im in images)
-    out = Image.new("RGB", (w, h + 20), "white")
+    sides = [im.size for im in images]
+    along, across = (1, 0) if vertical else (0, 1)
+    size = [0, 0]
+    size[along], size[across] = sum(s[along] for s in sides), max(s[across] for s in sides)
+    out = Image.new("RGB", (size[0], size[1] + 20), "white")
     ImageDraw.Draw(out).text((8, 4), title, fill="black")
-    x = 0
+    offset = 0
     for im in images:
-        out.paste(im, (x, 20))
-        x += im.size[0]
+        out.paste(im, (0, 20 + offset) if vertical else (offset, 20))
+        offset += im.size[along]
     return out
 
 
@@ -174,3 +186,17 @@ def filter_grid(W, cell=48, gap=3, cols=None):
         y, x = gap + r * (th + gap), gap + q * (tw + gap)
         grid[y: y + th, x: x + tw] = tiles[i]
     return Image.fromarray(grid)
+
+
+def gradient_flow(series, title=""):
+    """A run's gradient flow (app/grad_stats.py read_grads): per layer over the steps, the gradient's
+    norm, the update-to-weight ratio (the dashed line: 1e-3, the rule of thumb) and the weights'
+    norm, three charts one above the other, log scales."""
+    steps, names = series["steps"], [k for k in series if k != "steps"]
+
+    def chart(label, stat, levels=()):
+        return line_chart(label, [(name, steps, series[name][stat]) for name in names], xlabel="step",
+                          log_y=True, size=(720, 300), levels=levels)
+    return side_by_side([chart("gradient norm |dL/dW| per layer", "grad_norm"),
+                         chart("update / weight |dW step| / |W| per layer (dashed: 1e-3)", "update_ratio", (1e-3,)),
+                         chart("weight norm |W| per layer", "weight_norm")], title, vertical=True)

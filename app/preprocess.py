@@ -38,11 +38,24 @@ class Preprocessing:
     @classmethod
     def from_checkpoint(cls, arrays, meta, model, source):
         """The checkpoint's preprocessing for `model` (its sizes); a checkpoint written before the
-        input scale was stored ran at 1, the paper's pixels. `source` names the file in errors."""
-        mean = arrays.get("data/mean")
+        input scale was stored ran at 1, the paper's pixels. `source` names the file in errors. A
+        mean or scale that no image could be normalised by is refused, not used."""
+        mean, scale = arrays.get("data/mean"), meta.get("input_scale", 1.0)
         if mean is None:
             raise UserError(f"{source} has no training mean")
-        return cls(mean.astype(np.float32), float(meta.get("input_scale", 1.0)), model.resize_size, model.input_size)
+        cls.check_mean(mean, source)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale < float("inf")):
+            raise UserError(f"{source}: its input_scale {scale!r} is not a finite number > 0")
+        return cls(mean.astype(np.float32), float(scale), model.resize_size, model.input_size)
+
+    @staticmethod
+    def check_mean(mean, source):
+        """A training mean is an RGB image (S, S, 3) or three channel means (1, 1, 3), all finite."""
+        if not (mean.ndim == 3 and mean.shape[2] == 3 and mean.shape[0] == mean.shape[1] > 0
+                and np.issubdtype(mean.dtype, np.number)):
+            raise UserError(f"{source}: its mean has shape {mean.shape} ({mean.dtype}), not (1, 1, 3) or (S, S, 3)")
+        if not np.isfinite(mean).all():
+            raise UserError(f"{source}: its mean has non-finite values (NaN or infinity)")
 
     # ---- applying it -------------------------------------------------------------------------------
     def for_side(self, side):
@@ -74,9 +87,11 @@ class Preprocessing:
         """uint8 (N, resize, resize, 3) of image files, each brought to the resize side; a file
         that is not a readable image is the user's error, named."""
         from alexnet.app.data import decode_image
+        from alexnet.app.files import check_input
 
         imgs = []
         for path in paths:
+            check_input(path, "image")          # a FIFO would block Pillow, a device feed it for ever
             try:
                 imgs.append(decode_image(path, self.resize_size))
             except Exception as e:          # Pillow's many error types for bad files (app/data.py)

@@ -85,16 +85,12 @@ class RunFiles:
     def locked(self):
         """Rank 0 holds the run directory's lock for the run; every rank learns whether it got it."""
         lock = rundir.RunLock(self.run_dir, self.log)
-
-        def take():
-            lock.__enter__()                 # the others get None from lead_does, not the lock
-
-        self.strategy.lead_does(take)
+        self.strategy.lead_does(lock.acquire)
         try:
             yield
         finally:
             if self.strategy.lead:
-                lock.__exit__(None, None, None)
+                lock.release()
 
     def open(self, config):
         """With the lock held: check again what the trainer checked without it (another trainer may

@@ -16,8 +16,6 @@ holds), so a checkpoint holds everything the computation depends on:
 import dataclasses
 import time
 
-import numpy as np
-
 from alexnet.app import checkpoint as ckpt
 from alexnet.app.errors import UserError
 
@@ -63,6 +61,7 @@ def check_resumable(path, arrays, meta, model, dataset, config):
     """Refuse, naming the difference, a checkpoint this run cannot continue exactly from."""
     from alexnet.app.data import class_difference
 
+    ckpt.model_spec(path, meta)
     ckpt.check_model(path, meta, ckpt.split(arrays, "model"), model)
     if meta.get("classes") != dataset.classes:
         raise UserError(f"checkpoint {path} was trained on other classes than {config.data} "
@@ -93,12 +92,6 @@ def restore_optimizer(arrays, meta, optimizer, schedule, own_tensors):
 
 
 def non_finite(arrays):
-    """'conv1.W: 12 of 34848 NaN/inf, ...' for the weights and momentum buffers that are not all
-    finite; '' when every one is."""
-    bad = []
-    for name, a in arrays.items():
-        if name.startswith(("model/", "optim/")) and np.issubdtype(a.dtype, np.floating):
-            count = a.size - int(np.count_nonzero(np.isfinite(a)))
-            if count:
-                bad.append(f"{name}: {count} of {a.size} NaN/inf")
-    return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    """'model/conv1.W: 12 of 34848 NaN/inf, ...' for the weights and momentum buffers that are not
+    all finite; '' when every one is."""
+    return ckpt.non_finite(arrays, ("model/", "optim/"))

@@ -38,19 +38,21 @@ _TEMPORARIES = {
 
 class RunLock:
     """Hold RUN_DIR/.lock for the life of a ``with`` block; refuse with the holder's details
-    (UserError) when another process holds it. Creates RUN_DIR."""
+    (UserError) when another process holds it. Creates RUN_DIR. ``kind`` and ``user`` name the
+    folder and its user in that message (`alexnet experiment` locks its --out the same way)."""
 
-    def __init__(self, run_dir, log=None):
-        self.run_dir = run_dir
+    def __init__(self, run_dir, log=None, kind="run directory", user="trainer"):
+        self.run_dir, self.kind, self.user = run_dir, kind, user
         self.path = os.path.join(run_dir, LOCK_NAME)
         self.log = log or (lambda msg: None)
         self._fd = None
 
-    def __enter__(self):
+    def acquire(self):
         try:
             os.makedirs(self.run_dir, exist_ok=True)
         except OSError as e:
-            raise UserError(f"cannot create the run directory {self.run_dir}: {e.strerror}") from None
+            raise UserError(f"cannot create the {self.kind} {self.run_dir}: {e.strerror}") from None
+        files.check_output(self.path)           # a FIFO or a device named .lock is not a lock file
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
@@ -60,16 +62,15 @@ class RunLock:
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                raise UserError(_in_use_message(self.run_dir, self.path)) from None
+                raise UserError(_in_use_message(self.run_dir, self.path, self.kind, self.user)) from None
             # Some network and FUSE filesystems have no locks at all: say so, and carry on.
             self.log(f"warning: cannot lock {self.path} ({e.strerror}): nothing stops a second trainer "
                      f"from writing into {self.run_dir} at the same time")
-            return self
+            return
         self._fd = fd
         _write_holder(fd)
-        return self
 
-    def __exit__(self, *exc):
+    def release(self):
         if self._fd is not None:
             try:
                 os.ftruncate(self._fd, 0)  # no stale pid for a reader to wonder about
@@ -77,6 +78,13 @@ class RunLock:
                 pass
             os.close(self._fd)  # closing the last descriptor releases the flock
             self._fd = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
         return False
 
 
@@ -98,7 +106,7 @@ def check_not_in_use(run_dir):
     a run directory that does not exist yet is not in use."""
     path = os.path.join(run_dir, LOCK_NAME)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)         # a FIFO in its place must not hang us
     except OSError:
         return
     try:
@@ -120,7 +128,7 @@ def _write_holder(fd):
         pass  # a full disk: the lock holds all the same, only the details are missing
 
 
-def _in_use_message(run_dir, path):
+def _in_use_message(run_dir, path, kind="run directory", user="trainer"):
     holder = None
     for _ in range(20):  # the holder writes its details right after taking the lock
         try:
@@ -137,7 +145,7 @@ def _in_use_message(run_dir, path):
         stop = f" (kill -TERM {pid} saves a checkpoint and stops it)" if holder.get("host") == socket.gethostname() else ""
     else:
         who, stop = "another process", ""
-    return (f"run directory {run_dir} is in use by another trainer: {who}; wait for it to end or stop "
+    return (f"{kind} {run_dir} is in use by another {user}: {who}; wait for it to end or stop "
             f"it{stop}, or choose another --out")
 
 
@@ -167,9 +175,10 @@ def remove_stale_temporaries(run_dir):
 
 def append_line(path, text):
     """Append one line to a file, all or nothing: a write cut short (a full disk) is truncated
-    away, so the next record never lands glued to half of this one."""
+    away, so the next record never lands glued to half of this one. The file follows
+    app/files.py's rule for outputs (never a device or a FIFO; through a link, its target)."""
     data = (text.rstrip("\n") + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    fd = os.open(files.check_output(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         start = os.fstat(fd).st_size
         try:
@@ -188,7 +197,9 @@ def append_line(path, text):
 
 def end_cut_line(path):
     """A record cut short by a kill gets its newline, so the next append starts a line of its
-    own (readers skip the fragment)."""
+    own (readers skip the fragment). A FIFO or a device in its place is refused before it is
+    opened (opening a FIFO would wait for a writer)."""
+    path = files.check_output(path)
     try:
         with open(path, "rb") as f:
             f.seek(-1, os.SEEK_END)

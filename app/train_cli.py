@@ -80,9 +80,12 @@ def register(subparsers):
     config.add_options(p, ("device", "precision"), defaults=EVAL_DEFAULTS)
     p.set_defaults(func=cmd_predict)
 
-    p = subparsers.add_parser("plot", help="PNG curves of a run and a grid of its conv1 filters",
+    p = subparsers.add_parser("plot", help="PNG curves of a run, its gradient flow and a grid of its conv1 filters",
                               description="Write RUN_DIR/plots/curves.png (loss, top-1/top-5, learning rate per "
-                                          "epoch) and RUN_DIR/plots/conv1_filters.png (the paper's Figure 3).")
+                                          "epoch), RUN_DIR/plots/gradient_flow.png (per layer over the steps: the "
+                                          "gradient norm, the update-to-weight ratio and the weight norm, from the "
+                                          "log's every --log-every steps) and RUN_DIR/plots/conv1_filters.png (the "
+                                          "paper's Figure 3).")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--checkpoint", metavar="CKPT", help="checkpoint for the filters (default: best, else latest)")
     p.set_defaults(func=cmd_plot)
@@ -161,7 +164,7 @@ def _train_setup(args):
         return config, run_dir, None, None
     path, run_dir = _resume_target(args.resume, args.out)
     arrays, meta = ckpt.load(path)
-    if not isinstance(meta.get("config"), dict) or "step" not in meta:
+    if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("step"), int):
         raise UserError(f"checkpoint {path} holds no training state to resume from")
     newer = [p for p in ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints")).list()
              if ckpt.CheckpointDir.step_of(p) > meta["step"]]
@@ -263,11 +266,13 @@ def cmd_predict(args):
 def cmd_plot(args):
     from alexnet.app import plots
     from alexnet.app.checkpoint import CheckpointDir, load_model
+    from alexnet.app.files import check_output, write_png
 
     log_path = os.path.join(args.run_dir, "log.jsonl")
     if not os.path.isfile(log_path):
         raise UserError(f"{args.run_dir} is not a run directory (no log.jsonl)")
-    epochs, skipped = read_epoch_log(log_path, count_skipped=True)
+    grads = []
+    epochs, skipped = read_epoch_log(log_path, count_skipped=True, grads=grads)
     if not epochs:
         raise UserError(f"{log_path} has no finished epoch yet: nothing to plot"
                         + (f" ({skipped} unusable records skipped)" if skipped else ""))
@@ -275,32 +280,54 @@ def cmd_plot(args):
     ckpt_path = args.checkpoint or (ckpts.best_path if os.path.isfile(ckpts.best_path) else ckpts.latest())
     if ckpt_path is None:
         raise UserError(f"{args.run_dir} has no checkpoint to take conv1's filters from")
-    model, meta, _ = load_model(ckpt_path)
     out_dir = os.path.join(args.run_dir, "plots")
+    curves, filters = os.path.join(out_dir, "curves.png"), os.path.join(out_dir, "conv1_filters.png")
+    flow = os.path.join(out_dir, "gradient_flow.png")
+    inputs = (ckpt_path, log_path)
+    for path in (curves, filters, flow):
+        check_output(path, inputs)
+    model, meta, _ = load_model(ckpt_path)
     os.makedirs(out_dir, exist_ok=True)
-    curves = os.path.join(out_dir, "curves.png")
-    plots.run_curves(epochs, title=f"{meta['arch']}, {meta['num_classes']} classes").save(curves)
-    filters = os.path.join(out_dir, "conv1_filters.png")
-    plots.filter_grid(model.state_dict()["conv1.W"]).save(filters)
+    write_png(curves, plots.run_curves(epochs, title=f"{meta['arch']}, {meta['num_classes']} classes"), inputs)
+    write_png(filters, plots.filter_grid(model.state_dict()["conv1.W"]), inputs)
+    flow = _plot_gradient_flow(grads, flow, meta, inputs)
     if skipped:
         print(f"skipped {skipped} records of {log_path} that are cut short, incomplete or not the trainer's")
     print(f"wrote {curves}")
+    if flow:
+        print(f"wrote {flow} (per layer over the steps: gradient norm, update/weight ratio, weight norm)")
     print(f"wrote {filters} (conv1 of {ckpt_path})")
     return 0
+
+
+def _plot_gradient_flow(grads, path, meta, inputs):
+    """`path` (plots/gradient_flow.png) drawn from the log's "grads" records (app/grad_stats.py),
+    written as the other plots are; None when the log has none."""
+    from alexnet.app import plots
+    from alexnet.app.files import write_png
+    from alexnet.app.grad_stats import read_grads
+
+    series = read_grads(grads)
+    if not series["steps"]:
+        return None
+    write_png(path, plots.gradient_flow(series, title=f"{meta['arch']}: gradient flow of the weights of its "
+                                                       f"{len(series) - 1} layers"), inputs)
+    return path
 
 
 # What a plotted epoch record must hold, each a number.
 _EPOCH_FIELDS = ("train_loss", "val_loss", "train_top1", "val_top1", "val_top5", "lr")
 
 
-def read_epoch_log(path, count_skipped=False, steps=None):
+def read_epoch_log(path, count_skipped=False, steps=None, grads=None):
     """The epoch records of a log.jsonl, one per epoch: a resumed run may have logged an epoch
     twice (once before a crash), and the later record is the one its checkpoints continue from.
 
     Lines that are not usable epoch records are skipped: a line cut short by a crash, a record
     with a field missing or not a number, anything written by someone else. Other record types
-    (step, checkpoint) are not skipped, just not epochs; given a list `steps`, the step records are
-    appended to it, in file order. With count_skipped, returns (records, number of unusable lines)."""
+    (step, grads, checkpoint) are not skipped, just not epochs; given a list `steps` (`grads`), the step
+    (gradient statistics) records are appended to it, in file order. With count_skipped, returns
+    (records, number of unusable lines)."""
     by_epoch, skipped = {}, 0
     with open(path, errors="replace") as f:
         for line in f:
@@ -320,6 +347,8 @@ def read_epoch_log(path, count_skipped=False, steps=None):
                     skipped += 1
             elif rec["type"] == "step" and steps is not None:
                 steps.append(rec)
+            elif rec["type"] == "grads" and grads is not None:
+                grads.append(rec)
     records = [by_epoch[e] for e in sorted(by_epoch)]
     return (records, skipped) if count_skipped else records
 

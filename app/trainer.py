@@ -126,8 +126,9 @@ class Trainer:
                 # A deliberate change (e.g. after a divergence): the resumed run is no longer
                 # bit-identical to the original, which is the point.
                 self.optimizer.lr = float(lr_override)
-        self.criterion = SoftmaxCrossEntropy()
+        self.criterion = SoftmaxCrossEntropy() if not config.layers_from else self.model.criterion()
         self._run_step = step_runner(self._eager_step, config, self.strategy, self.model, self.log)
+        self.watch = self._gradient_watch()
         self.stall = StallWatch(self.model.num_classes, config.init, lambda msg: self.log(msg))
         # on the GPU the loss is read every --log-every steps, not after each step (no host sync)
         self.read_every_step = config.device == "cpu"
@@ -179,6 +180,10 @@ class Trainer:
                                 dropout=cfg.dropout, dropout_variant=cfg.dropout_variant, **cfg.model_options())
         except ValueError as e:      # options that build no network, e.g. a pool window larger than its input
             raise UserError(f"cannot build {cfg.model} with these options: {e}") from None
+        if cfg.layers_from:         # the learner's own passes (app/learner_network.py): their files run here
+            from alexnet.app.learner_network import LearnerNetwork
+
+            model = LearnerNetwork(model, cfg.layers_from, log=self.log)
         prep = Preprocessing(self.dataset.mean, cfg.input_scale, model.resize_size, model.input_size)
         return model, prep.for_side(self.dataset.image_side)
 
@@ -198,7 +203,7 @@ class Trainer:
         self.log(f"fine-tuning from {cfg.init_from}: {len(loaded)} layers loaded"
                  + (f", {replaced} new for {len(classes)} classes" if replaced else "")
                  + (f", frozen: {', '.join(frozen)}" if frozen else ""))
-        return finetune.learning_rate_multipliers(loaded, frozen, cfg.pretrained_lr_mult)
+        return finetune.learning_rate_multipliers(loaded, frozen, cfg.pretrained_lr_mult, replaced)
 
     def _restore(self, path, arrays, meta):
         """Continue from a checkpoint: its weights, position, statistics and training mean; returns
@@ -227,6 +232,14 @@ class Trainer:
             return optimizer, MilestoneSchedule(optimizer, cfg.lr_drops)
         return optimizer, PlateauSchedule(optimizer, factor=0.1, patience=cfg.patience, max_drops=cfg.max_drops)
 
+    def _gradient_watch(self):
+        """Per-layer gradient statistics at every step record, and TensorBoard (app/grad_stats.py)."""
+        from alexnet.app.grad_stats import GradientWatch
+        from alexnet.app.tensorboard_log import TensorBoardLog
+
+        board = TensorBoardLog(self.run_dir, self.strategy.lead) if self.config.tensorboard else None
+        return GradientWatch(self.model, self.optimizer, self.files.append_log, self.strategy.model_sums, board)
+
     @property
     def step(self):
         return self.position.step
@@ -247,6 +260,7 @@ class Trainer:
                         if newest else "; no checkpoint was written"))
             return 128 + e.signum
         finally:
+            self.watch.close()
             workspace.release()        # the pooled arrays of the training steps go back to the system
 
     def _run(self, signals):
@@ -331,13 +345,18 @@ class Trainer:
             bar.set_postfix_str(self.stats.bar_text(), refresh=False)
         bar.update(1)
         if log_now:
-            self.files.append_log({"type": "step", "epoch": pos.epoch + 1, "batch": pos.batch, "step": pos.step,
-                                   "lr": self.optimizer.lr, **self.stats.recent_means()})
+            self._log_record({"type": "step", "epoch": pos.epoch + 1, "batch": pos.batch, "step": pos.step,
+                              "lr": self.optimizer.lr, **self.stats.recent_means()})
         if signals.requested or stop_now:
             return self._stop_mid_epoch(signals, num_batches)
         if save_now:
             self._save_mid_epoch(f"--save-every {cfg.save_every}")
         return None
+
+    def _log_record(self, record):
+        """A record for log.jsonl, seen by the gradient watch, which adds its own at step records."""
+        self.files.append_log(record)
+        self.watch.saw(record)
 
     def _check_loss(self, loss):
         if not math.isfinite(loss):
@@ -398,7 +417,7 @@ class Trainer:
         # The record goes first: should the checkpoint then fail (a full disk), the resumed run
         # redoes this epoch and logs it again, and readers keep an epoch's last record. The other
         # order would leave a checkpoint whose epoch the log never mentions.
-        self.files.append_log(record)
+        self._log_record(record)
         self._save(is_best=is_best, val=val)
         self.log(f"epoch {pos.epoch}/{cfg.epochs}: train loss {record['train_loss']:.4f} top-1 "
                  f"{100 * record['train_top1']:.1f}% | val loss {val['loss']:.4f} top-1 {100 * val['top1']:.1f}% "

@@ -42,6 +42,7 @@ from alexnet.app.errors import UserError
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)        # RGB in [0, 1], torchvision's ImageNet models
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)   # ilsvrc_2012_mean's channel means
+MAX_CLASS_NAMES_BYTES = 16 << 20      # --classes: ImageNet's 1000 names are 20 KB
 
 # torchvision.models.AlexNet's modules (features.N / classifier.N) -> our layer names
 TORCHVISION_LAYERS = {"conv1": "features.0", "conv2": "features.3", "conv3": "features.6", "conv4": "features.8",
@@ -59,11 +60,28 @@ Imported = namedtuple("Imported", "arch num_classes input_size resize_size optio
 @lru_cache(maxsize=2)
 def _target(arch, num_classes):
     """The model an import fills, built once per architecture and class count: only its shapes and
-    layer settings are read (building and initialising 61M parameters takes seconds; the tests
-    import the same architecture several times)."""
+    layer settings are read, so its weights stay untouched zeros. Built only once the file's
+    arrays have the architecture's shapes for that class count (_class_count): a count the
+    file declares must not decide what is allocated before it is checked."""
     from alexnet.models.registry import build_model
 
-    return build_model(arch, num_classes)
+    return build_model(arch, num_classes, init=None)
+
+
+def _class_count(arch, shape, source):
+    """The number of classes a file's last weight array of `shape` (named `source`) gives network
+    `arch`, checked against the architecture before any model of that many classes is made: at
+    least 2, and the array (classes, in) with the architecture's `in`. Returns (the count, the
+    parameter shapes of `arch` with it)."""
+    from alexnet.models.registry import parameter_shapes
+
+    count = int(shape[0]) if len(shape) == 2 else 0
+    shapes = parameter_shapes(arch, max(count, 2))
+    last = list(shapes)[-2]                       # the last layer's weight (then its bias)
+    if count < 2 or tuple(shape) != shapes[last]:
+        raise UserError(f"not {arch}'s network: {source} has shape {tuple(shape)}, {arch}'s {last} "
+                        f"needs (classes >= 2, {shapes[last][1]})")
+    return count, shapes
 
 
 def _imported(model, weights, mean, notes):
@@ -84,15 +102,21 @@ def imagenet_classes():
     return names
 
 
-def class_names(num_classes, path=None):
-    """Names for the checkpoint's meta: from `path` (one per line), else ImageNet's for 1000
-    classes, else their numbers."""
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                names = [line.strip() for line in f if line.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read class names from {path}: {getattr(e, 'strerror', None) or e}") from None
+def read_class_names(path):
+    """The class names in text file `path`, one per line (blank lines skipped), read with a size cap."""
+    from alexnet.app.files import read_capped
+
+    try:
+        return [line.strip() for line in read_capped(path, MAX_CLASS_NAMES_BYTES, "class names file")
+                .decode("utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise UserError(f"cannot read class names from {path}: {e}") from None
+
+
+def class_names(num_classes, names=None, path=None):
+    """Names for the checkpoint's meta: `names` (read from `path`: read_class_names), else
+    ImageNet's for 1000 classes, else their numbers."""
+    if names is not None:
         if len(names) != num_classes:
             raise UserError(f"{path} names {len(names)} classes, the model has {num_classes}")
         return names
@@ -136,11 +160,7 @@ def from_torchvision(state):
     missing, extra = sorted(set(wanted) - set(state)), sorted(set(state) - set(wanted))
     if missing or extra:
         raise UserError(f"not torchvision's AlexNet: missing {missing[:3]}, unexpected {extra[:3]}")
-    fc8 = state["classifier.6.weight"]
-    if fc8.ndim != 2 or fc8.shape[0] < 2:
-        raise UserError(f"not torchvision's AlexNet: classifier.6.weight has shape {fc8.shape}")
-    model = _target("alexnet-tv", int(fc8.shape[0]))
-    own = {full: layer.params[key].shape for full, layer, key in model.named_parameters()}
+    count, own = _class_count("alexnet-tv", state["classifier.6.weight"].shape, "classifier.6.weight")
     weights = {}
     for key, name in wanted.items():
         a = state[key]
@@ -148,6 +168,7 @@ def from_torchvision(state):
             raise UserError(f"not torchvision's AlexNet: {key} has shape {a.shape}, alexnet-tv's {name} "
                             f"needs {own[name]}")
         weights[name] = a.astype(_source_dtype(a), copy=False)
+    model = _target("alexnet-tv", count)
     # x_tv = x_ours / (255 std): divide conv1's weights per input channel (in float64, rounded once)
     scale = 255.0 * np.asarray(TORCHVISION_STD)
     W = weights["conv1.W"]
@@ -306,7 +327,11 @@ def from_caffe(layers, mean_image=None):
     from alexnet.layers import LRN, Conv2d, Dense, MaxPool2d
 
     net = _paper_layers(layers)
-    model = _target("alexnet", int(net[-1].blobs[0].shape[-2]))
+    shape = net[-1].blobs[0].shape
+    if all(d == 1 for d in shape[:-2]):
+        shape = shape[-2:]                       # a legacy blob's leading 1s (1x1xOUTxIN)
+    count, _ = _class_count("alexnet", shape, f"Caffe layer {net[-1].name}'s weights")
+    model = _target("alexnet", count)
     pairs = list(zip(net, [layer for layer in model.layers if isinstance(layer, (Conv2d, LRN, MaxPool2d, Dense))]))
     weights = {}
     # the weights' shapes first: a net of another shape (one tower, other widths) is told as such

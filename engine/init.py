@@ -17,7 +17,11 @@ _BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
 
 def init_weights(model, preset="paper", seed=0):
-    """Fill every W and b of `model` in place; deterministic given `seed`."""
+    """Fill every W and b of `model` in place; deterministic given `seed`. `preset` None leaves the
+    zeros the layers were made with, for a model whose weights a checkpoint is about to fill (the
+    zeros are never touched, so they cost no memory and no time)."""
+    if preset is None:
+        return
     if preset not in PRESETS:
         raise ValueError(f"unknown init preset {preset!r}: expected one of {', '.join(PRESETS)}")
     rng = np.random.default_rng(seed)

@@ -8,8 +8,8 @@ This is NOT PyTorch's SGD, which keeps buf <- m buf + (g + wd w) and steps w <- 
 agree while lr is constant (v = -lr buf), but differ when lr changes: here the velocity keeps the
 old learning rate's steps and only new gradients see the new rate; in PyTorch the whole buffer is
 rescaled by the new rate at once. So after the paper's "divide by 10", the weights here keep
-travelling with the old velocity (with momentum 0.9, about 10 more of the old steps: 0.9 + 0.81 +
-... = 9), while each new gradient pulls back with a tenth of its old force.
+travelling with the old velocity (with momentum m = 0.9, about 9 more of the old steps:
+0.9 + 0.81 + ... = m / (1 - m) = 9), while each new gradient pulls back with a tenth of its old force.
 `SGD(..., rescale_velocity=True)` multiplies v by new_lr / old_lr whenever the learning rate changes,
 which is exactly PyTorch's behaviour (v = -lr buf at every step); the default is the paper's rule.
 

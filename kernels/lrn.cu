@@ -1,6 +1,6 @@
 // LRN across channels (paper section 3.3), alpha NOT divided by the window size:
 //
-//   s_c = k + alpha * sum_{j in win(c)} a_j^2,   win(c) = max(0, c - n/2) .. min(C-1, c + n/2)
+//   s_c = k + alpha * sum_{j in win(c)} a_j^2,   win(c) = max(0, c - size/2) .. min(C-1, c + size/2)
 //   b_c = a_c * s_c^-beta
 //   dx_c = dout_c * s_c^-beta - 2 alpha beta a_c * sum_{j in win(c)} dout_j b_j / s_j
 //

@@ -3,27 +3,36 @@
 Paper: section 3 (architecture) and Figure 2. AlexNet's conv2, conv4 and conv5 only see the
 kernel maps of the same GPU: that is `groups=2` (two towers); `groups=1` is the one-tower net.
 
-Forward, for group g, output channel o in g, position (i, j):
+Forward, for output channel o, position (i, j):
 
-    out[n, o, i, j] = b[o] + sum_{c in g} sum_{p, q} W[o, c - c0(g), p, q] * xpad[n, c, S*i + p, S*j + q]
+    out[n, o, i, j] = b[o] + sum_{c < Cg} sum_{p, q < K} W[o, c, p, q] * xpad[n, c0(g) + c, S*i + p, S*j + q]
 
 with xpad the input zero-padded by P on each side, S the stride, K the kernel size, and
-OH = (H + 2P - K) // S + 1 (likewise OW).
+OH = (H + 2P - K) // S + 1 (likewise OW). Groups: the C input channels form `groups` groups of
+Cg = C // groups, the O output channels groups of Og = O // groups; output o belongs to group
+g = o // Og, which reads input channels c0(g) .. c0(g) + Cg - 1, with c0(g) = g * Cg. So c is the
+channel inside the group (W's second axis) and c0(g) + c the input's own channel.
 
 Backward, with dout the gradient of the output:
 
-    db[o]              = sum_{n,i,j} dout[n, o, i, j]
-    dW[o, c, p, q]     = sum_{n,i,j} dout[n, o, i, j] * xpad[n, c0(g) + c, S*i + p, S*j + q]
-    dxpad[n, c, h, w]  = sum over every (o in c's group, i, j, p, q) with S*i + p = h, S*j + q = w
-                         of dout[n, o, i, j] * W[o, c - c0(g), p, q];   dx = dxpad without the padding
+    db[o]                     = sum_{n,i,j} dout[n, o, i, j]
+    dW[o, c, p, q]            = sum_{n,i,j} dout[n, o, i, j] * xpad[n, c0(g) + c, S*i + p, S*j + q]
+    dxpad[n, c0(g) + c, h, w] = sum over every (o in g, i, j, p, q) with S*i + p = h, S*j + q = w
+                                of dout[n, o, i, j] * W[o, c, p, q];   dx = dxpad without the padding
+
+The last sum is itself a convolution: of dout, spread out by the stride (S - 1 zeros between
+entries) and padded by K - 1, with the kernel flipped (W[o, c, K-1-p, K-1-q]) and its two channel
+axes swapped (docs/backprop.md derives it; layers/reference.py conv_backward_as_convolution
+computes dx that way).
 
 Shapes: x (N, C, H, W), W (O, C // groups, K, K), b (O,), out (N, O, OH, OW).
-Reference loops: layers/reference.py conv_forward / conv_backward.
+Reference loops: layers/reference.py conv_forward / conv_backward / conv_backward_as_convolution.
 
-How it is computed. The CPU path has two algorithms behind one interface, each in its own module
-with its own derivation: im2col (layers/conv_im2col.py: patches copied into a matrix, one GEMM per
-group) and Winograd F(2x2, 3x3) (layers/conv_winograd.py: 3x3 stride-1 kernels, about half the
-multiplications). `algorithm="auto"` takes Winograd where it applies (AlexNet's conv3-5) and
+How it is computed fast. The loops of layers/reference.py compute the sums above as written; the
+CPU path computes the same numbers with one of two optimisations behind one interface, each in
+its own module with its own derivation: im2col (layers/conv_im2col.py: patches copied into a
+matrix, one GEMM per group) and Winograd F(2x2, 3x3) (layers/conv_winograd.py: 3x3 stride-1
+kernels, about half the multiplications). `algorithm="auto"` takes Winograd where it applies (AlexNet's conv3-5) and
 im2col elsewhere (conv1, conv2); `alexnet summary` says which each layer uses and why. The batch
 is cut into chunks of up to 8 samples run on every core (engine/threads.py).
 The GPU path is im2col for every layer: the im2col/col2im and bias kernels of kernels/conv.cu

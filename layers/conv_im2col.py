@@ -7,8 +7,12 @@ becomes one matrix product per group: out_g = W_g @ col_g, with
     col_g[(c, p, q), (n, i, j)] = xpad[n, c0(g) + c, S*i + p, S*j + q]        (Cg*K*K, n*OH*OW)
     W_g    = the group's filters as rows                                      (Og, Cg*K*K)
 
-Overlapping patches copy an input pixel up to (K/S)^2 times (conv2: 25 times), the price of
-handing all the arithmetic to one large GEMM that runs at the BLAS peak.
+in layers/conv.py's notation: group g reads input channels c0(g) = g * Cg onwards, c counts inside it.
+
+Overlapping patches copy an input pixel up to ceil(K/S)^2 times (each axis: the ceil(K/S) windows
+of stride S that a K-wide window overlaps; conv1, 11x11 stride 4: 9 times, conv2, 5x5 stride 1: 25),
+the price of handing all the arithmetic to one large GEMM that runs at the BLAS peak. That is an
+optimisation, not the math: the direct sum of layers/conv.py gives the same numbers.
 
 Backward, from the same product (dout_g reshaped to (Og, n*OH*OW)):
 
@@ -47,14 +51,14 @@ def why(conv):
 
 
 def prepare_weights(W, groups):
-    """W (O, Cg, K, K) as the rows of the per-group product: (G, Og, Cg*K*K), a view."""
+    """W (O, Cg, K, K) as the rows of the per-group product: (groups, Og, Cg*K*K), a view."""
     return W.reshape(groups, W.shape[0] // groups, -1)
 
 
 def forward_chunk(conv, x, Wg, out):
-    """x (n, C, H, W) -> out (n, O, OH, OW) written in place; returns col (G, Cg*K*K, n*OH*OW)."""
+    """x (n, C, H, W) -> out (n, O, OH, OW) written in place; returns col (groups, Cg*K*K, n*OH*OW)."""
     (n, C, H, W), (O, OH, OW) = x.shape, out.shape[1:]
-    K, S, P, G = conv.kernel_size, conv.stride, conv.padding, conv.groups
+    K, S, P, groups = conv.kernel_size, conv.stride, conv.padding, conv.groups
     # channel-major padded copy: rows of the patch matrix then come out in (c, p, q) order
     if P:
         xc = workspace.zeros((C, n, H + 2 * P, W + 2 * P), x.dtype)  # (C, n, Hp, Wp)
@@ -64,9 +68,9 @@ def forward_chunk(conv, x, Wg, out):
         xc[...] = x.transpose(1, 0, 2, 3)
     sC, sN, sH, sW = xc.strides
     patches = as_strided(xc, (C, K, K, n, OH, OW), (sC, sH, sW, sN, sH * S, sW * S))
-    col = workspace.empty((G, (C // G) * K * K, n * OH * OW), x.dtype)  # (G, Cg*K*K, n*OH*OW)
+    col = workspace.empty((groups, (C // groups) * K * K, n * OH * OW), x.dtype)  # (groups, Cg*K*K, n*OH*OW)
     col.reshape(patches.shape)[...] = patches                    # im2col: one copy
-    prod = np.matmul(Wg, col, out=workspace.empty((G, O // G, n * OH * OW), x.dtype))
+    prod = np.matmul(Wg, col, out=workspace.empty((groups, O // groups, n * OH * OW), x.dtype))
     prod = prod.reshape(O, n, OH, OW)                            # (O, n, OH, OW)
     np.add(prod.transpose(1, 0, 2, 3), conv.params["b"][:, None, None], out=out)
     return col
@@ -76,16 +80,16 @@ def backward_chunk(conv, dout, col, Wg, x_shape, dx):
     """dout (n, O, OH, OW) and the forward's col -> (dW, db) of these samples; dx (n, C, H, W) is
     written in place unless it is None."""
     (n, O, OH, OW), (_, C, H, W) = dout.shape, x_shape
-    K, S, P, G = conv.kernel_size, conv.stride, conv.padding, conv.groups
+    K, S, P, groups = conv.kernel_size, conv.stride, conv.padding, conv.groups
     dout_g = workspace.empty((O, n, OH, OW), dout.dtype)
     dout_g[...] = dout.transpose(1, 0, 2, 3)
-    dout_g = dout_g.reshape(G, O // G, -1)                          # (G, Og, n*OH*OW)
+    dout_g = dout_g.reshape(groups, O // groups, -1)                # (groups, Og, n*OH*OW)
     db = dout_g.sum(axis=2).reshape(O)
-    dW = np.matmul(dout_g, col.transpose(0, 2, 1))                  # (G, Og, Cg*K*K)
-    dW = dW.reshape(O, C // G, K, K)
+    dW = np.matmul(dout_g, col.transpose(0, 2, 1))                  # (groups, Og, Cg*K*K)
+    dW = dW.reshape(O, C // groups, K, K)
     if dx is None:
         return dW, db
-    dcol = np.matmul(Wg.transpose(0, 2, 1), dout_g, out=workspace.empty(col.shape, dout.dtype))  # (G, Cg*K*K, n*OH*OW)
+    dcol = np.matmul(Wg.transpose(0, 2, 1), dout_g, out=workspace.empty(col.shape, dout.dtype))  # (groups, Cg*K*K, n*OH*OW)
     dcol = dcol.reshape(C, K, K, n, OH, OW)
     # col2im: one strided add per kernel offset (K*K of them), never a loop over pixels;
     # done a few channels at a time so the block of dxc being added to stays in cache (~1 MB)

@@ -30,7 +30,8 @@ Backward. The forward is a chain of linear maps, so the backward is their transp
     dU[xi] = dM[xi] @ V[xi]^T  ->  dW = Gk^T applied to dU      (V is cached by the forward)
     dV[xi] = U[xi]^T @ dM[xi]  ->  dD = Bk^T @ dV, and each 4x4 tile gradient is added back to
     the input pixels it was cut from (tiles overlap by 2 pixels: overlapping tiles add up).
-Groups are a batch axis of the products: U[xi] is (G, O/G, C/G), V[xi] is (G, C/G, T).
+Groups are a batch axis of the products: U[xi] is (groups, O/groups, C/groups), V[xi] is
+(groups, C/groups, T). (G is the filter transform above, never the number of groups.)
 
 Layouts (per batch chunk of n samples): the padded input xc is channel-major (C, n, Hp, Wp), as
 in im2col; tiles are ordered (n, tile row, tile column), so T = n * TH * TW.
@@ -78,7 +79,7 @@ def forward_chunk(conv, x, U, out):
     per forward, shared by the chunks); returns V (16, C * T) for the backward."""
     n, C, H, Wd = x.shape
     O, OH, OW = out.shape[1:]
-    P, G, b = conv.padding, conv.groups, conv.params["b"]
+    P, groups, b = conv.padding, conv.groups, conv.params["b"]
     Bk, _, Ak = matrices(x.dtype)
     TH, TW = tiles(OH, OW)
     T = n * TH * TW
@@ -91,8 +92,8 @@ def forward_chunk(conv, x, U, out):
     D.reshape(4, 4, C, n, TH, TW)[...] = as_strided(xc, (4, 4, C, n, TH, TW),
                                                      (sH, sW, sC, sN, 2 * sH, 2 * sW))
     V = np.matmul(Bk, D, out=workspace.empty((16, C * T), x.dtype))            # B^T d B, flat
-    M = np.matmul(U, V.reshape(16, G, C // G, T),
-                  out=workspace.empty((16, G, O // G, T), x.dtype))           # 16 products
+    M = np.matmul(U, V.reshape(16, groups, C // groups, T),
+                  out=workspace.empty((16, groups, O // groups, T), x.dtype))  # 16 products
     Y = np.matmul(Ak, M.reshape(16, O * T), out=workspace.empty((4, O * T), x.dtype))
     # Y[u, v, o, (n, a, b)] is output pixel (2a + u, 2b + v): interleave the tiles, crop, add bias
     full = workspace.empty((n, O, TH, 2, TW, 2), x.dtype)
@@ -102,7 +103,7 @@ def forward_chunk(conv, x, U, out):
 
 
 def prepare_weights(W, groups):
-    """U[xi, g, o, c] = (G w G^T)[xi] for the 3x3 filter w = W[g * Og + o, c]: (16, G, Og, Cg)."""
+    """U[xi, g, o, c] = (G w G^T)[xi] for the 3x3 filter w = W[g * Og + o, c]: (16, groups, Og, Cg)."""
     O, Cg = W.shape[:2]
     Gk = matrices(W.dtype)[1]
     U = (W.reshape(O * Cg, 9) @ Gk.T).T                                        # (16, O * Cg)
@@ -114,8 +115,8 @@ def backward_chunk(conv, dout, V, U, x_shape, dx):
     written in place unless it is None."""
     n, O, OH, OW = dout.shape
     _, C, H, Wd = x_shape
-    P, G = conv.padding, conv.groups
-    Cg, Og = C // G, O // G
+    P, groups = conv.padding, conv.groups
+    Cg, Og = C // groups, O // groups
     Bk, Gk, Ak = matrices(dout.dtype)
     TH, TW = tiles(OH, OW)
     T = n * TH * TW
@@ -126,13 +127,13 @@ def backward_chunk(conv, dout, V, U, x_shape, dx):
     dY = workspace.empty((2, 2, O, n, TH, TW), dout.dtype)
     dY[...] = dpad.reshape(n, O, TH, 2, TW, 2).transpose(3, 5, 1, 0, 2, 4)
     dM = np.matmul(Ak.T, dY.reshape(4, O * T), out=workspace.empty((16, O * T), dout.dtype))
-    dM = dM.reshape(16, G, Og, T)
-    Vg = V.reshape(16, G, Cg, T)
-    dU = np.matmul(dM, Vg.transpose(0, 1, 3, 2))                               # (16, G, Og, Cg)
+    dM = dM.reshape(16, groups, Og, T)
+    Vg = V.reshape(16, groups, Cg, T)
+    dU = np.matmul(dM, Vg.transpose(0, 1, 3, 2))                               # (16, groups, Og, Cg)
     dW = (dU.reshape(16, O * Cg).T @ Gk).reshape(O, Cg, 3, 3)                  # G^T dU G
     if dx is None:
         return dW, db
-    dV = np.matmul(U.transpose(0, 1, 3, 2), dM, out=workspace.empty((16, G, Cg, T), dout.dtype))
+    dV = np.matmul(U.transpose(0, 1, 3, 2), dM, out=workspace.empty((16, groups, Cg, T), dout.dtype))
     dD = np.matmul(Bk.T, dV.reshape(16, C * T), out=workspace.empty((16, C * T), dout.dtype))
     # add every 4x4 tile gradient back where the tile was cut: entry (u, v) of tile (a, b) came
     # from input pixel (2a + u, 2b + v). One strided add per (u, v), each over all tiles at once;

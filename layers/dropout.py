@@ -140,10 +140,11 @@ class Dropout(Layer):
         `units` per sample (None: as many as the input has)."""
         self.placement = (int(first_sample), int(first_unit), None if units is None else int(units))
 
-    def _layout(self, x):
-        """(base, width, stride) of x's elements among the whole tensor's units; None when x is it."""
+    def _layout(self, shape):
+        """(base, width, stride) of the elements of an input of `shape` among the whole tensor's
+        units; None when the input is it."""
         first_sample, first_unit, units = self.placement
-        width = x.size // x.shape[0]
+        width = int(np.prod(shape[1:]))
         stride = width if units is None else units
         if first_sample == 0 and first_unit == 0 and stride == width:
             return None
@@ -152,8 +153,15 @@ class Dropout(Layer):
     def _cache_for(self, x, train):
         """(what the forward computes): DropoutCache(step or None, scale, layout)."""
         if train and self.p > 0:
-            return DropoutCache(self._next_step(), self.train_scale, self._layout(x))
+            return DropoutCache(self._next_step(), self.train_scale, self._layout(x.shape))
         return DropoutCache(None, self.test_scale if not train else 1.0)
+
+    def next_mask(self, shape):
+        """The keep mask (bool, `shape`) that the next training forward of an input of `shape`
+        would draw; the counter moves on as that forward would move it. For passes written
+        outside the layer (app/learner_passes.py) that must drop the units the engine drops."""
+        step = self._next_step()
+        return keep_mask(self.seed, step, int(np.prod(shape)), self.p, layout=self._layout(shape)).reshape(shape)
 
     # ---- NumPy -----------------------------------------------------------------------------------
     def forward_numpy(self, x, train):

@@ -1,11 +1,13 @@
 """LRN: local response normalization across channels ("brightness normalization").
 
-Paper: section 3.3, after the ReLUs of conv1 and conv2, with k = 2, n = 5, alpha = 1e-4, beta = 0.75.
+Paper: section 3.3, after the ReLUs of conv1 and conv2, with k = 2, n = 5 (the window, `size` here),
+alpha = 1e-4, beta = 0.75.
 
-Forward, with a_c the input at channel c (same n, h, w) and the window clipped to the channels:
+Forward, with a_c the input at channel c (same sample, h, w) and a window of `size` channels (the
+paper's n) clipped to the channels:
 
-    S_c   = sum_{j in win(c)} a_j^2,        win(c) = max(0, c - n//2) .. min(C-1, c + n//2)
-    s_c   = k + alpha * S_c                 (alpha is NOT divided by n, as in the paper)
+    S_c   = sum_{j in win(c)} a_j^2,        win(c) = max(0, c - size//2) .. min(C-1, c + size//2)
+    s_c   = k + alpha * S_c                 (alpha is NOT divided by size, as in the paper)
     b_c   = a_c * s_c^(-beta)
 
 Backward. b_j depends on a_c directly (j = c) and through s_j for every j whose window holds c;
@@ -16,9 +18,9 @@ the window is symmetric, so "j whose window holds c" is again win(c):
 
 (using a_j s_j^(-beta-1) = b_j / s_j). Both passes are one window sum over channels each.
 
-Conventions elsewhere: PyTorch `F.local_response_norm(x, n, alpha * n, beta, k)` (it divides alpha
-by n); Caffe `alpha_caffe = alpha * n` (and Caffe's k defaults to 1); cuda-convnet
-`scale = alpha * n`, `minDiv = k`.
+Conventions elsewhere: PyTorch `F.local_response_norm(x, size, alpha * size, beta, k)` (it divides
+alpha by size); Caffe `alpha_caffe = alpha * size` (and Caffe's k defaults to 1); cuda-convnet
+`scale = alpha * size`, `minDiv = k`.
 
 Range: in float32, a_j^2 overflows beyond |a| ~ 1.8e19; s is then inf and b_c falls to 0 (float64
 gives ~1e-8 there), on both paths. An infinite a_c makes b_c NaN (inf * 0), as in float64. With an

@@ -11,6 +11,7 @@ returns NumPy arrays and keeps nothing between calls; a backward takes what its 
 
     conv_forward(x, W, b, stride, padding, groups) -> out
     conv_backward(x, W, dout, stride, padding, groups) -> dx, dW, db
+    conv_backward_as_convolution(x, W, dout, stride, padding, groups) -> dx   (the flipped kernel)
     relu_forward(x) -> out                     relu_backward(x, dout) -> dx
     tanh_forward(x) -> out                     tanh_backward(x, dout) -> dx
     lrn_forward(x, size, alpha, beta, k)       lrn_backward(x, dout, size, alpha, beta, k) -> dx
@@ -39,7 +40,8 @@ def _padded(x, P):
 
 
 def conv_forward(x, W, b, stride=1, padding=0, groups=1):
-    """out[n, o, i, j] = b[o] + sum_{c in g} sum_{p, q} W[o, c - c0(g), p, q] xpad[n, c, S i + p, S j + q]"""
+    """out[n, o, i, j] = b[o] + sum_{c < Cg} sum_{p, q} W[o, c, p, q] xpad[n, c0(g) + c, S i + p, S j + q]
+    for output o of group g = o // Og, whose input channels start at c0(g) = g Cg"""
     N, C, H, Wd = x.shape
     O, Cg, K, _ = W.shape
     S, P = stride, padding
@@ -63,8 +65,8 @@ def conv_forward(x, W, b, stride=1, padding=0, groups=1):
 
 def conv_backward(x, W, dout, stride=1, padding=0, groups=1):
     """db[o] = sum_{n,i,j} dout[n, o, i, j]
-    dW[o, c, p, q] = sum_{n,i,j} dout[n, o, i, j] xpad[n, c0 + c, S i + p, S j + q]
-    dxpad[n, c0 + c, S i + p, S j + q] += dout[n, o, i, j] W[o, c, p, q]   (every o, i, j, p, q)"""
+    dW[o, c, p, q] = sum_{n,i,j} dout[n, o, i, j] xpad[n, c0(g) + c, S i + p, S j + q]
+    dxpad[n, c0(g) + c, S i + p, S j + q] += dout[n, o, i, j] W[o, c, p, q]   (every o, i, j, p, q)"""
     N, C, H, Wd = x.shape
     O, Cg, K, _ = W.shape
     S, P = stride, padding
@@ -92,6 +94,31 @@ def conv_backward(x, W, dout, stride=1, padding=0, groups=1):
                 for w in range(Wd):
                     dx[n, c, h, w] = dxpad[n, c, h + P, w + P]   # the padding's gradient is dropped
     return dx, dW, db
+
+
+def conv_backward_as_convolution(x, W, dout, stride=1, padding=0, groups=1):
+    """dx computed as a convolution (docs/backprop.md): dout spread out by the stride (S - 1 zeros
+    between entries) and padded by K - 1, convolved at stride 1 by conv_forward with the kernel
+    flipped and its channel axes swapped, Wt[c0(g) + c, o - g Og, p, q] = W[o, c, K-1-p, K-1-q];
+    that is dxpad, and dx is dxpad without the padding. Only dx: dW and db are conv_backward's."""
+    N, C, H, Wd = x.shape
+    O, Cg, K, _ = W.shape
+    S, P = stride, padding
+    _, _, OH, OW = dout.shape
+    Og = O // groups
+    spread = np.zeros((N, O, (OH - 1) * S + 2 * K - 1, (OW - 1) * S + 2 * K - 1), dout.dtype)
+    for n, o, i, j in np.ndindex(dout.shape):
+        spread[n, o, K - 1 + S * i, K - 1 + S * j] = dout[n, o, i, j]
+    Wt = np.zeros((C, Og, K, K), W.dtype)
+    for o, c, p, q in np.ndindex(W.shape):
+        g = o // Og
+        Wt[g * Cg + c, o - g * Og, p, q] = W[o, c, K - 1 - p, K - 1 - q]
+    dxpad = conv_forward(spread, Wt, np.zeros(C, W.dtype), 1, 0, groups)    # ((OH-1) S + K) rows
+    dx = np.zeros_like(x)
+    for n, c, h, w in np.ndindex(x.shape):
+        if h + P < dxpad.shape[2] and w + P < dxpad.shape[3]:   # rows and columns no window reached: 0
+            dx[n, c, h, w] = dxpad[n, c, h + P, w + P]
+    return dx
 
 
 # ---- ReLU (layers/relu.py) ------------------------------------------------------------------------
@@ -134,7 +161,7 @@ def _window(c, C, size):
 
 
 def _lrn_scale(x, n, c, h, w, size, alpha, k):
-    """s_c = k + alpha sum_{j in win(c)} a_j^2"""
+    """s_c = k + alpha sum_{j in win(c)} a_j^2,  win(c) = max(0, c - size//2) .. min(C-1, c + size//2)"""
     C = x.shape[1]
     return k + alpha * sum(x[n, j, h, w] ** 2 for j in _window(c, C, size))
 

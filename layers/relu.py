@@ -10,12 +10,14 @@ so a NaN or infinite dout stays NaN where the unit is off (PyTorch selects 0 the
 hidden from the loss or the gradients (docs/conventions.md, edge values).
 
 Shapes: any; out and dx have the shape of x.
-Cached: `out` (out > 0 exactly where x > 0), which the next layer keeps alive anyway, so the cache
-costs no extra memory.
+Cached: `out` (out > 0 exactly where x > 0). Where the next layer caches its input as it is (LRN:
+relu1 and relu2 of AlexNet), this is the same array and costs nothing more; elsewhere (relu3-relu5
+before a Winograd convolution, which keeps transformed tiles, and relu6-relu7 before dropout) it is
+one more array of the output's size, kept for a backward that reads only its sign.
 Reference loops: layers/reference.py relu_forward / relu_backward. GPU: kernels/relu.cu, or, right
 after a Conv2d or Dense in a Sequential, that layer's bias kernels (engine/layer.py, absorb): the
 ReLU's CUDA path then hands its input on as its output and its gradient on as dx, because both
-were already rectified and masked by the layer before it.
+were already rectified and masked by the layer before it (the layer caches that output itself).
 """
 import numpy as np
 

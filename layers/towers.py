@@ -16,7 +16,7 @@ convolutional layer are connected to all kernel maps in the second layer").
 
 TowerLRN: LRN's window runs across channels, over the towers' boundary too: the single-process
 AlexNet normalizes channel 47 of conv1 with channels 45..49, two of which tower 1 holds. Tower g
-therefore borrows the n//2 channels of the other tower next to its own (the halo), normalizes its
+therefore borrows the size//2 channels of the other tower next to its own (the halo), normalizes its
 channels plus the halo with an ordinary LRN and keeps its own channels of the result: the same
 numbers as the single-process layer. Backward: the halo's copies feed the other tower's channels,
 so their gradient is sent home and added there.

@@ -40,9 +40,24 @@ def sizes(name):
 
 
 def build_model(name, num_classes, init="paper", seed=0, dropout=0.5, dropout_variant="inverted", **options):
-    """Model `name` for `num_classes` classes; `options` are its architecture options."""
+    """Model `name` for `num_classes` classes; `options` are its architecture options; `init` None
+    leaves the weights zero (engine/init.py), for a model about to be loaded."""
     build, _, _ = _entry(name)
     check_options(name, options)
     if name == "convnet4":          # no dropout layers: the network of the figure has none
         return build(num_classes, init=init, seed=seed, **options)
     return build(num_classes, init=init, seed=seed, dropout=dropout, dropout_variant=dropout_variant, **options)
+
+
+def parameter_shapes(name, num_classes, **options):
+    """{"conv1.W": shape, ...}: the shape of every parameter of model `name` with `num_classes`
+    classes, in the model's order, without building that model: a file's arrays are checked
+    against these before a model of its class count is made (a count a file declares must not
+    decide how much memory is taken before it is checked). The model built here has 2 classes
+    and untouched zeros, then its last layer's rows say `num_classes`."""
+    model = build_model(name, 2, init=None, **options)
+    shapes = {f"{layer.name}.{key}": tuple(p.shape) for layer in model.layers for key, p in layer.params.items()}
+    last = [layer.name for layer in model.layers if layer.params][-1]
+    for key in (f"{last}.W", f"{last}.b"):
+        shapes[key] = (num_classes,) + shapes[key][1:]
+    return shapes

@@ -9,10 +9,15 @@ Tests that need it differently say only what differs:
     small_argv(workers=0, log_every=None)                 the same as `alexnet train` flags
                                                           (None leaves a flag out)
 
+Files from strangers are tried in a child process with a memory and a time limit (run_limited), so
+that what a hostile file makes the program take shows as an error, never as this machine's memory.
+
 pytest puts this folder on sys.path (the test folder has no __init__.py), so a script the tests
 start, such as tests/mpi_worker.py, imports these helpers with `from conftest import ...`.
 """
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -69,6 +74,20 @@ def small_argv(**changes):
         else:
             argv += [flag, repr(value) if isinstance(value, float) else str(value)]
     return argv + ["--no-progress"]
+
+
+def run_limited(argv, memory_mb=1024, seconds=20):
+    """`alexnet ARGV` in a child process limited to `memory_mb` of address space (RLIMIT_AS, set
+    before anything is imported) and `seconds` of wall time (subprocess.TimeoutExpired past it).
+    Returns (exit status, stderr)."""
+    limit = memory_mb << 20
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (%d, %d)); "
+            "from alexnet.app.cli import main; sys.exit(main(sys.argv[1:]))" % (limit, limit))
+    # one BLAS thread: each would reserve address space of its own
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True,
+                          timeout=seconds, env=env)
+    return done.returncode, done.stderr
 
 
 @pytest.fixture

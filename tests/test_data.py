@@ -151,6 +151,19 @@ def test_float_tiff_is_scaled_or_refused_with_the_reason(tmp_path):
         data.decode_image(tmp_path / "nan.tif", 32)
 
 
+def test_int32_tiff_is_scaled_or_refused_with_the_reason(tmp_path):
+    ramp = (np.arange(32 * 32, dtype=np.int32).reshape(32, 32) * 1000)       # up to 1,023,000: beyond 16 bits
+    Image.fromarray(ramp).save(tmp_path / "i.tif")
+    assert Image.open(tmp_path / "i.tif").mode == "I"
+    out = data.decode_image(tmp_path / "i.tif", 32).astype(int)
+    assert np.abs(out[..., 0] - ramp * 255 // ramp.max()).max() <= 1 and out.max() == 255
+    # a signed image going below 0: no agreed grey for it (it decoded white: -1 as uint32 is 2^32 - 1)
+    Image.fromarray(ramp - 5000).save(tmp_path / "negative.tif")
+    assert Image.open(tmp_path / "negative.tif").mode == "I"
+    with pytest.raises(ValueError, match="32-bit integer image with negative values .down to -5000.: only 0 and up"):
+        data.decode_image(tmp_path / "negative.tif", 32)
+
+
 def test_large_images_decode_without_pillow_warning_up_to_its_error_limit(tmp_path, monkeypatch, recwarn):
     """Pillow's decompression-bomb guard, scaled down: a limit of 1000 pixels warns above 1000
     and refuses above 2000. The warning band decodes quietly; beyond it, the file is unreadable

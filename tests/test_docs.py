@@ -76,3 +76,63 @@ def test_quoted_multiply_adds_and_tolerance():
     quoted = set(re.findall(r"(\d+\.\d)M mult(?:iply)?-adds", all_docs_text()))
     assert "724.4" in quoted and quoted <= known, f"quoted {sorted(quoted)}, the models have {sorted(known)}"
     assert TOLERANCE == 1e-7 and "below 1e-7" in (ROOT / "docs" / "backprop.md").read_text()
+
+
+# ---- markdown that renders as written ------------------------------------------------------------
+FENCE_LINE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
+
+
+def fence_problems(text):
+    """What makes a markdown file's code blocks render other than as written: a line that starts a
+    fence inside an open block but carries text after it (CommonMark does not close a block there,
+    so the rest of the file renders as code), a fence indented inside a list or quote, a block left
+    open at the end."""
+    problems, open_at = [], None
+    for number, line in enumerate(text.splitlines(), 1):
+        m = FENCE_LINE.match(line)
+        if not m:
+            continue
+        indent, marks, rest = m.groups()
+        if indent:
+            problems.append(f"line {number}: an indented fence")
+        elif open_at is None:
+            open_at = number
+        elif rest.strip():
+            problems.append(f"line {number}: text after the fence that should close line {open_at}'s block")
+        else:
+            open_at = None
+    if open_at is not None:
+        problems.append(f"line {open_at}: a code block never closed")
+    return problems
+
+
+def test_every_code_block_of_the_docs_closes_where_it_should():
+    found = {p.name: fence_problems(p.read_text()) for p in DOCS}
+    assert {name: problems for name, problems in found.items() if problems} == {}
+
+
+def test_the_fence_check_sees_a_block_that_does_not_close():
+    """The check itself can fail: conventions.md once had "``` To train as the paper did" as the
+    closing line of a block, which left the rest of the file inside it."""
+    broken = "text\n```python\nprint(1)\n``` To train as the paper did\nmore\n"
+    assert fence_problems(broken) == ["line 4: text after the fence that should close line 2's block",
+                                      "line 2: a code block never closed"]
+    assert fence_problems("```bash run\nls\n```\n") == []
+
+
+# ---- one name, one meaning ----------------------------------------------------------------------
+def test_the_notation_keeps_one_meaning_per_symbol():
+    """The derivations' symbols: n is the sample index (the LRN window is `size`, never n//2 or n/2);
+    every text using c0(g) defines it; G is Winograd's filter transform, never the number of groups."""
+    texts = {p: p.read_text() for p in [ROOT / "layers" / "lrn.py", ROOT / "layers" / "reference.py",
+                                        ROOT / "kernels" / "lrn.cu", ROOT / "layers" / "towers.py",
+                                        ROOT / "layers" / "conv.py", ROOT / "layers" / "conv_im2col.py",
+                                        ROOT / "layers" / "conv_winograd.py", ROOT / "docs" / "backprop.md",
+                                        ROOT / "docs" / "conventions.md"]}
+    for path, text in texts.items():
+        assert not re.search(r"\bn\s*//?\s*2\b", text), f"{path.name}: the LRN window written as n"
+        if "c0(g)" in text:
+            assert re.search(r"c0\(g\) = g \*? ?Cg", text), f"{path.name} uses c0(g) without defining it"
+        if path.name in ("conv_im2col.py", "conv_winograd.py"):
+            groups_as_g = re.search(r"(?<!kron)\((?:16, )?G, |\bG = conv\.groups|// G\b", text)
+            assert not groups_as_g, f"{path.name}: G for the number of groups"

@@ -71,3 +71,18 @@ def test_figures_are_drawn(tmp_path):
             colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
             assert colours and len(colours) > 8, f"{name} is nearly blank"
         assert path.stat().st_size > 10_000, name
+
+
+def test_the_walkthrough_teaches_first_and_measures_apart_on_the_papers_network():
+    """The lesson (layers, loss, update, worked examples) comes before the measurements (cache bytes,
+    chunk lists); the network is the paper's as the paper trained it, its dropout included; the
+    reader learns how to step through a layer in a debugger."""
+    text = WALKTHROUGH.read_text()
+    lesson, measurements = text.split("\n## Measurements\n")
+    assert "new memory at 128" not in lesson and "(lo, lo + " not in lesson            # bytes, chunk lists
+    assert "new memory at 128" in measurements and "### Memory at batch 128" in measurements
+    assert lesson.index("## Layer by layer") < lesson.index("## Worked examples")
+    assert 'dropout_variant="paper"' in lesson and "### 19. drop6: Dropout(p=0.5, paper variant)" in lesson
+    assert "ALEXNET_THREADS=1" in lesson
+    assert "How the CPU computes it fast (im2col: an optimisation" in lesson
+    assert "How the CPU computes it fast (winograd: an optimisation" in lesson

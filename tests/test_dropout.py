@@ -11,6 +11,7 @@ from alexnet.engine.loss import SoftmaxCrossEntropy
 from alexnet.engine.net import Sequential
 from alexnet.engine.optim import SGD
 from alexnet.layers import Dense, Dropout, ReLU
+from alexnet.layers import reference as ref
 from alexnet.layers.dropout import keep_mask, keep_threshold
 from alexnet.models.alexnet import AlexNetSmall
 
@@ -47,6 +48,59 @@ def test_inverted_dropout_takes_a_step_one_over_one_minus_p_squared_as_large(p):
     # and the paper's init N(0, 0.01^2) given to W_inv is N(0, (0.01 / (1-p))^2) in the paper's units
     W_inv = np.random.default_rng(2).standard_normal(200_000) * 0.01
     assert abs((W_inv / (1 - p)).std() - 0.01 / (1 - p)) < 1e-4
+
+
+def train_30_steps(variant, p, W2, update):
+    """30 steps of fc -> relu -> dropout -> fc2 on fresh inputs (the same masks in both variants:
+    same seeds, same steps); update(net, lr, m, wd) applies one SGD step. Returns the net."""
+    net = two_layer(variant, W2, p)
+    net["fc2"].params["b"][...] = 0.3
+    rng, crit = np.random.default_rng(5), SoftmaxCrossEntropy()
+    for _ in range(30):
+        x, labels = rng.standard_normal((5, 6)), rng.integers(0, 3, 5)
+        crit.forward(net.forward(x, train=True), labels)
+        net.backward(crit.backward())
+        update(net, lr=0.1, m=0.9, wd=0.01)
+    return net
+
+
+def exact_inverted_recipe(p):
+    """docs/conventions.md's recipe: fc2.W's gradient term at (1-p)^2 lr, its weight decay term as
+    it was (decay multiplier 1/(1-p)^2 relative to that rate), everything else the paper's rule."""
+    velocity = {}
+
+    def update(net, lr, m, wd):
+        for full, layer, key in net.named_parameters():
+            lr_mult, decay_mult = ((1 - p) ** 2, 1 / (1 - p) ** 2) if full == "fc2.W" else (1.0, 1.0)
+            v = velocity.setdefault(full, np.zeros_like(layer.params[key]))
+            layer.params[key], velocity[full] = ref.sgd_step(layer.params[key], layer.grads[key], v, lr, m, wd,
+                                                              lr_mult, decay_mult)
+    return update
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3])
+def test_the_exact_recipe_trains_inverted_dropout_as_the_paper_did_step_for_step(p):
+    """W_inv = (1-p) W_paper after every one of 30 steps with the exact recipe; the shortcut of a
+    (1-p)^2 learning rate for the whole layer (its bias and weight decay too) drifts away."""
+    W_paper = np.random.default_rng(1).standard_normal((3, 8)) * 0.1
+
+    def paper_rule(opts):
+        return lambda net, lr, m, wd: opts.setdefault(id(net), SGD(net, lr=lr, momentum=m, weight_decay=wd)).step()
+
+    def shortcut(opts):
+        return lambda net, lr, m, wd: opts.setdefault(id(net), SGD(
+            net, lr=lr, momentum=m, weight_decay=wd, layer_lr_mults={"fc2": (1 - p) ** 2})).step()
+
+    paper = train_30_steps("paper", p, W_paper, paper_rule({}))
+    exact = train_30_steps("inverted", p, (1 - p) * W_paper, exact_inverted_recipe(p))
+    short = train_30_steps("inverted", p, (1 - p) * W_paper, shortcut({}))
+    for full, layer, key in paper.named_parameters():
+        scale = (1 - p) if full == "fc2.W" else 1.0           # only the weights after the dropout differ
+        np.testing.assert_allclose(exact[layer.name].params[key] / scale, layer.params[key], rtol=1e-9, atol=1e-12)
+    drift = max(np.abs(short[name].params[key] / ((1 - p) if name == "fc2" and key == "W" else 1.0)
+                       - paper[name].params[key]).max() / np.abs(paper[name].params[key]).max()
+                for name, key in (("fc2", "W"), ("fc2", "b")))
+    assert drift > 0.05, drift
 
 
 def test_the_paper_variant_scales_at_test_time():

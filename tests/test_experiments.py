@@ -70,3 +70,34 @@ def test_crossing_and_colour_specificity():
     red = np.zeros((1, 3, 2, 2))
     red[:, 0] = 1
     np.testing.assert_allclose(colour_specificity(np.concatenate([grey, red])), [0.0, 2 / 3])
+
+
+def test_two_experiments_cannot_share_an_out_folder(data, tmp_path, capsys):
+    """The first holds --out's lock for its life (stopped with SIGSTOP here, so that it is surely
+    still running); a second experiment on that folder is refused before it touches anything."""
+    import signal
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "exp")
+    command = [sys.executable, "-m", "alexnet.app.cli", "experiment", "relu-vs-tanh", "--quick", "--epochs", "1",
+               "--data", data, "--out", out]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().startswith("relu-vs-tanh: relu, seed 1")     # under way, lock held
+        first.send_signal(signal.SIGSTOP)
+        for name in ("relu-vs-tanh", "lr-drop"):
+            second = subprocess.run(command[:4] + [name] + command[5:], capture_output=True, text=True, timeout=60)
+            assert second.returncode == 2 and second.stdout == "", second.stderr
+            assert second.stderr.startswith(f"alexnet: error: experiment folder {out} is in use by another "
+                                            f"`alexnet experiment`: process {first.pid} on host "), second.stderr
+        first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0, err
+    assert sorted(os.listdir(os.path.join(out, "runs"))) == ["relu-seed1", "tanh-seed1"]
+    # --data is checked before --out is made
+    missing = tmp_path / "never"
+    assert main(["experiment", "towers", "--quick", "--data", str(tmp_path / "no-data"), "--out", str(missing)]) == 2
+    assert "not found" in capsys.readouterr().err and not missing.exists()

@@ -262,3 +262,23 @@ def test_without_protobuf_the_caffe_import_says_what_to_install(bvlc, monkeypatc
     monkeypatch.setattr(caffe_format, "_messages", None)
     monkeypatch.setitem(__import__("sys").modules, "google.protobuf", None)
     assert "needs the protobuf package: pip install protobuf" in error_line(capsys, bvlc[1])
+
+
+def test_non_finite_weights_and_means_are_not_imported(bvlc, tmp_path, capsys):
+    arrays, _, _ = bvlc
+    M = caffe_format.messages()
+    mean = M["BlobProto"](num=1, channels=3, height=2, width=2)
+    mean.data.extend([100.0] * 11 + [float("nan")])
+    (tmp_path / "mean.binaryproto").write_bytes(mean.SerializeToString())
+    net = write_caffemodel(tmp_path / "net.caffemodel", {})          # layers only: the mean is read first
+    assert main(["import", str(net), "--mean", str(tmp_path / "mean.binaryproto")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mean file " in err and "its mean has non-finite values" in err
+    nan = {name: dict(blobs) for name, blobs in arrays.items()}
+    nan["fc7"]["W"] = arrays["fc7"]["W"].copy()
+    nan["fc7"]["W"][3, 5] = np.nan
+    write_caffemodel(tmp_path / "nan.caffemodel", nan)
+    assert main(["import", str(tmp_path / "nan.caffemodel"), "--out", str(tmp_path / "nan.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has non-finite weights (model/fc7.W: 1 of 16777216 NaN/inf)" in err
+    assert not (tmp_path / "nan.npz").exists()

@@ -237,3 +237,29 @@ def test_truncated_and_foreign_files_give_one_line(torch, tmp_path, capsys):
     assert "not found" in error_line(capsys, tmp_path / "missing.pth")
     with pytest.raises(UserError, match="--mean is for Caffe models"):
         import_weights(str(small), mean_path="mean.binaryproto")
+
+
+def test_pytorchs_tar_layout_is_named_as_such(tmp_path, capsys):
+    """torch.save of PyTorch < 0.1.10 wrote a tar archive (sys_info, pickle, tensors, storages)."""
+    import io
+    import tarfile
+
+    path = tmp_path / "old.pth"
+    with tarfile.open(path, "w") as tar:
+        for name in ("sys_info", "pickle", "tensors", "storages"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"\x80\x02N."))
+    line = error_line(capsys, path, "--out", tmp_path / "x.npz")
+    assert "is a tar archive: PyTorch's tar layout of PyTorch < 0.1.10 is not read here" in line
+
+
+def test_non_finite_weights_are_not_imported(torch, tv, tmp_path, capsys):
+    model, _, _ = tv
+    state = {k: v.float() for k, v in model.state_dict().items()}
+    state["features.3.weight"][1, 2, 0, 0] = float("nan")
+    state["classifier.6.bias"][4] = float("inf")
+    torch.save(state, tmp_path / "nan.pth")
+    line = error_line(capsys, tmp_path / "nan.pth", "--out", tmp_path / "nan.npz")
+    assert "has non-finite weights (model/conv2.W: 1 of 307200 NaN/inf, model/fc8.b: 1 of 10 NaN/inf)" in line
+    assert not (tmp_path / "nan.npz").exists()

@@ -80,3 +80,36 @@ def test_saliency_command_writes_a_picture_and_bad_class_is_one_line(run, tmp_pa
     assert main(["saliency", "--checkpoint", ckpt, image, "--class", "zebra"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--class 'zebra' is not one of the checkpoint's classes" in err
+
+
+def test_saliency_of_two_images_with_one_name_writes_two_pictures(run, tmp_path, capsys):
+    data, ckpt = run
+    images = [os.path.join(data, "val", cls, "0.jpg") for cls in ("a", "b")]      # a/0.jpg and b/0.jpg
+    out = tmp_path / "sal"
+    assert main(["saliency", "--checkpoint", ckpt, *images, "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["0-2.saliency.png", "0.saliency.png"]
+    first, second = (np.asarray(Image.open(out / name)) for name in ("0.saliency.png", "0-2.saliency.png"))
+    assert not np.array_equal(first, second)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(images[0]) and printed[0].endswith(str(out / "0.saliency.png"))
+    assert printed[1].startswith(images[1]) and printed[1].endswith(str(out / "0-2.saliency.png"))
+
+
+def test_neighbors_checks_its_images_and_output_before_the_search(run, tmp_path, capsys, monkeypatch):
+    from alexnet.app import inspect
+
+    def search(*args):
+        raise AssertionError("the training images were searched before the command's own inputs were checked")
+
+    monkeypatch.setattr(inspect, "_train_crops_and_features", search)
+    data, ckpt = run
+    image = os.path.join(data, "val", "a", "0.jpg")
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not a picture")
+    for images, out, message in (([str(tmp_path / "missing.jpg")], "n.png", "image " + str(tmp_path / "missing.jpg")
+                                  + " not found"),
+                                 ([str(broken)], "n.png", "cannot read image"),
+                                 ([image], str(tmp_path), "is a folder, not a regular file")):
+        assert main(["neighbors", "--checkpoint", ckpt, "--data", data, *images, "--out", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

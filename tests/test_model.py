@@ -162,3 +162,30 @@ def test_cli_gradcheck_passes(capsys):
     out = capsys.readouterr().out
     assert "all passed" in out and "FAIL" not in out
     assert out.count("pass") >= 30
+
+
+def test_a_relu_cache_is_free_only_where_the_next_layer_caches_the_same_array(rng):
+    """layers/relu.py's claim, measured: relu1 and relu2 cache the array LRN caches as its input;
+    relu3-relu7's outputs are kept by nothing else (a Winograd convolution keeps its transformed
+    tiles, dropout keeps a counter), so their caches are memory of their own."""
+    from alexnet.layers import relu as relu_module
+
+    net = AlexNetSmall(num_classes=10, init="he", seed=0)
+    net.forward(rng.standard_normal((2, 3, 64, 64)).astype(np.float32), train=True)
+
+    def arrays(cache):
+        fields = cache if isinstance(cache, tuple) else (cache,)
+        found = [f for f in fields if isinstance(f, np.ndarray)]
+        for f in fields:            # a convolution's chunks: (lo, hi, saved)
+            if isinstance(f, list):
+                found += [saved for _, _, saved in f if isinstance(saved, np.ndarray)]
+        return found
+
+    shared = {}
+    for i, layer in enumerate(net.layers):
+        if layer.name.startswith("relu"):
+            later = [a for other in net.layers[i + 1:] if other.cache is not None for a in arrays(other.cache)]
+            shared[layer.name] = any(np.shares_memory(layer.cache, a) for a in later)
+    assert shared == {"relu1": True, "relu2": True, "relu3": False, "relu4": False, "relu5": False,
+                      "relu6": False, "relu7": False}
+    assert "no extra memory" not in relu_module.__doc__

@@ -98,6 +98,61 @@ def test_cli_export_writes_a_checked_model_with_its_normalisation(tmp_path, caps
     assert max_rel_diff(run_onnx(proto, x)[0], ours) < 1e-5
 
 
+def documented_recipe():
+    """The Python block of docs/weights.md that turns a photo into the exported model's input."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "weights.md").read_text()
+    blocks = [b for b in text.split("```python\n")[1:] if "InferenceSession" in b.split("```")[0]]
+    assert len(blocks) == 1
+    return blocks[0].split("```")[0]
+
+
+def photo(path, width, height, rng, orientation=None):
+    """A JPEG with a photo's smooth shapes and fine grain (what a reduced-scale decode changes)."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
+    base = np.stack([np.sin(7 * xx + 2 * yy), np.cos(5 * yy - 3 * xx), np.sin(11 * xx * yy)], axis=-1)
+    pixels = np.clip(127 + 90 * base + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation          # stored sideways: viewers (and predict) turn it upright
+    Image.fromarray(pixels).save(path, quality=90, exif=exif)
+    return str(path)
+
+
+def test_the_documented_recipe_gives_predicts_numbers_on_real_jpegs(tmp_path, capsys, rng):
+    import contextlib
+    import io
+
+    model = build_model("alexnet-small", 3, init="he", seed=2)
+    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    arrays["data/mean"] = np.array([[[120.0, 110.0, 100.0]]], np.float32)
+    ckpt, out = str(tmp_path / "small.npz"), str(tmp_path / "small.onnx")
+    checkpoint.save(ckpt, arrays, {"arch": "alexnet-small", "num_classes": 3, "classes": ["cat", "dog", "owl"],
+                                   "input_scale": 0.015625})
+    assert main(["export", "--onnx", out, "--checkpoint", ckpt]) == 0
+    # decoded at 1/4 and 1/8 scale (both sides stay >= 73), at full scale, and stored sideways
+    images = [photo(tmp_path / "wide.jpg", 400, 300, rng), photo(tmp_path / "big.jpg", 1000, 700, rng),
+              photo(tmp_path / "small.jpg", 90, 80, rng), photo(tmp_path / "turned.jpg", 500, 320, rng, 6)]
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", ckpt, "--top", "3", *images]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    _, _, prep = checkpoint.load_model(ckpt)
+    recipe = documented_recipe().replace('"alexnet-tv.onnx"', repr(out))
+    for i, image in enumerate(images):
+        scope = {}
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(recipe.replace('"photo.jpg"', repr(image)), scope)
+        # the very input predict builds (its mean in float32, the metadata's to 4 decimals)
+        ours = prep.views(prep.decode([image]))[0]
+        assert np.abs(scope["x"] - ours).max() < 1e-5, image
+        shown = {line.split()[1]: float(line.split()[0].rstrip("%")) for line in printed[4 * i + 1:4 * i + 4]}
+        for name, p in zip(["cat", "dog", "owl"], scope["probs"]):
+            assert abs(100 * p - shown[name]) <= 0.0051, (image, name, 100 * p, shown[name])
+
+
 def test_export_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["export", "--onnx", str(tmp_path / "x.onnx"), "--checkpoint", str(tmp_path / "none.npz")]) == 2
     assert capsys.readouterr().err == f"alexnet: error: checkpoint {tmp_path / 'none.npz'} not found\n"

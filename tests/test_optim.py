@@ -132,3 +132,27 @@ def test_plateau_patience_waits():
 def test_bad_hyperparameters(kw):
     with pytest.raises(ValueError, match="SGD"):
         SGD(one_dense_net()[0], **kw)
+
+
+def test_after_an_lr_drop_the_old_velocity_carries_the_weights_nine_old_steps_on():
+    """engine/optim.py and docs/conventions.md: with momentum 0.9 and the paper's rule, the
+    velocity left at a drop moves the weights by m / (1 - m) = 9 more of the last old steps (not
+    10), whatever the new rate; rescaled as PyTorch does, by 0.9."""
+    moved = {}
+    for rescale in (False, True):
+        net, layer = one_dense_net()
+        opt = SGD(net, lr=0.1, momentum=0.9, weight_decay=0.0, rescale_velocity=rescale)
+        layer.grads = {"W": np.ones((1, 2), np.float32), "b": np.zeros(1, np.float32)}
+        for _ in range(400):                       # a constant gradient: the velocity settles
+            opt.step()
+        last_step = float(opt.velocity["fc.W"][0, 0])
+        opt.lr = 0.01
+        layer.grads = {"W": np.zeros((1, 2), np.float32), "b": np.zeros(1, np.float32)}
+        before = float(layer.params["W"][0, 0])
+        for _ in range(400):                       # no new gradient: only the old velocity moves them
+            opt.step()
+        moved[rescale] = (float(layer.params["W"][0, 0]) - before) / last_step
+    assert moved[False] == pytest.approx(9.0, rel=1e-3)
+    assert moved[True] == pytest.approx(0.9, rel=1e-3)
+    import alexnet.engine.optim as optim
+    assert "about 9 more of the old steps" in optim.__doc__ and "10 more" not in optim.__doc__

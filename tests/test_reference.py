@@ -203,3 +203,34 @@ def test_cuda_paths_on_the_harness_match_the_loops(make, shape, harness_rt, rng)
         want_dx = ref.dropout_backward(d64, keep, 0.3, True, "paper")
     assert max_rel_diff(out, want_out) < 1e-5
     assert max_rel_diff(dx, want_dx) < 1e-5
+
+
+@pytest.mark.parametrize("C,O,K,S,P,G,shape", CONVS)
+def test_conv_backward_is_a_convolution_with_the_flipped_kernel(C, O, K, S, P, G, shape, rng):
+    """dx as docs/backprop.md derives it a second way: dout spread by the stride, padded by K - 1
+    and convolved with the flipped, channel-swapped kernel, against the direct loops (exactly)."""
+    x, W = rng.standard_normal(shape), rng.standard_normal((O, C // G, K, K))
+    dout = rng.standard_normal(ref.conv_forward(x, W, np.zeros(O), S, P, G).shape)
+    dx = ref.conv_backward(x, W, dout, S, P, G)[0]
+    assert max_rel_diff(ref.conv_backward_as_convolution(x, W, dout, S, P, G), dx) < EXACT
+    # and the flip matters: the unflipped kernel gives another gradient (the workbook's hint)
+    assert max_rel_diff(ref.conv_backward(x, W[:, :, ::-1, ::-1], dout, S, P, G)[0], dx) > 1e-3
+
+
+@pytest.mark.parametrize("K,S,P,side", [(11, 4, 0, 227), (5, 1, 2, 27), (3, 2, 0, 13), (3, 1, 1, 13)])
+def test_im2col_copies_a_pixel_up_to_ceil_k_over_s_squared_times(K, S, P, side):
+    """The number of patches (im2col columns) holding one input pixel is the number of windows
+    covering it: at most ceil(K/S)^2 (conv1: 9, not (11/4)^2 = 7.56), as layers/conv_im2col.py
+    and docs/backprop.md say. Counted by the layer itself: ones backpropagated through ones."""
+    import math
+    from pathlib import Path
+
+    conv = Conv2d(1, 1, K, stride=S, padding=P, dtype=np.float64, algorithm="im2col")
+    conv.params["W"][...] = 1
+    x = np.zeros((1, 1, side, side))
+    copies = conv.backward(np.ones_like(conv.forward(x)))
+    assert copies.max() == math.ceil(K / S) ** 2
+    root = Path(__file__).resolve().parent.parent
+    for doc in (root / "layers" / "conv_im2col.py", root / "docs" / "backprop.md"):
+        text = doc.read_text()
+        assert "ceil(K/S)^2" in text and "(K/S)^2" not in text.replace("ceil(K/S)^2", ""), doc.name

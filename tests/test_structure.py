@@ -140,7 +140,8 @@ def test_a_regular_install_has_one_top_level_name_and_the_kernel_sources(wheel):
     assert top == {"alexnet"}
     assert not any(n.split("/")[0] in FLOORS + ["train"] for n in names)
     for needed in ("alexnet/kernels/lrn.cu", "alexnet/kernels/conv.cu", "alexnet/kernels/include/cuda_cpu.h",
-                   "alexnet/layers/reference.py", "alexnet/app/cli.py"):
+                   "alexnet/layers/reference.py", "alexnet/app/cli.py", "alexnet/app/workbook/conv.py",
+                   "alexnet/app/workbook/README.md"):
         assert needed in names, needed
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "alexnet = alexnet.app.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

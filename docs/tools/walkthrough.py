@@ -55,6 +55,9 @@ BATCHES = (2, 3)           # the step runs at the first; the forward again at th
 TARGET = 128               # the paper's batch size: the shapes and bytes shown
 SEED = 0
 MEASURED, END_MEASURED = "<!-- measured -->", "<!-- /measured -->"
+# the paper's network as the paper trained it: its init, and its dropout (unscaled while training,
+# outputs times 1-p at test), not the library's default inverted dropout (docs/conventions.md)
+PAPER_NET = dict(init="paper", seed=SEED, dropout_variant="paper")
 
 
 class Failure(Exception):
@@ -537,15 +540,19 @@ def equations(layer, class_seen):
         blocks = [(name, doc_block(module, r"^With m\[i\]", r"^Inverted dropout"))]
     else:
         blocks = [(name, doc_block(module, r"^Forward"))]
+    blocks = [("The math", path, block) for path, block in blocks]
     if isinstance(layer, Conv2d):
         algo = layer.cpu_algorithm()
         aname = algo.__name__.split(".", 1)[1].replace(".", "/") + ".py"
-        blocks.append((aname, doc_block(algo, r"^The idea", r"^(Backward|Layouts)\b")))
-        blocks.append((aname, doc_block(algo, r"^Backward", r"^(Layouts|Groups are|The interface)\b")))
+        label = (f"How the CPU computes it fast ({algo.NAME}: an optimisation, the same sums in another order, "
+                 f"not other math)")
+        blocks.append((label, aname, doc_block(algo, r"^The idea", r"^(Backward|Layouts)\b")))
+        blocks.append((f"Its backward ({algo.NAME})", aname,
+                       doc_block(algo, r"^Backward", r"^(Layouts|Groups are|The interface)\b")))
     return blocks
 
 
-def layer_section(index, layer, info, cache_info, first, first_of_class):
+def layer_section(index, layer, info, first, first_of_class):
     module = inspect.getmodule(type(layer))
     lines = [f'<a id="{layer.name}"></a>', f"### {index}. {layer.name}: {layer.describe()}", ""]
     facts = [("input -> output at batch 128", f"{shape_n(info['in'])} -> {shape_n(info['out'])}")]
@@ -564,8 +571,8 @@ def layer_section(index, layer, info, cache_info, first, first_of_class):
         if first_of_class is not None:
             lines += [f"The {type(layer).__name__} equations are those of [{first_of_class}](#{first_of_class}); "
                       f"this layer computes them with another algorithm on the CPU.", ""]
-        for path, block in equations(layer, first_of_class is not None):
-            lines += [f"The math, quoted from the docstring of `{path}`:", "", code(block), ""]
+        for label, path, block in equations(layer, first_of_class is not None):
+            lines += [f"{label}, quoted from the docstring of `{path}`:", "", code(block), ""]
         if isinstance(layer, Conv2d) and layer.cpu_algorithm() is not conv_im2col:
             lines += ["On the GPU every convolution runs im2col (the `forward_cuda` and `backward_cuda` "
                       "below), so there this layer caches a patch matrix instead of the tiles V.", ""]
@@ -574,10 +581,17 @@ def layer_section(index, layer, info, cache_info, first, first_of_class):
         lines += ["What the docstring says is cached:", "", code(cached_note(module)), ""]
     else:
         lines += [f"Equations, code and reference loops: as in [{first}](#{first}).", ""]
-    lines += [f"The cache, read from `{layer.name}.cache` after the forward ({cache_kind(layer.cache)}):", ""]
-    lines += [table(["field", f"at batch {BATCHES[0]} (measured)", f"at batch {TARGET}", f"new memory at {TARGET}",
-                     "note"], cache_info["rows"], right=(3,)), ""]
+    lines += [f"What it caches, measured: [{layer.name}'s cache](#cache-{layer.name}).", ""]
     return lines
+
+
+def cache_section(index, layer, cache_info):
+    """The measured cache of one layer, for the measurements part."""
+    return [f'<a id="cache-{layer.name}"></a>', f"#### {index}. {layer.name}", "",
+            f"Read from `{layer.name}.cache` after the forward ({cache_kind(layer.cache)}); the lesson: "
+            f"[{layer.name}](#{layer.name}).", "",
+            table(["field", f"at batch {BATCHES[0]} (measured)", f"at batch {TARGET}", f"new memory at {TARGET}",
+                   "note"], cache_info["rows"], right=(3,)), ""]
 
 
 def the_step_source():
@@ -768,17 +782,14 @@ def memory_section(net, info, caches, crit_bytes, param_bytes):
                 if caches[layer.name]["shared_by"]]
     relu_text = []
     if relus:
-        claim = "no extra memory" in cached_note(inspect.getmodule(type(relus[0])))
         relu_text = [
             "Which ReLU outputs the ReLU's cache alone keeps alive (every other cache was searched for the "
             "same memory): " + (", ".join(together) + " share theirs with a later cache; " if together else "")
             + (", ".join(alone) + f" are held by nothing else: "
                f"{mib(sum(caches[n]['bytes'] for n in alone))} at batch {TARGET}, kept for a backward that reads "
-               f"only the sign of each element." if alone else "none.")
-            + (" (The ReLU docstring's \"costs no extra memory\" holds only for the first group.)"
-               if claim and alone and together else ""), ""]
+               f"only the sign of each element, as layers/relu.py says." if alone else "none."), ""]
     return [
-        "## Memory at batch 128", "",
+        "### Memory at batch 128", "",
         table(["what", "bytes"], [
             ["every layer's cache (new memory, each array once)", mib(total - crit_bytes)],
             ["softmax cross-entropy's cache (p, labels)", mib(crit_bytes)],
@@ -798,7 +809,7 @@ def memory_section(net, info, caches, crit_bytes, param_bytes):
 
 def generate(verify_128=False):
     t0 = time.time()
-    net = build_model("alexnet", 1000, init="paper", seed=SEED)
+    net = build_model("alexnet", 1000, **PAPER_NET)
     rng_state = net.rng_state()
     x, labels = batch(BATCHES[0], SEED)
     t1 = time.time()
@@ -807,7 +818,7 @@ def generate(verify_128=False):
     caches_a = {layer.name: layer.cache for layer in net.layers}
     crit_a = crit.cache
     # the same net, the same dropout masks, a second batch size: which axis of each cache grows
-    net2 = build_model("alexnet", 1000, init="paper", seed=SEED)
+    net2 = build_model("alexnet", 1000, **PAPER_NET)
     net2.set_rng_state(rng_state)
     xb, labels_b = batch(BATCHES[1], SEED + 1)
     logits_b = net2.forward(xb, train=True)
@@ -872,76 +883,72 @@ def verify(net, caches):
 
 
 def document(net, record, caches, info, loss, crit_cache, crit_bytes, param_bytes):
-    na, nb = BATCHES
+    na = BATCHES[0]
     L = ["# One training step of AlexNet, layer by layer", "",
          f"> Generated by `{COMMAND}` from a real training step; do not edit by hand. "
          f"`{COMMAND} --check` fails when this file no longer matches the code (tests/test_docs_generated.py "
          "runs it). Every file:line below was found in the source when the file was generated.", "",
-         "This follows one batch through the paper's network (`build_model(\"alexnet\", 1000)`, "
-         "`models/alexnet.py`) on the CPU: every layer's forward and backward, the equations as the layer's "
-         "docstring states them, the shapes, what the layer keeps for its backward pass (read from "
-         "`layer.cache` after the forward) and what that costs at the paper's batch of 128, the Python "
-         "function and the CUDA kernel that compute it, and the plain loop in `layers/reference.py` that "
-         "says the same thing without any speed tricks. Worked examples small enough to check by hand follow "
-         "the layers; [docs/backprop.md](backprop.md) is the shorter reading guide.", "",
+         "This follows one batch through the paper's network as the paper trained it (`build_model(\"alexnet\", "
+         "1000, init=\"paper\", dropout_variant=\"paper\")`, `models/alexnet.py`: the paper's dropout, unscaled "
+         "while training and times 1-p at test, not the library's default inverted dropout, "
+         "[docs/conventions.md](conventions.md)) on the CPU. The lesson comes first: every layer's forward and "
+         "backward as the layer's docstring states them, what the layer keeps for its backward pass and why, "
+         "the plain loop in `layers/reference.py` that says the same thing without any speed tricks, then the "
+         "Python function and the CUDA kernel that compute it fast; worked examples small enough to check by "
+         "hand follow the layers. The measurements come after the lesson, apart: the step's numbers layer by "
+         "layer, what each cache holds and what it costs at the paper's batch of 128. "
+         "[docs/backprop.md](backprop.md) derives the backward passes; read it first. To step through any "
+         "layer in a debugger, run with `ALEXNET_THREADS=1`: the NumPy layers otherwise split each batch over "
+         "a pool of threads (engine/threads.py).", "",
          "## The step", "",
          f"The numbers come from this function of `docs/tools/walkthrough.py`, run on a batch of {na} synthetic "
          f"images (pixels drawn from N(0, 1), seed {SEED}; labels uniform over the 1000 classes), float32, "
-         f"with the paper's init (`init=\"paper\"`, seed {SEED}) and the paper's SGD:", "",
+         f"with the paper's init (`init=\"paper\"`, seed {SEED}), the paper's dropout and the paper's SGD:", "",
          code(the_step_source(), "python"), "",
-         f"**Batch size.** A CPU step at batch 128 takes several seconds and 4-5 GB, too slow for the test that "
-         f"keeps this file honest, so the step runs at batch {na} and a forward of the same net runs again at "
-         f"batch {nb}. Every cached array then either has the same shape at both sizes (it does not depend on "
-         f"the batch) or differs in exactly one axis, by exactly {na}:{nb} (checked; the script stops "
-         f"otherwise). The batch-{TARGET} shapes set that axis to {TARGET} samples' worth, and the bytes follow "
-         f"from the shape and dtype. The convolutions' chunk lists at {TARGET} are `engine.threads.run_chunks` "
-         f"called as `Conv2d.forward_numpy` calls it (checked against the measured chunks at {na} and {nb}); "
-         f"the script pins `ALEXNET_THREADS=2`, since the number of chunks depends on the thread count. "
-         f"`{COMMAND} --verify-128` runs the forward at batch {TARGET} and compares every cache with these "
-         f"derived shapes. \"New memory\" counts an array once: a cache entry that is a view of a parameter or "
-         f"the same array as an earlier layer's cache adds nothing.", "",
-         "## The step at a glance", "", MEASURED, "",
-         f"Loss at batch {na}: {num(loss, 4)} (ln 1000 = {num(np.log(1000), 4)} would be a uniform guess). "
-         f"The RMS columns are measured in the step at batch {na} (\"dL/dout\" is the gradient each layer "
-         f"receives; the loss is a mean over the batch, so it scales as 1/N); the shapes and bytes are at "
-         f"batch {TARGET}. With the paper's init (weights N(0, 0.01^2)) the gradient's RMS is "
-         f"{sci(record[net.layers[-1].name]['dout_rms'])} where it enters {net.layers[-1].name} and "
-         f"{sci(record[net.layers[0].name]['dout_rms'])} where it reaches {net.layers[0].name}'s output, a factor of "
-         f"{sci(record[net.layers[0].name]['dout_rms'] / record[net.layers[-1].name]['dout_rms'])}.", "",
-         glance_table(net, info, record, caches), "", END_MEASURED, "",
          "## Layer by layer", "",
          "The paper's two towers, drawn from the model by `docs/tools/figures.py` (each Conv2d's groups "
          "and channels, the shapes from `summary_rows`): the towers exchange at "
          + ", ".join(l.name for l in net.layers[1:] if getattr(l, "groups", 1) == 1 and l.params)
-         + " (`groups=1`, or a dense layer); conv1 has `groups=1` too, and each tower sees the whole image.", "", "![AlexNet's two towers](figures/alexnet_towers.png)", ""]
+         + " (`groups=1`, or a dense layer); conv1 has `groups=1` too, and each tower sees the whole image.", "",
+         "![AlexNet's two towers](figures/alexnet_towers.png)", ""]
     firsts, first_classes = {}, {}
     for i, layer in enumerate(net.layers, 1):
         cls = type(layer).__name__
         key = (cls, layer.cpu_algorithm().NAME if isinstance(layer, Conv2d) else None)
-        L += layer_section(i, layer, info[layer.name], caches[layer.name], firsts.get(key), first_classes.get(cls))
+        L += layer_section(i, layer, info[layer.name], firsts.get(key), first_classes.get(cls))
         firsts.setdefault(key, layer.name)
         first_classes.setdefault(cls, layer.name)
+    L += loss_and_update_sections(net, crit_cache, crit_bytes, param_bytes)
+    L += examples_section()
+    L += measurements(net, record, caches, info, loss, crit_bytes, param_bytes)
+    L += ["## What this walkthrough does not show", "",
+          "- The GPU path. The file:line of every kernel a layer launches is listed, but the script runs "
+          "only the NumPy path: it is meant to run anywhere, in the tests. `alexnet kernels --check` runs the "
+          "kernels (on the CPU through the g++ harness when there is no GPU).",
+          f"- A batch of {TARGET}. The step runs at batch {na}; the batch-{TARGET} shapes and bytes are derived "
+          f"as described under [Batch size](#batch-size) and can be measured with `--verify-128`.",
+          "- Real images. The input is noise, so the RMS values say how the signal and the gradient scale "
+          "through the paper's init, not what trained filters do.", ""]
+    return "\n".join(L).rstrip() + "\n"
 
-    # the loss
-    lm = loss_module
+
+def loss_and_update_sections(net, crit_cache, crit_bytes, param_bytes):
+    lm, om = loss_module, optim_module
     probs, labels = crit_cache
-    L += ['<a id="loss"></a>', "### Loss: softmax cross-entropy", "",
-          table(["", ""], [["input", f"logits {shape_n((1000,))}, labels ({TARGET},)"],
-                           ["output", f"the loss (a float on the CPU, a 0-d array on the GPU); backward: dlogits "
-                                      f"{shape_n((1000,))}"],
-                           ] + ([["paper", paper_line(lm)]] if paper_line(lm) else [])), "",
-          "The math, quoted from the docstring of `engine/loss.py`:", "",
-          code(doc_block(lm, r"^Forward", r"^(Cached|Reference loops?)\b")), "",
-          "Code:", ""]
+    L = ['<a id="loss"></a>', "### Loss: softmax cross-entropy", "",
+         table(["", ""], [["input", f"logits {shape_n((1000,))}, labels ({TARGET},)"],
+                          ["output", f"the loss (a float on the CPU, a 0-d array on the GPU); backward: dlogits "
+                                     f"{shape_n((1000,))}"],
+                          ] + ([["paper", paper_line(lm)]] if paper_line(lm) else [])), "",
+         "The math, quoted from the docstring of `engine/loss.py`:", "",
+         code(doc_block(lm, r"^Forward", r"^(Cached|Reference loops?)\b")), "",
+         "Code:", ""]
     L += code_lines([("forward, CPU", [SoftmaxCrossEntropy.forward], None),
                      ("forward, GPU", [SoftmaxCrossEntropy._forward_cuda], SoftmaxCrossEntropy._forward_cuda),
                      ("backward, both", [SoftmaxCrossEntropy.backward], SoftmaxCrossEntropy.backward)])
     L += reference_lines(lm) + ["", "What the docstring says is cached:", "", code(cached_note(lm)), ""]
-    L += [f"The cache (a tuple (p, labels)): at batch {na} p {array_text(probs)} and labels {array_text(np.asarray(labels))}; "
-          f"at batch {TARGET}: {mib(crit_bytes)}.", ""]
-
-    # the update
-    om = optim_module
+    L += [f"The cache (a tuple (p, labels)): at batch {BATCHES[0]} p {array_text(probs)} and labels "
+          f"{array_text(np.asarray(labels))}; at batch {TARGET}: {mib(crit_bytes)}.", ""]
     L += ['<a id="sgd"></a>', "### The update: SGD with momentum and weight decay", "",
           "The math, quoted from the docstring of `engine/optim.py`:", "",
           code(doc_block(om, r"^Paper, section 5", r"^This is NOT")), "",
@@ -950,18 +957,41 @@ def document(net, record, caches, info, loss, crit_cache, crit_bytes, param_byte
           f"{mib(param_bytes)} in all at any batch size.", "", "Code:", ""]
     L += code_lines([("CPU", [SGD.step, optim_module._paper_update], None),
                      ("GPU", [optim_module.sgd_update_cuda], optim_module.sgd_update_cuda)])
-    L += reference_lines(om) + [""]
-    L += memory_section(net, info, caches, crit_bytes, param_bytes)
-    L += examples_section()
-    L += ["## What this walkthrough does not show", "",
-          "- The GPU path. The file:line of every kernel a layer launches is listed, but the script runs "
-          "only the NumPy path: it is meant to run anywhere, in the tests. `alexnet kernels --check` runs the "
-          "kernels (on the CPU through the g++ harness when there is no GPU).",
-          f"- A batch of {TARGET}. The step runs at batch {na}; the batch-{TARGET} shapes and bytes are derived "
-          f"as described under [The step](#the-step) and can be measured with `--verify-128`.",
-          "- Real images. The input is noise, so the RMS values say how the signal and the gradient scale "
-          "through the paper's init, not what trained filters do.", ""]
-    return "\n".join(L).rstrip() + "\n"
+    return L + reference_lines(om) + [""]
+
+
+def measurements(net, record, caches, info, loss, crit_bytes, param_bytes):
+    """The measurements part: the step's numbers, how the batch-128 figures are derived, every
+    layer's cache, the memory of a step."""
+    na, nb = BATCHES
+    first, last = net.layers[0].name, net.layers[-1].name
+    L = ["## Measurements", "",
+         "The lesson above holds at any batch size; these are the numbers of one real step, and what its "
+         "caches cost at the paper's batch.", "",
+         "### The step at a glance", "", MEASURED, "",
+         f"Loss at batch {na}: {num(loss, 4)} (ln 1000 = {num(np.log(1000), 4)} would be a uniform guess). "
+         f"The RMS columns are measured in the step at batch {na} (\"dL/dout\" is the gradient each layer "
+         f"receives; the loss is a mean over the batch, so it scales as 1/N); the shapes and bytes are at "
+         f"batch {TARGET}. With the paper's init (weights N(0, 0.01^2)) the gradient's RMS is "
+         f"{sci(record[last]['dout_rms'])} where it enters {last} and {sci(record[first]['dout_rms'])} where it "
+         f"reaches {first}'s output, a factor of {sci(record[first]['dout_rms'] / record[last]['dout_rms'])}.", "",
+         glance_table(net, info, record, caches), "", END_MEASURED, "",
+         '<a id="batch-size"></a>', "### Batch size", "",
+         f"A CPU step at batch 128 takes several seconds and 4-5 GB, too slow for the test that keeps this file "
+         f"honest, so the step runs at batch {na} and a forward of the same net runs again at batch {nb}. Every "
+         f"cached array then either has the same shape at both sizes (it does not depend on the batch) or differs "
+         f"in exactly one axis, by exactly {na}:{nb} (checked; the script stops otherwise). The batch-{TARGET} "
+         f"shapes set that axis to {TARGET} samples' worth, and the bytes follow from the shape and dtype. The "
+         f"convolutions' chunk lists at {TARGET} are `engine.threads.run_chunks` called as `Conv2d.forward_numpy` "
+         f"calls it (checked against the measured chunks at {na} and {nb}); the script pins `ALEXNET_THREADS=2`, "
+         f"since the number of chunks depends on the thread count. `{COMMAND} --verify-128` runs the forward at "
+         f"batch {TARGET} and compares every cache with these derived shapes. \"New memory\" counts an array "
+         f"once: a cache entry that is a view of a parameter or the same array as an earlier layer's cache adds "
+         f"nothing.", "",
+         "### What each layer caches", ""]
+    for i, layer in enumerate(net.layers, 1):
+        L += cache_section(i, layer, caches[layer.name])
+    return L + memory_section(net, info, caches, crit_bytes, param_bytes)
 
 
 # ---- --check ------------------------------------------------------------------------------------------
