@@ -18,8 +18,8 @@
 // s^-beta, as the NumPy path does (layers/lrn.py), made the two passes move 10 arrays of the
 // input's size (forward: read x, write b, s, s^-beta; backward: read x, b, s, s^-beta, dout, write
 // dx); now they move 5 (read x, write b; read x, dout, write dx), and nothing but x is held
-// between them. The price is arithmetic the GPU has to spare: each backward element sums up to n
-// windows of n squares (from L1) and takes n powers (docs/kernels.md has the byte counts, and the
+// between them. The price is arithmetic the GPU has to spare: each backward element sums up to size
+// windows of size squares (from L1) and takes size powers (docs/kernels.md has the byte counts, and the
 // alternative of fusing LRN with the max-pool after it).
 // A thread needs its channel c = (i / HW) % C: it splits its first index and the grid stride into
 // (c, p) once, before the loop, and the loop adds the stride's digits with a carry, as in written
