@@ -7,6 +7,13 @@ other load) hits both alike. Reports the median step time of each, a per-layer f
 breakdown of ours (median over the timed steps), and the ratio ours / PyTorch last.
 PyTorch gets the same architecture: two towers via groups=2, LRN with alpha*size, dropout, and
 SGD with momentum 0.9 and weight decay 5e-4.
+
+The matrix-product bound. The same run measures this machine's sgemm rate (a float32 product of
+conv2's shape on all the engine's threads, the best of a few) and divides each layer's product
+flops (Layer.product_flops: the products of the algorithm the layer runs, Winograd's smaller ones
+included) by it: the time the products alone would take. A layer's fraction is that bound over
+its measured time (1: nothing but products at the peak rate), and the step's, the total bound
+over the step.
 """
 import argparse
 import json
@@ -59,6 +66,36 @@ def our_step(net, crit, opt, x, y, timings=None):
     return loss
 
 
+def sgemm_rate(threads, seconds=1.0):
+    """FLOP/s of a float32 product of conv2's per-group shape (128 x 1200 @ 1200 x 5832) on
+    `threads` BLAS threads: the best of the repetitions that fit in `seconds`."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((128, 1200), dtype=np.float32)
+    b = rng.standard_normal((1200, 5832), dtype=np.float32)
+    c = np.empty((128, 5832), np.float32)
+    best = float("inf")
+    with threadpool_limits(threads):
+        np.matmul(a, b, out=c)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            best = min(best, time.perf_counter() - t0)
+    return 2 * 128 * 1200 * 5832 / best
+
+
+def product_bounds(net, batch, rate):
+    """{layer: (forward ms, backward ms)} the layer's products alone would take at `rate` FLOP/s."""
+    bounds, shape = {}, (3, 227, 227)
+    for i, layer in enumerate(net.layers):
+        fwd, bwd = layer.product_flops(shape, need_dx=i > 0)
+        bounds[layer.name] = (1e3 * batch * fwd / rate, 1e3 * batch * bwd / rate)
+        shape = layer.output_shape(shape)
+    return bounds
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
@@ -96,27 +133,40 @@ def main():
             ours.append(t1 - t0)
             theirs.append(t2 - t1)
 
+    from alexnet.engine.threads import num_threads
+
+    rate = sgemm_rate(num_threads())
+    bounds = product_bounds(net, args.batch, rate)
     med_ours, med_torch = float(np.median(ours)), float(np.median(theirs))
     print(f"AlexNet training step, batch {args.batch}, {args.steps} steps after {args.warmup} warm-up, "
           f"numpy {np.__version__}, torch {torch.__version__}, {torch.get_num_threads()} torch threads")
-    print(f"{'layer':<9} {'forward ms':>11} {'backward ms':>12}")
+    print(f"sgemm rate on {num_threads()} threads: {rate / 1e9:.0f} GFLOP/s (128x1200 @ 1200x5832, float32)")
+    print(f"{'layer':<9} {'forward ms':>11} {'backward ms':>12} {'products ms':>12} {'fraction':>9}")
     breakdown = {}
     for name, (fwd, bwd) in timings.items():
         f_ms = 1e3 * float(np.median(fwd)) if fwd else 0.0
         b_ms = 1e3 * float(np.median(bwd)) if bwd else 0.0
-        breakdown[name] = {"forward_ms": f_ms, "backward_ms": b_ms}
-        print(f"{name:<9} {f_ms:>11.1f} {b_ms:>12.1f}")
+        bound = sum(bounds.get(name, (0.0, 0.0)))
+        breakdown[name] = {"forward_ms": f_ms, "backward_ms": b_ms, "products_ms": bound,
+                           "fraction": bound / (f_ms + b_ms) if f_ms + b_ms else None}
+        shown = f"{bound:>12.1f} {bound / (f_ms + b_ms):>9.2f}" if bound else ""
+        print(f"{name:<9} {f_ms:>11.1f} {b_ms:>12.1f} {shown}")
+    total_bound = sum(f + b for f, b in bounds.values())
     print(f"ours    median {med_ours * 1e3:8.1f} ms/step  ({args.batch / med_ours:6.1f} images/s)  "
           f"all: {' '.join(f'{t * 1e3:.0f}' for t in ours)}")
     print(f"pytorch median {med_torch * 1e3:8.1f} ms/step  ({args.batch / med_torch:6.1f} images/s)  "
           f"all: {' '.join(f'{t * 1e3:.0f}' for t in theirs)}")
     ratio = med_ours / med_torch
+    print(f"matrix products alone: {total_bound:.1f} ms at {rate / 1e9:.0f} GFLOP/s; the step runs at "
+          f"{total_bound / (med_ours * 1e3):.2f} of that bound")
     print(f"ratio ours/pytorch: {ratio:.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"batch": args.batch, "steps": args.steps, "ours_ms": [t * 1e3 for t in ours],
                        "pytorch_ms": [t * 1e3 for t in theirs], "median_ours_ms": med_ours * 1e3,
-                       "median_pytorch_ms": med_torch * 1e3, "ratio": ratio, "breakdown": breakdown}, f, indent=1)
+                       "median_pytorch_ms": med_torch * 1e3, "ratio": ratio, "sgemm_gflops": rate / 1e9,
+                       "products_ms": total_bound, "fraction_of_bound": total_bound / (med_ours * 1e3),
+                       "breakdown": breakdown}, f, indent=1)
 
 
 if __name__ == "__main__":

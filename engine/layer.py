@@ -127,6 +127,13 @@ class Layer:
         """Multiply-adds per sample (0 for layers without products)."""
         return 0
 
+    def product_flops(self, in_shape, need_dx=True):
+        """(forward, backward) floating-point operations per sample of the matrix products the CPU
+        path runs (2 per multiply-add of the algorithm actually used, which for a Winograd
+        convolution is fewer than `macs`): what bench/cpu_step.py divides by the machine's sgemm
+        rate for the time the products alone would need."""
+        return 0, 0
+
     def num_params(self):
         return int(sum(p.size for p in self.params.values()))
 

@@ -117,6 +117,9 @@ class Conv2d(AbsorbsReLU, Layer):
         O, OH, OW = self.output_shape(in_shape)
         return O * OH * OW * (self.in_channels // self.groups) * self.kernel_size ** 2
 
+    def product_flops(self, in_shape, need_dx=True):
+        return self.cpu_algorithm().product_flops(self, in_shape, need_dx)
+
     # ---- which algorithm the CPU path runs ----------------------------------------------------------
     def cpu_algorithm(self):
         """The module (conv_im2col or conv_winograd) the NumPy path runs for this layer."""

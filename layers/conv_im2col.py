@@ -50,6 +50,12 @@ def why(conv):
     return f"im2col: {K}x{K} stride {S} (Winograd F(2x2,3x3) takes only 3x3 stride 1): one GEMM per group"
 
 
+def product_flops(conv, in_shape, need_dx=True):
+    """(forward, backward) product flops per sample: W_g @ col_g; dout_g @ col_g^T and W_g^T @ dout_g."""
+    one = 2 * conv.macs(in_shape)
+    return one, one * (2 if need_dx else 1)
+
+
 def prepare_weights(W, groups):
     """W (O, Cg, K, K) as the rows of the per-group product: (groups, Og, Cg*K*K), a view."""
     return W.reshape(groups, W.shape[0] // groups, -1)

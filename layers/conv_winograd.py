@@ -69,6 +69,20 @@ def why(conv):
     return "winograd F(2x2,3x3): 3x3 stride 1, 16 products per 2x2 output tile where im2col has 36"
 
 
+def product_flops(conv, in_shape, need_dx=True):
+    """(forward, backward) product flops per sample: the 16 products U[xi] @ V[xi] over the tiles
+    (the transforms, small matrices against many tiles, are counted too: they are products)."""
+    C, O = conv.in_channels, conv.out_channels
+    _, OH, OW = conv.output_shape(in_shape)
+    T = tiles(OH, OW)[0] * tiles(OH, OW)[1]
+    products = 2 * 16 * (O // conv.groups) * (C // conv.groups) * conv.groups * T      # M = U V
+    input_transform, output_transform = 2 * 16 * 16 * C * T, 2 * 4 * 16 * O * T        # Bk D, Ak M
+    forward = products + input_transform + output_transform
+    # dM = Ak^T dY; dU = dM V^T; dV = U^T dM; dD = Bk^T dV
+    backward = output_transform + products + (products + input_transform if need_dx else 0)
+    return forward, backward
+
+
 def tiles(out_h, out_w):
     """Number of 2x2 output tiles down and across (the last ones may hang over the edge)."""
     return -(-out_h // 2), -(-out_w // 2)

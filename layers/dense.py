@@ -57,6 +57,10 @@ class Dense(AbsorbsReLU, Layer):
     def macs(self, in_shape):
         return self.in_features * self.out_features
 
+    def product_flops(self, in_shape, need_dx=True):
+        one = 2 * self.macs(in_shape)                      # x W^T forward; dout^T x and dout W backward
+        return one, one * (2 if need_dx else 1)
+
     # ---- NumPy -----------------------------------------------------------------------------------
     def forward_numpy(self, x, train):
         out = np.empty((len(x), self.out_features), x.dtype)
