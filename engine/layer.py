@@ -36,10 +36,11 @@ when it moves to its device and read by the CUDA path only: it picks the product
 accepted on the CUDA path only). A layer whose weights are products' operands keeps their BF16
 copies in `low_params` under bf16 (`low_param_keys` names them; the SGD kernel updates them).
 
-Fusion. Inside a Sequential, `absorb(next_layer)` lets a layer take over the one after it on the
-CUDA path (a Conv2d or Dense applies the ReLU after it in its bias kernels); the absorbed layer
-then passes its input and its gradient through unchanged there (the one exception to "dx is a new
-array"). The NumPy paths never fuse.
+Fusion. Inside a Sequential, `absorb(next_layer)` lets a layer take over the one after it (a
+Conv2d or Dense applies the ReLU after it: in its bias kernels on the GPU, on each chunk of its
+output while that is in cache on the CPU); the absorbed layer then passes its input and its
+gradient through unchanged (the one exception to "dx is a new array"). A layer called on its own,
+outside a Sequential, never fuses.
 """
 import numpy as np
 

@@ -37,16 +37,20 @@ im2col elsewhere (conv1, conv2); `alexnet summary` says which each layer uses an
 is cut into chunks of up to 8 samples run on every core (engine/threads.py).
 The GPU path is im2col for every layer: the im2col/col2im and bias kernels of kernels/conv.cu
 around cuBLAS products (engine/gemm.py, in the model's precision: float32, TF32, or BF16 operands
-with float32 sums), the whole batch in one chunk. A ReLU right after the layer in a Sequential
-runs inside its bias kernels there (absorb): the forward writes max(0, y + b), the backward
-multiplies dout by [out > 0] as it transposes it, so the ReLU costs no pass of its own.
+with float32 sums), the whole batch in one chunk.
+
+A ReLU right after the layer in a Sequential is absorbed by it (engine/layer.py, absorb) on both
+paths: the forward writes max(0, y + b) (on the CPU while each chunk's output is still in cache,
+on the GPU in the bias kernel), the backward multiplies dout by [out > 0] as it first reads it,
+and the ReLU layer hands its input and gradient through. So inside a Sequential a convolution's
+output is already rectified, and the ReLU costs no pass of its own.
 
 Cached (ConvCache, both paths): the algorithm, the input shape, the weights as the algorithm
 prepared them (Winograd's transformed filters U; im2col's grouped view of W) and, per batch chunk,
 its sample range and what the algorithm saved for the backward (im2col: the patch matrix `col`,
 so the backward needs no second im2col; Winograd: the transformed input tiles V). The backward
-walks that same list of chunks. With an absorbed ReLU (CUDA path only), also the rectified output
-`relu_out`, the ReLU's mask (the next layer holds that array anyway).
+walks that same list of chunks. With an absorbed ReLU, also the rectified output `relu_out`, the
+ReLU's mask (the next layer holds that array anyway).
 """
 from collections import namedtuple
 
@@ -140,18 +144,25 @@ class Conv2d(AbsorbsReLU, Layer):
         prepared = algo.prepare_weights(self.params["W"], self.groups)      # once for all chunks
         # batch chunks of up to 8 samples over the cores (engine/threads.py); each returns what
         # its backward needs, kept with the chunk's sample range
-        chunks = run_chunks(lambda lo, hi: (lo, hi, algo.forward_chunk(self, x[lo:hi], prepared, out[lo:hi])),
+        chunks = run_chunks(lambda lo, hi: (lo, hi, self._forward_chunk(algo, x[lo:hi], prepared, out[lo:hi])),
                             N, grain=batch_grain())
-        return out, ConvCache(algo.NAME, x.shape, prepared, chunks)
+        return out, ConvCache(algo.NAME, x.shape, prepared, chunks, out if self.relu is not None else None)
+
+    def _forward_chunk(self, algo, x, prepared, out):
+        saved = algo.forward_chunk(self, x, prepared, out)
+        if self.relu is not None:             # an absorbed ReLU, while the chunk's output is in cache
+            np.maximum(out, 0, out=out)
+        return saved
 
     def backward_numpy(self, dout, need_dx):
-        algorithm, x_shape, prepared, chunks, _ = self.cache          # no relu_out: the NumPy path never fuses
+        algorithm, x_shape, prepared, chunks, relu_out = self.cache
         algo = conv_winograd if algorithm == conv_winograd.NAME else conv_im2col
         dx = workspace.empty(x_shape, dout.dtype) if need_dx else None
 
         def backward_chunk(lo, hi, saved):
             return algo.backward_chunk(self, dout[lo:hi], saved, prepared, x_shape,
-                                       None if dx is None else dx[lo:hi])
+                                       None if dx is None else dx[lo:hi],
+                                       None if relu_out is None else relu_out[lo:hi])
         # the forward's chunks, handed out to the cores one at a time
         parts = run_chunks(lambda first, last: [backward_chunk(*chunks[c]) for c in range(first, last)],
                            len(chunks), grain=1)

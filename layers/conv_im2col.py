@@ -29,7 +29,8 @@ covers all groups.
 The interface Conv2d calls (layers/conv_winograd.py has the same):
     prepare_weights(W, groups) -> prepared          once per forward, shared by the chunks
     forward_chunk(conv, x, prepared, out) -> saved  out written in place; saved: what backward needs
-    backward_chunk(conv, dout, saved, prepared, x_shape, dx) -> (dW, db) of the chunk's samples
+    backward_chunk(conv, dout, saved, prepared, x_shape, dx, relu_out) -> (dW, db) of the chunk's
+                                                    samples, dout masked by an absorbed ReLU first
 """
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -82,13 +83,17 @@ def forward_chunk(conv, x, Wg, out):
     return col
 
 
-def backward_chunk(conv, dout, col, Wg, x_shape, dx):
+def backward_chunk(conv, dout, col, Wg, x_shape, dx, relu_out=None):
     """dout (n, O, OH, OW) and the forward's col -> (dW, db) of these samples; dx (n, C, H, W) is
-    written in place unless it is None."""
+    written in place unless it is None. With `relu_out` (an absorbed ReLU's output), dout is first
+    masked by [relu_out > 0], in the copy that transposes it."""
     (n, O, OH, OW), (_, C, H, W) = dout.shape, x_shape
     K, S, P, groups = conv.kernel_size, conv.stride, conv.padding, conv.groups
     dout_g = workspace.empty((O, n, OH, OW), dout.dtype)
-    dout_g[...] = dout.transpose(1, 0, 2, 3)
+    if relu_out is None:
+        dout_g[...] = dout.transpose(1, 0, 2, 3)
+    else:
+        np.multiply(dout.transpose(1, 0, 2, 3), relu_out.transpose(1, 0, 2, 3) > 0, out=dout_g)
     dout_g = dout_g.reshape(groups, O // groups, -1)                # (groups, Og, n*OH*OW)
     db = dout_g.sum(axis=2).reshape(O)
     dW = np.matmul(dout_g, col.transpose(0, 2, 1))                  # (groups, Og, Cg*K*K)

@@ -124,9 +124,10 @@ def prepare_weights(W, groups):
     return np.ascontiguousarray(U).reshape(16, groups, O // groups, Cg)
 
 
-def backward_chunk(conv, dout, V, U, x_shape, dx):
+def backward_chunk(conv, dout, V, U, x_shape, dx, relu_out=None):
     """dout (n, O, OH, OW), the forward's V and U -> (dW, db) of this chunk; dx (n, C, H, W) is
-    written in place unless it is None."""
+    written in place unless it is None; `relu_out`: an absorbed ReLU's output, whose mask dout
+    takes first."""
     n, O, OH, OW = dout.shape
     _, C, H, Wd = x_shape
     P, groups = conv.padding, conv.groups
@@ -134,10 +135,13 @@ def backward_chunk(conv, dout, V, U, x_shape, dx):
     Bk, Gk, Ak = matrices(dout.dtype)
     TH, TW = tiles(OH, OW)
     T = n * TH * TW
-    db = dout.sum(axis=(0, 2, 3))
     # dY[u, v, o, (n, a, b)] = dout[n, o, 2a + u, 2b + v], zero where a tile hangs over the edge
     dpad = workspace.zeros((n, O, 2 * TH, 2 * TW), dout.dtype)
-    dpad[:, :, :OH, :OW] = dout
+    if relu_out is None:
+        dpad[:, :, :OH, :OW] = dout
+    else:
+        np.multiply(dout, relu_out > 0, out=dpad[:, :, :OH, :OW])
+    db = dpad.sum(axis=(0, 2, 3))
     dY = workspace.empty((2, 2, O, n, TH, TW), dout.dtype)
     dY[...] = dpad.reshape(n, O, TH, 2, TW, 2).transpose(3, 5, 1, 0, 2, 4)
     dM = np.matmul(Ak.T, dY.reshape(4, O * T), out=workspace.empty((16, O * T), dout.dtype))

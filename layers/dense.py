@@ -8,8 +8,8 @@ Backward:  dW = dout^T x            (out, in)
            dx = dout W              (N, in)
 
 Shapes: x (N, in), W (out, in) (PyTorch's layout), b (out,), out (N, out).
-Cached: x, needed for dW (on the CUDA path with an absorbed ReLU also the rectified output, the
-ReLU's mask: DenseCache).
+Cached (DenseCache, both paths): x, needed for dW, and with an absorbed ReLU the rectified output,
+the ReLU's mask.
 Reference loops: layers/reference.py dense_forward / dense_backward.
 GPU: the products are cuBLAS (engine/gemm.py, in the model's precision); the bias add and the bias
 gradient are the conv bias kernels of kernels/conv.cu, since a dense layer is a 1x1 convolution of
@@ -26,7 +26,7 @@ from alexnet.engine.threads import run_chunks
 from alexnet.kernels import ops
 from alexnet.layers.relu import AbsorbsReLU
 
-DenseCache = namedtuple("DenseCache", "x relu_out")    # the CUDA path's; the NumPy path caches x
+DenseCache = namedtuple("DenseCache", "x relu_out")
 
 
 class Dense(AbsorbsReLU, Layer):
@@ -67,12 +67,19 @@ class Dense(AbsorbsReLU, Layer):
         W, b = self.params["W"], self.params["b"]
         # split by output features, not by batch: each thread then reads only its rows of W (fc6's
         # W is 150 MB and the product is bound by reading it)
-        run_chunks(lambda lo, hi: np.add(x @ W[lo:hi].T, b[lo:hi], out=out[:, lo:hi]),
+        run_chunks(lambda lo, hi: self._forward_chunk(x, W[lo:hi], b[lo:hi], out[:, lo:hi]),
                    self.out_features)                                           # (N, out)
-        return out, x                                                           # cache: x
+        return out, DenseCache(x, out if self.relu is not None else None)
+
+    def _forward_chunk(self, x, W, b, out):
+        np.add(x @ W.T, b, out=out)
+        if self.relu is not None:             # an absorbed ReLU, on the chunk just written
+            np.maximum(out, 0, out=out)
 
     def backward_numpy(self, dout, need_dx):
-        x, W = self.cache, self.params["W"]
+        (x, relu_out), W = self.cache, self.params["W"]
+        if relu_out is not None:              # the absorbed ReLU's backward: dout masked once, for all three uses
+            dout = np.multiply(dout, relu_out > 0, out=workspace.empty_like(dout))
         dW = workspace.empty_like(W)
         # dW is split by output rows (not by batch): no partial sums of a 150 MB matrix to add up
         run_chunks(lambda lo, hi: np.matmul(dout[:, lo:hi].T, x, out=dW[lo:hi]), self.out_features)

@@ -10,14 +10,15 @@ so a NaN or infinite dout stays NaN where the unit is off (PyTorch selects 0 the
 hidden from the loss or the gradients (docs/conventions.md, edge values).
 
 Shapes: any; out and dx have the shape of x.
-Cached: `out` (out > 0 exactly where x > 0). Where the next layer caches its input as it is (LRN:
-relu1 and relu2 of AlexNet), this is the same array and costs nothing more; elsewhere (relu3-relu5
-before a Winograd convolution, which keeps transformed tiles, and relu6-relu7 before dropout) it is
-one more array of the output's size, kept for a backward that reads only its sign.
-Reference loops: layers/reference.py relu_forward / relu_backward. GPU: kernels/relu.cu, or, right
-after a Conv2d or Dense in a Sequential, that layer's bias kernels (engine/layer.py, absorb): the
-ReLU's CUDA path then hands its input on as its output and its gradient on as dx, because both
-were already rectified and masked by the layer before it (the layer caches that output itself).
+Cached: `out` (out > 0 exactly where x > 0), one array of the output's size. Inside a Sequential a
+ReLU right after a Conv2d or Dense is absorbed by that layer (engine/layer.py, absorb), on both
+paths: the layer writes its output rectified, caches it as `relu_out`, and masks dout as it reads
+it, while the ReLU hands x and dout through and its cache is that same array. Where the next
+layer caches its input as it is (LRN: relu1 and relu2 of AlexNet), the array is shared once more;
+elsewhere (relu3-relu5 before a Winograd convolution, which keeps transformed tiles, and
+relu6-relu7 before dropout) it is kept only for a backward that reads its sign.
+Reference loops: layers/reference.py relu_forward / relu_backward. GPU: kernels/relu.cu, or, when
+absorbed, the bias kernels of the layer before it (kernels/conv.cu).
 """
 import numpy as np
 
@@ -30,11 +31,15 @@ from alexnet.kernels import ops
 class ReLU(Layer):
     # ---- NumPy -----------------------------------------------------------------------------------
     def forward_numpy(self, x, train):
+        if self.fused_into is not None:     # the layer before has rectified x already (absorb)
+            return x, x
         out = workspace.empty_like(x)
         run_chunks(lambda lo, hi: np.maximum(x[lo:hi], 0, out=out[lo:hi]), len(x), grain=batch_grain())
         return out, out                                              # cache: out
 
     def backward_numpy(self, dout, need_dx):
+        if self.fused_into is not None:     # the layer before masks dout as it reads it
+            return dout
         out = self.cache
         dx = workspace.empty_like(dout)
         run_chunks(lambda lo, hi: np.multiply(dout[lo:hi], out[lo:hi] > 0, out=dx[lo:hi]), len(dout),
