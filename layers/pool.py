@@ -15,8 +15,17 @@ kernels/pool.cu, layers/reference.py): all-zero or constant windows send their g
 top-left element. A window holding a NaN outputs NaN and its first NaN is the argmax. The backward
 multiplies dout by the derivative (1 at the argmax, 0 elsewhere) rather than selecting, so a NaN
 dout reaches its whole window, on every path.
-The CPU path loops over the K*K window offsets (9), each a strided view of the whole batch:
-never over pixels. Backward adds `dout * (argmax == offset)` through the same strided views.
+The CPU path never loops over pixels. Its forward takes the maximum in two passes, as max is
+separable: first over the K columns of every window row (m1[h, j] = max_q x[h, S*j + q]), then
+over the K rows (out[i, j] = max_p m1[S*i + p, j]); the argmax follows, strict comparisons keeping
+the first maximum of a row and then the first row with the window's maximum, which is the first in
+row-major order. It reads each column candidate from a copy of x split by column residue (x[..., r::S]),
+where the candidates of a row are contiguous: strided reads keep NumPy from vectorising, and they
+were most of the time. (Narrow outputs, pool5's 6x6, take the 9 window offsets as strided views.)
+Its backward sends each dout to the one input its argmax names, with np.bincount over the flat
+input index (the sums of overlapping windows in float64, rounded once); a dout that is not all
+finite takes the exact multiply-by-the-derivative path instead, `dout * (argmax == offset)` per
+window offset, so that a NaN reaches the whole window as on the other paths.
 Reference loops: layers/reference.py maxpool_forward / maxpool_backward. GPU: kernels/pool.cu.
 """
 from collections import namedtuple
@@ -33,6 +42,18 @@ MAX_WINDOW = ops.MAX_POOL_WINDOW          # the argmax offset p*K + q fits one b
 
 # nine strided passes over each chunk's input: chunks of ~6 MB of input run from cache
 CHUNK_BYTES = 6 << 20
+# outputs at least this wide take the separable forward; narrower ones (pool5's 6) the window offsets
+SEPARABLE_WIDTH = 8
+
+
+def _running_max(candidate, offset, best, argmax, better, step):
+    """best = max(best, candidate); argmax takes `offset` (a number, or an array of them) where the
+    candidate is strictly larger (ties keep the earlier). As uint8 arithmetic, not np.where: faster."""
+    np.greater(candidate, best, out=better)
+    np.maximum(best, candidate, out=best)
+    np.subtract(offset, argmax, out=step, dtype=argmax.dtype, casting="unsafe")
+    np.multiply(step, better, out=step)
+    np.add(argmax, step, out=argmax)
 
 
 class MaxPool2d(Layer):
@@ -76,24 +97,43 @@ class MaxPool2d(Layer):
         return out, PoolCache(argmax, x.shape)
 
     def _forward_chunk(self, x, out, argmax):
+        if out.shape[3] >= SEPARABLE_WIDTH:
+            self._forward_separable(x, out, argmax)
+        else:
+            self._forward_windows(x, out, argmax)
+        nan = np.isnan(out)
+        if nan.any():
+            K, (OH, OW) = self.kernel_size, out.shape[2:]
+            for offset in reversed(range(K * K)):
+                argmax[nan & np.isnan(self._window(x, offset // K, offset % K, OH, OW))] = offset
+
+    def _forward_windows(self, x, out, argmax):
+        """The max and argmax over the K*K window offsets, each a strided view of x."""
         K, (OH, OW) = self.kernel_size, out.shape[2:]
         better, step = np.empty(out.shape, bool), np.empty(out.shape, argmax.dtype)
         out[...] = self._window(x, 0, 0, OH, OW)
         argmax[...] = 0
         for offset in range(1, K * K):
-            win = self._window(x, offset // K, offset % K, OH, OW)
-            np.greater(win, out, out=better)                         # strict: first max wins ties
-            np.maximum(out, win, out=out)
-            # argmax = where(better, offset, argmax) as arithmetic; np.putmask was 3x slower here
-            np.subtract(argmax.dtype.type(offset), argmax, out=step)
-            np.multiply(step, better, out=step)
-            np.add(argmax, step, out=argmax)
-        # np.maximum made a window holding a NaN NaN, but NaN > max is false, so its argmax still
-        # points at a number: point it at the window's first NaN (a rare pass, after one check)
-        nan = np.isnan(out)
-        if nan.any():
-            for offset in reversed(range(K * K)):
-                argmax[nan & np.isnan(self._window(x, offset // K, offset % K, OH, OW))] = offset
+            _running_max(self._window(x, offset // K, offset % K, OH, OW), offset, out, argmax, better, step)
+
+    def _forward_separable(self, x, out, argmax):
+        """The max over the K columns of every window row, then over the K rows (module docstring)."""
+        K, S, (OH, OW) = self.kernel_size, self.stride, out.shape[2:]
+        n, C, H, _ = x.shape
+        # column S*j + q is column j + q // S of x[..., q % S::S]: a row's candidates are contiguous
+        by_residue = [np.ascontiguousarray(x[..., r::S]) for r in range(min(S, K))]
+        m1, a1 = np.empty((n, C, H, OW), x.dtype), np.zeros((n, C, H, OW), np.uint8)   # (n, C, H, OW)
+        better, step = np.empty(m1.shape, bool), np.empty(m1.shape, np.uint8)
+        m1[...] = by_residue[0][..., :OW]
+        for q in range(1, K):
+            _running_max(by_residue[q % S][..., q // S:q // S + OW], q, m1, a1, better, step)
+        rows = lambda a, p: a[:, :, p:p + S * (OH - 1) + 1:S]                     # (n, C, OH, OW) views
+        better, step = np.empty(out.shape, bool), np.empty(out.shape, np.uint8)
+        out[...] = rows(m1, 0)
+        argmax[...] = rows(a1, 0)
+        for p in range(1, K):
+            offsets = np.add(rows(a1, p), np.uint8(p * K), out=np.empty(out.shape, np.uint8))  # p*K + q
+            _running_max(rows(m1, p), offsets, out, argmax, better, step)
 
     def backward_numpy(self, dout, need_dx):
         argmax, x_shape = self.cache
@@ -103,13 +143,30 @@ class MaxPool2d(Layer):
         return dx
 
     def _backward_chunk(self, dout, argmax, dx):
+        if np.isfinite(dout).all():
+            self._backward_scatter(dout, argmax, dx)
+        else:
+            self._backward_windows(dout, argmax, dx)
+
+    def _backward_windows(self, dout, argmax, dx):
+        """dx = sum over window offsets of dout * (argmax == offset), added through strided views."""
         K, (OH, OW) = self.kernel_size, dout.shape[2:]
         dx[...] = 0
         for offset in range(K * K):
             dx_win = self._window(dx, offset // K, offset % K, OH, OW)   # a view into dx
             dx_win += dout * (argmax == offset)
 
-    # ---- CUDA (kernels/pool.cu) ----------------------------------------------------------------------
+    def _backward_scatter(self, dout, argmax, dx):
+        """Each dout to the input its argmax names: flat indices, summed by np.bincount."""
+        K, S, (n, C, OH, OW), (H, W) = self.kernel_size, self.stride, dout.shape, dx.shape[2:]
+        p, q = np.divmod(argmax, np.uint8(K))                                     # (n, C, OH, OW)
+        index = p.astype(np.intp) * W
+        index += q
+        index += (S * W * np.arange(OH))[:, None] + S * np.arange(OW)             # the window's corner
+        index += (H * W * np.arange(n * C)).reshape(n, C, 1, 1)                   # its sample and channel
+        sums = np.bincount(index.ravel(), weights=dout.ravel(), minlength=dx.size)   # float64
+        dx[...] = sums.reshape(dx.shape)
+
     def forward_cuda(self, rt, x, train):
         out, argmax = ops.maxpool_forward(rt, x, self.kernel_size, self.stride, who=self.name)
         return out, PoolCache(argmax, x.shape)

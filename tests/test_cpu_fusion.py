@@ -39,3 +39,43 @@ def test_an_absorbed_relu_is_the_relu_layer_bit_for_bit(algorithm, dtype, rng):
             assert np.array_equal(f.grads[key], a.grads[key]), (f.name, key)
     # the conv's output is rectified inside the Sequential: the ReLU hands it on
     assert (fused.layers[0].cache.relu_out >= 0).all()
+
+
+# ---- max-pool: the separable forward and the scattered backward -------------------------------------
+@pytest.mark.parametrize("shape,K,S", [((2, 3, 55, 55), 3, 2), ((2, 4, 27, 29), 3, 2), ((1, 2, 20, 21), 2, 2),
+                                       ((1, 2, 30, 31), 5, 3)])
+def test_the_separable_max_pool_is_the_window_one_bit_for_bit(shape, K, S, rng):
+    from alexnet.layers import MaxPool2d
+
+    pool = MaxPool2d(K, S)
+    x = np.round(rng.standard_normal(shape) * 2).astype(np.float32) / 2      # many exact ties
+    x[0, 0, 5, 7] = np.nan                                                   # and a NaN window
+    out_shape = shape[:2] + pool.output_shape(shape[1:])[1:]
+    assert out_shape[3] >= 8                                                 # the separable path runs
+    got = np.empty(out_shape, np.float32), np.empty(out_shape, np.uint8)
+    want = np.empty(out_shape, np.float32), np.empty(out_shape, np.uint8)
+    pool._forward_chunk(x, *got)
+    pool._forward_windows(x, *want)
+    nan = np.isnan(want[0])
+    for offset in reversed(range(K * K)):                                    # the NaN rule, as the layer has it
+        want[1][nan & np.isnan(pool._window(x, offset // K, offset % K, *out_shape[2:]))] = offset
+    assert np.array_equal(got[0], want[0], equal_nan=True) and np.array_equal(got[1], want[1])
+
+
+def test_the_scattered_max_pool_backward_is_the_exact_sum_rounded_once(rng):
+    from alexnet.layers import MaxPool2d
+
+    pool = MaxPool2d(3, 2)
+    x = np.round(rng.standard_normal((2, 3, 27, 27)) * 2).astype(np.float32) / 2
+    out = pool.forward(x)
+    dout = rng.standard_normal(out.shape).astype(np.float32) * 10 ** rng.uniform(-3, 3, out.shape).astype(np.float32)
+    argmax = pool.cache.argmax
+    got = np.empty(x.shape, np.float32)
+    pool._backward_scatter(dout, argmax, got)
+    exact = np.empty(x.shape, np.float64)
+    pool._backward_windows(dout.astype(np.float64), argmax, exact)
+    assert np.array_equal(got, exact.astype(np.float32))                     # the float64 sum, rounded once
+    # a non-finite dout takes the multiply-by-the-derivative path: NaN over the whole window
+    dout[0, 0, 3, 3] = np.nan
+    dx = pool.backward(dout)
+    assert np.isnan(dx[0, 0, 6:9, 6:9]).all() and np.isfinite(dx[1]).all()
