@@ -49,6 +49,8 @@ def standard_layer_cases():
         ("conv 3->4 k3 (im2col)", conv(3, 4, 3, algorithm="im2col"), normal((2, 3, 6, 6))),
         ("conv 4->6 k3 p1 g2 7x5 winograd", conv(4, 6, 3, padding=1, groups=2), normal((2, 4, 7, 5))),
         ("conv 2->3 k3 p2 (winograd)", conv(2, 3, 3, padding=2), normal((1, 2, 4, 5))),
+        ("conv 4->6 k5 p2 g2 (winograd 5x5)", conv(4, 6, 5, padding=2, groups=2, algorithm="winograd"),
+         normal((2, 4, 7, 6))),
         ("conv 4->6 k3 s2 p1 g2", conv(4, 6, 3, stride=2, padding=1, groups=2), normal((2, 4, 7, 7))),
         ("conv 2->4 k5 s4 (conv1-like)", conv(2, 4, 5, stride=4), normal((2, 2, 13, 13))),
         ("relu", ReLU, lambda rng: away_from_zero(rng, (2, 3, 4, 5))),

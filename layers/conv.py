@@ -31,10 +31,11 @@ Reference loops: layers/reference.py conv_forward / conv_backward / conv_backwar
 How it is computed fast. The loops of layers/reference.py compute the sums above as written; the
 CPU path computes the same numbers with one of two optimisations behind one interface, each in
 its own module with its own derivation: im2col (layers/conv_im2col.py: patches copied into a
-matrix, one GEMM per group) and Winograd F(2x2, 3x3) (layers/conv_winograd.py: 3x3 stride-1
-kernels, about half the multiplications). `algorithm="auto"` takes Winograd where it applies (AlexNet's conv3-5) and
-im2col elsewhere (conv1, conv2); `alexnet summary` says which each layer uses and why. The batch
-is cut into chunks of up to 8 samples run on every core (engine/threads.py).
+matrix, one GEMM per group) and Winograd F(2x2, 3x3) and F(2x2, 5x5) (layers/conv_winograd.py:
+stride-1 kernels, about half and 0.4 times the multiplications). `algorithm="auto"` takes Winograd
+where it pays (AlexNet's conv2-5) and im2col elsewhere (conv1); `alexnet summary` says which each
+layer uses and why. The batch is cut into chunks of a few samples run on every core
+(engine/threads.py).
 The GPU path is im2col for every layer: the im2col/col2im and bias kernels of kernels/conv.cu
 around cuBLAS products (engine/gemm.py, in the model's precision: float32, TF32, or BF16 operands
 with float32 sums), the whole batch in one chunk.
@@ -59,7 +60,7 @@ import numpy as np
 from alexnet.engine import workspace
 from alexnet.engine.gemm import gemm
 from alexnet.engine.layer import Layer
-from alexnet.engine.threads import batch_grain, run_chunks
+from alexnet.engine.threads import run_chunks
 from alexnet.kernels import ops
 from alexnet.layers import conv_im2col, conv_winograd
 from alexnet.layers.relu import AbsorbsReLU
@@ -89,7 +90,7 @@ class Conv2d(AbsorbsReLU, Layer):
         if algorithm not in ALGORITHMS:
             raise ValueError(f"Conv2d: algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
         if algorithm == "winograd" and not conv_winograd.applies(self.kernel_size, self.stride):
-            raise ValueError(f"Conv2d: algorithm='winograd' needs a 3x3 kernel with stride 1, got "
+            raise ValueError(f"Conv2d: algorithm='winograd' needs a 3x3 or 5x5 kernel with stride 1, got "
                              f"{kernel_size}x{kernel_size} with stride {stride}")
         self.algorithm = algorithm
         K = self.kernel_size
@@ -128,7 +129,7 @@ class Conv2d(AbsorbsReLU, Layer):
     def cpu_algorithm(self):
         """The module (conv_im2col or conv_winograd) the NumPy path runs for this layer."""
         winograd = self.algorithm == "winograd" or (
-            self.algorithm == "auto" and conv_winograd.applies(self.kernel_size, self.stride))
+            self.algorithm == "auto" and conv_winograd.pays(self.kernel_size, self.stride, self.in_channels // self.groups))
         return conv_winograd if winograd else conv_im2col
 
     def algorithm_reason(self):
@@ -145,7 +146,7 @@ class Conv2d(AbsorbsReLU, Layer):
         # batch chunks of up to 8 samples over the cores (engine/threads.py); each returns what
         # its backward needs, kept with the chunk's sample range
         chunks = run_chunks(lambda lo, hi: (lo, hi, self._forward_chunk(algo, x[lo:hi], prepared, out[lo:hi])),
-                            N, grain=batch_grain())
+                            N, grain=algo.samples_per_chunk(self, x.shape[1:]))
         return out, ConvCache(algo.NAME, x.shape, prepared, chunks, out if self.relu is not None else None)
 
     def _forward_chunk(self, algo, x, prepared, out):

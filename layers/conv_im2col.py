@@ -1,5 +1,5 @@
-"""im2col: the CPU algorithm for every convolution that Winograd does not take (AlexNet's conv1 and
-conv2), and for any convolution with `Conv2d(algorithm="im2col")`. Chellapilla et al. 2006.
+"""im2col: the CPU algorithm for every convolution that Winograd does not take (AlexNet's conv1,
+stride 4), and for any convolution with `Conv2d(algorithm="im2col")`. Chellapilla et al. 2006.
 
 The idea. Copy every input patch a filter sees into one column of a matrix, and the convolution
 becomes one matrix product per group: out_g = W_g @ col_g, with
@@ -27,6 +27,7 @@ one as_strided view of it, copied once, is every group's patch matrix, and one s
 covers all groups.
 
 The interface Conv2d calls (layers/conv_winograd.py has the same):
+    samples_per_chunk(conv, in_shape) -> n          how the batch is cut over the cores
     prepare_weights(W, groups) -> prepared          once per forward, shared by the chunks
     forward_chunk(conv, x, prepared, out) -> saved  out written in place; saved: what backward needs
     backward_chunk(conv, dout, saved, prepared, x_shape, dx, relu_out) -> (dW, db) of the chunk's
@@ -36,6 +37,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from alexnet.engine import workspace
+from alexnet.engine.threads import batch_grain
 
 NAME = "im2col"
 
@@ -49,6 +51,11 @@ def why(conv):
     if conv.algorithm == "im2col":
         return f"im2col: chosen with algorithm='im2col' ({K}x{K} stride {S}: one GEMM per group)"
     return f"im2col: {K}x{K} stride {S} (Winograd F(2x2,3x3) takes only 3x3 stride 1): one GEMM per group"
+
+
+def samples_per_chunk(conv, in_shape):
+    """Up to 8 (engine/threads.py BATCH_GRAIN): the products are large and run at the BLAS peak."""
+    return batch_grain()
 
 
 def product_flops(conv, in_shape, need_dx=True):

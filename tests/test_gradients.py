@@ -95,20 +95,25 @@ def test_conv_algorithm_choice_and_bad_values():
     assert Conv2d(4, 4, 3, padding=1).cpu_algorithm() is conv_winograd
     assert Conv2d(4, 4, 3, padding=1, algorithm="im2col").cpu_algorithm() is conv_im2col
     assert Conv2d(4, 4, 3, stride=2).cpu_algorithm() is conv_im2col
-    assert Conv2d(4, 4, 5, padding=2).cpu_algorithm() is conv_im2col
+    assert Conv2d(4, 4, 5, padding=2).cpu_algorithm() is conv_im2col          # too few channels to pay
+    assert Conv2d(96, 256, 5, padding=2, groups=2).cpu_algorithm() is conv_winograd     # AlexNet's conv2
+    assert Conv2d(4, 4, 5, padding=2, algorithm="winograd").cpu_algorithm() is conv_winograd
     assert "stride 1" in Conv2d(4, 4, 3, padding=1).algorithm_reason()
     assert "5x5" in Conv2d(4, 4, 5, padding=2).algorithm_reason()
+    assert "36 products per 2x2 output tile where im2col has 100" in Conv2d(96, 256, 5, padding=2).algorithm_reason()
     with pytest.raises(ValueError, match="algorithm must be one of auto, im2col, winograd"):
         Conv2d(4, 4, 3, algorithm="fft")
-    with pytest.raises(ValueError, match=r"winograd' needs a 3x3 kernel with stride 1, got 5x5 with stride 1"):
-        Conv2d(4, 4, 5, algorithm="winograd")
+    with pytest.raises(ValueError, match=r"winograd' needs a 3x3 or 5x5 kernel with stride 1, got 7x7 with stride 1"):
+        Conv2d(4, 4, 7, algorithm="winograd")
 
 
-@pytest.mark.parametrize("shape,padding,groups", [((5, 6, 13, 13), 1, 2), ((2, 4, 8, 11), 1, 1), ((3, 2, 5, 4), 0, 2)])
-def test_winograd_and_im2col_agree_in_float32(shape, padding, groups, rng):
-    """AlexNet's conv3-5 sizes and odd ones: both CPU algorithms, forward and backward."""
+@pytest.mark.parametrize("shape,K,padding,groups", [((5, 6, 13, 13), 3, 1, 2), ((2, 4, 8, 11), 3, 1, 1),
+                                                     ((3, 2, 5, 4), 3, 0, 2), ((3, 8, 27, 27), 5, 2, 2),
+                                                     ((2, 3, 9, 6), 5, 1, 1)])
+def test_winograd_and_im2col_agree_in_float32(shape, K, padding, groups, rng):
+    """AlexNet's conv2-5 sizes and odd ones: both CPU algorithms, forward and backward."""
     C = shape[1]
-    layers = [Conv2d(C, 2 * C, 3, padding=padding, groups=groups, algorithm=a) for a in ("winograd", "im2col")]
+    layers = [Conv2d(C, 2 * C, K, padding=padding, groups=groups, algorithm=a) for a in ("winograd", "im2col")]
     W = rng.standard_normal(layers[0].params["W"].shape).astype(np.float32) * 0.2
     b = rng.standard_normal(2 * C).astype(np.float32)
     x = rng.standard_normal(shape).astype(np.float32)

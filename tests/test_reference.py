@@ -52,11 +52,12 @@ CONVS = [  # (in, out, kernel, stride, pad, groups, input shape)
     (6, 3, 3, 2, 1, 3, (3, 6, 7, 5)),
     (2, 4, 5, 4, 0, 1, (2, 2, 13, 14)),
     (4, 4, 5, 1, 2, 2, (3, 4, 6, 5)),
+    (2, 3, 5, 1, 1, 1, (2, 2, 9, 8)),
 ]
 
 
-# every convolution with im2col; the 3x3 stride-1 ones with Winograd too (it takes no others)
-CONV_CASES = [("im2col",) + c for c in CONVS] + [("winograd",) + c for c in CONVS if c[2:4] == (3, 1)]
+# every convolution with im2col; the 3x3 and 5x5 stride-1 ones with Winograd too (it takes no others)
+CONV_CASES = [("im2col",) + c for c in CONVS] + [("winograd",) + c for c in CONVS if c[2:4] in ((3, 1), (5, 1))]
 
 
 @pytest.mark.parametrize("algorithm,C,O,K,S,P,G,shape", CONV_CASES)

@@ -182,7 +182,7 @@ def winograd_example():
     products), Y = A^T M A, held to the direct sum, to Conv2d(algorithm="winograd") and to the
     reference loops. The 4x4 and 4x3 matrices are layers/conv_winograd.py's; the layer itself uses
     their Kronecker products (conv_winograd.matrices) on flattened tiles, checked equal here."""
-    BT, G, AT = conv_winograd._BT, conv_winograd._G, conv_winograd._AT
+    BT, G, AT = conv_winograd.KERNELS[3]
     V = BT @ WINO_D @ BT.T
     U = G @ WINO_G @ G.T
     M = U * V
