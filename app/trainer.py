@@ -45,29 +45,39 @@ def train_step(model, criterion, optimizer, strategy, x, labels, count, device="
     the whole batch). Returns (loss, correct, n): this rank's mean loss, correct count and images,
     or, where the strategy sums them every step (data-parallel ranks on the CPU), the global batch's.
     `check(loss)` sees the loss before any weight changes (the trainer stops on a NaN there).
-    The trainer and bench/scaling.py run this same step."""
-    from alexnet.engine import backend
-
+    Where no gradient is exchanged (one process, or a tower), each layer is updated right after its
+    backward (SGD.update_layer), while its gradients are in cache: the loss is checked before the
+    backward then. The trainer and bench/scaling.py run this same step."""
     n = len(labels)
-    if n == 0:
-        # none of the batch is this rank's (a short last batch): a stand-in image keeps its
-        # layers in step with the other ranks (the dropout counters) and contributes nothing
-        x, labels = np.zeros((1,) + x.shape[1:], x.dtype), np.zeros(1, labels.dtype)
-    x, labels = backend.to_device(x, device), backend.to_device(labels, device)
+    x, labels = _on_device(x, labels, device)
     logits = model.forward(x, train=True)                                   # forward
     loss = criterion.forward(logits, labels)                                # loss
     correct = (logits.argmax(axis=1) == labels).sum() if n else 0
     totals = strategy.step_totals(loss, correct, n, count)                  # summed over ranks, if every step
+    update_now = strategy.after_layer is None
+    if check is not None and update_now:
+        check(loss)
     dlogits = criterion.backward(count=count)        # this rank's share of the gradient of the global mean
     if n == 0:
         dlogits[...] = 0
-    model.backward(dlogits, need_dx=False, after_layer=strategy.after_layer)  # backward
+    model.backward(dlogits, need_dx=False, after_layer=optimizer.update_layer if update_now else strategy.after_layer)
     strategy.finish_gradients()                                             # gradient exchange
     loss, correct, n = totals.result()
-    if check is not None:
+    if check is not None and not update_now:
         check(loss)
-    optimizer.step()                                                        # update
+    optimizer.step()                                                        # update (what backward left)
     return loss, correct, n
+
+
+def _on_device(x, labels, device):
+    """The batch on the model's device. Where none of a short last batch is this rank's, a stand-in
+    image keeps its layers in step with the other ranks (the dropout counters); its gradient is
+    zeroed (train_step), so it contributes nothing."""
+    from alexnet.engine import backend
+
+    if len(labels) == 0:
+        x, labels = np.zeros((1,) + x.shape[1:], x.dtype), np.zeros(1, labels.dtype)
+    return backend.to_device(x, device), backend.to_device(labels, device)
 
 
 def _fmt_time(seconds):

@@ -40,7 +40,9 @@ def torch_alexnet(torch, groups=2):
 
 
 def our_step(net, crit, opt, x, y, timings=None):
-    """One step; with `timings` (dict name -> [fwd list, bwd list]) it records every layer."""
+    """One step as the trainer runs it (app/trainer.py train_step: each layer's update right after
+    its backward); with `timings` (dict name -> [fwd list, bwd list]) it records every layer, and
+    the updates, summed, as "sgd"."""
     clock = time.perf_counter
     h = x
     for layer in net.layers:
@@ -53,16 +55,20 @@ def our_step(net, crit, opt, x, y, timings=None):
     dout = crit.backward()
     if timings is not None:
         timings.setdefault("loss", [[], []])[0].append(clock() - t0)
+    update = 0.0
     for i in reversed(range(len(net.layers))):
         layer = net.layers[i]
         t0 = clock()
         dout = layer.backward(dout, need_dx=i > 0)
+        t1 = clock()
+        opt.update_layer(layer)
+        update += clock() - t1
         if timings is not None:
-            timings[layer.name][1].append(clock() - t0)
+            timings[layer.name][1].append(t1 - t0)
     t0 = clock()
     opt.step()
     if timings is not None:
-        timings.setdefault("sgd", [[], []])[1].append(clock() - t0)
+        timings.setdefault("sgd", [[], []])[1].append(update + clock() - t0)
     return loss
 
 

@@ -20,7 +20,9 @@ uses 2) and a decay multiplier (`bias_decay`, Caffe uses 0). For a tensor with m
 (lr_mult, decay_mult) the rule is v <- m v - decay_mult wd (lr lr_mult) w - (lr lr_mult) g.
 
 Reference loop: layers/reference.py sgd_step. On the CPU the update walks each tensor in cache-
-sized blocks on every core; on the GPU one launch of kernels/sgd.cu updates every tensor, and
+sized blocks on every core, and in training each layer's tensors are updated right after that
+layer's backward (update_layer, as Sequential.backward's after_layer), while its gradients are
+still in cache, rather than all at the end; on the GPU one launch of kernels/sgd.cu updates every tensor, and
 under --precision bf16 also writes the BF16 copies of the weights the products read (the
 layers' `low_params`): the masters, the velocity and the update stay float32. The kernel reads the
 learning rate from a one-element device array (`lr_slot`, written through engine/graphs.py
@@ -79,6 +81,7 @@ class SGD:
             raise ValueError(f"SGD: layer_lr_mults needs layers of the model and multipliers >= 0, got "
                              f"{self.layer_lr_mults!r}")
         self.lr_slot = None      # the GPU path's device copy of the learning rate
+        self._updated = set()    # layers updated during this step's backward (update_layer)
         self.velocity = {}
         for full, layer, key in model.named_parameters():
             p = layer.params[key]
@@ -104,14 +107,20 @@ class SGD:
         layer_mult = self.layer_lr_mults.get(layer.name, 1.0)
         return (layer_mult * self.bias_lr_mult, self.bias_decay) if key == "b" else (layer_mult, 1.0)
 
+    def update_layer(self, layer):
+        """Update `layer`'s parameters now, right after its backward wrote their gradients, while
+        those are still in cache: Sequential.backward's `after_layer` (the trainer's one-process
+        CPU step). The same arithmetic as step(), which then leaves these out. On a GPU the update
+        waits for step()'s one launch for every tensor."""
+        entries = self._entries(layer)
+        if entries and backend.kernel_runtime_of(entries[0][0]) is None:
+            self._cpu_update(entries)
+            self._updated.add(layer.name)
+
     def step(self, runtime=None):
-        entries = []
-        for full, layer, key in self.model.named_parameters():
-            if key not in layer.grads:
-                raise ValueError(f"SGD: no gradient for {full}: call backward() before step()")
-            w, g, v = layer.params[key], layer.grads[key], self.velocity[full]
-            lr_mult, decay_mult = self._multipliers(layer, key)
-            entries.append((w, g, v, lr_mult, decay_mult, layer.low_params.get(key)))
+        """Update every parameter not updated during this step's backward (update_layer)."""
+        entries = [e for layer in self.model.layers if layer.name not in self._updated for e in self._entries(layer)]
+        self._updated.clear()
         rt = runtime or (backend.kernel_runtime_of(entries[0][0]) if entries else None)
         if rt is not None:
             if self.lr_slot is None or not isinstance(self.lr_slot, rt.xp.ndarray):
@@ -121,6 +130,21 @@ class SGD:
             sgd_update_cuda(rt, [(w, g, v, lm, dm * lm, low) for w, g, v, lm, dm, low in entries],
                             self.lr_slot, self.momentum, self.weight_decay)
             return
+        self._cpu_update(entries)
+
+    def _entries(self, layer):
+        """(w, g, v, lr_mult, decay_mult, BF16 copy) of each parameter of `layer`."""
+        entries = []
+        for key in layer.params:
+            full = f"{layer.name}.{key}"
+            if key not in layer.grads:
+                raise ValueError(f"SGD: no gradient for {full}: call backward() before step()")
+            lr_mult, decay_mult = self._multipliers(layer, key)
+            entries.append((layer.params[key], layer.grads[key], self.velocity[full], lr_mult, decay_mult,
+                            layer.low_params.get(key)))
+        return entries
+
+    def _cpu_update(self, entries):
         for w, g, v, lr_mult, decay_mult, _ in entries:
             dt = w.dtype.type
             lr, decay = dt(self.lr * lr_mult), dt(decay_mult * self.weight_decay * self.lr * lr_mult)

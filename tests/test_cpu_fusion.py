@@ -79,3 +79,31 @@ def test_the_scattered_max_pool_backward_is_the_exact_sum_rounded_once(rng):
     dout[0, 0, 3, 3] = np.nan
     dx = pool.backward(dout)
     assert np.isnan(dx[0, 0, 6:9, 6:9]).all() and np.isfinite(dx[1]).all()
+
+
+# ---- the update while the gradient is hot ----------------------------------------------------------
+def test_updating_each_layer_after_its_backward_is_the_separate_update_bit_for_bit(rng):
+    """SGD.update_layer as the backward's after_layer (the trainer's one-process step), then step()
+    for what is left: the same weights and momentum as backward then step(), in float64, with a
+    frozen layer, bias options, weight decay and a change of learning rate."""
+    from alexnet.engine.loss import SoftmaxCrossEntropy
+    from alexnet.engine.optim import SGD
+    from alexnet.models.alexnet import tiny_alexnet
+
+    x = rng.standard_normal((4, 3, 31, 31))
+    labels = np.array([0, 3, 1, 4])
+    runs = []
+    for during in (False, True):
+        net = tiny_alexnet(num_classes=5, seed=3).astype(np.float64)
+        opt = SGD(net, lr=0.05, momentum=0.9, weight_decay=5e-3, bias_lr_mult=2.0, bias_decay=0.0,
+                  layer_lr_mults={"conv1": 0.0, "fc8": 0.5})
+        crit = SoftmaxCrossEntropy()
+        for step in range(3):
+            crit.forward(net.forward(x, train=True), labels)
+            net.backward(crit.backward(), need_dx=False, after_layer=opt.update_layer if during else None)
+            opt.step()
+            opt.lr = 0.02 if step == 1 else opt.lr
+        runs.append((net.state_dict(), {k: v.copy() for k, v in opt.velocity.items()}))
+    (w0, v0), (w1, v1) = runs
+    assert all(np.array_equal(w0[k], w1[k]) for k in w0) and all(np.array_equal(v0[k], v1[k]) for k in v0)
+    assert np.array_equal(w0["conv1.W"], tiny_alexnet(num_classes=5, seed=3).astype(np.float64).state_dict()["conv1.W"])
