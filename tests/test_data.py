@@ -355,3 +355,24 @@ def test_demo_generator_is_deterministic_and_in_imagenet_layout(tmp_path):
     assert len(ds.train) == 2 * len(demo.CLASSES) and len(ds.val) == len(demo.CLASSES)
     imgs, _ = ds.train.load(np.arange(len(ds.train)))
     assert imgs.std() > 20  # real content, not blank images
+
+
+def test_a_small_folder_is_decoded_once_and_gives_the_same_pixels(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "d", n_train=3, n_val=1)
+    calls = []
+    real = data.decode_image
+    monkeypatch.setattr(data, "decode_image", lambda path, side: calls.append(path) or real(path, side))
+    ds = data.open_dataset(root, 32, mean_samples=0)
+    first, labels = ds.train.load(np.arange(len(ds.train)))
+    again, labels2 = ds.train.load(np.arange(len(ds.train))[::-1])
+    assert len(calls) == len(ds.train)                              # the second epoch decoded nothing
+    assert np.array_equal(again, first[::-1]) and np.array_equal(labels2, labels[::-1])
+    monkeypatch.setenv("ALEXNET_DECODE_CACHE", "0")                 # off: decoded every time
+    ds = data.open_dataset(root, 32, mean_samples=0)
+    calls.clear()
+    ds.train.load(np.arange(2))
+    ds.train.load(np.arange(2))
+    assert len(calls) == 4
+    monkeypatch.setenv("ALEXNET_DECODE_CACHE", "lots")
+    with pytest.raises(UserError, match="ALEXNET_DECODE_CACHE must be a number of bytes"):
+        data.open_dataset(root, 32, mean_samples=0)
