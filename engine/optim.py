@@ -150,7 +150,7 @@ class SGD:
             lr, decay = dt(self.lr * lr_mult), dt(decay_mult * self.weight_decay * self.lr * lr_mult)
             w, g, v = w.reshape(-1), g.reshape(-1), v.reshape(-1)
             run_chunks(lambda lo, hi: _paper_update(w[lo:hi], g[lo:hi], v[lo:hi], dt(self.momentum),
-                                                    decay, lr), w.size)
+                                                    decay, lr), w.size, least=1 << 16)
 
     def state_dict(self):
         return {"lr": self.lr, "velocity": {k: backend.to_numpy(v).copy() for k, v in self.velocity.items()}}

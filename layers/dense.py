@@ -27,6 +27,9 @@ from alexnet.kernels import ops
 from alexnet.layers.relu import AbsorbsReLU
 
 DenseCache = namedtuple("DenseCache", "x relu_out")
+# the products are split over the cores by features, in pieces of at least this many (a smaller
+# layer, fc8 with 10 classes, is one product: a thread's hand-over would cost more than it saves)
+CHUNK_FEATURES = 128
 
 
 class Dense(AbsorbsReLU, Layer):
@@ -68,7 +71,7 @@ class Dense(AbsorbsReLU, Layer):
         # split by output features, not by batch: each thread then reads only its rows of W (fc6's
         # W is 150 MB and the product is bound by reading it)
         run_chunks(lambda lo, hi: self._forward_chunk(x, W[lo:hi], b[lo:hi], out[:, lo:hi]),
-                   self.out_features)                                           # (N, out)
+                   self.out_features, least=CHUNK_FEATURES)                       # (N, out)
         return out, DenseCache(x, out if self.relu is not None else None)
 
     def _forward_chunk(self, x, W, b, out):
@@ -82,7 +85,8 @@ class Dense(AbsorbsReLU, Layer):
             dout = np.multiply(dout, relu_out > 0, out=workspace.empty_like(dout))
         dW = workspace.empty_like(W)
         # dW is split by output rows (not by batch): no partial sums of a 150 MB matrix to add up
-        run_chunks(lambda lo, hi: np.matmul(dout[:, lo:hi].T, x, out=dW[lo:hi]), self.out_features)
+        run_chunks(lambda lo, hi: np.matmul(dout[:, lo:hi].T, x, out=dW[lo:hi]), self.out_features,
+                   least=CHUNK_FEATURES)
         self.grads["W"] = dW                                        # (out, in)
         self.grads["b"] = dout.sum(axis=0)                          # (out,)
         if not need_dx:
@@ -90,7 +94,7 @@ class Dense(AbsorbsReLU, Layer):
         dx = workspace.empty_like(x)
         # split by input features, for the same reason: each thread reads its columns of W once
         run_chunks(lambda lo, hi: np.matmul(dout, W[:, lo:hi], out=dx[:, lo:hi]),
-                   self.in_features)                                            # (N, in)
+                   self.in_features, least=CHUNK_FEATURES)                        # (N, in)
         return dx
 
     # ---- CUDA: cuBLAS products, the bias kernels of kernels/conv.cu ----------------------------------
