@@ -102,6 +102,28 @@ def product_bounds(net, batch, rate):
     return bounds
 
 
+def overhead_ms(steps=20):
+    """The engine's own time per step, the array work nearly nil: alexnet-small on one 64x64 image
+    (median ms). Every layer still runs its Python, its chunk hand-overs and its NumPy calls, on
+    arrays of a few KB: an upper bound for the interpreter's share of any step."""
+    from alexnet.app.distributed import Alone
+    from alexnet.app.trainer import train_step
+    from alexnet.engine.comm import Single
+    from alexnet.models.alexnet import AlexNetSmall
+
+    net = AlexNetSmall(10, init="he", seed=0, dropout=0.0)
+    crit, opt, strategy = SoftmaxCrossEntropy(), SGD(net, lr=0.01), Alone(Single(), "cpu")
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    y = np.zeros(1, np.int64)
+    times = []
+    for i in range(steps + 3):
+        t0 = time.perf_counter()
+        train_step(net, crit, opt, strategy, x, y, 1)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
@@ -163,6 +185,8 @@ def main():
     print(f"pytorch median {med_torch * 1e3:8.1f} ms/step  ({args.batch / med_torch:6.1f} images/s)  "
           f"all: {' '.join(f'{t * 1e3:.0f}' for t in theirs)}")
     ratio = med_ours / med_torch
+    overhead = overhead_ms()
+    print(f"the engine's own overhead per step (alexnet-small at batch 1): {overhead:.1f} ms")
     print(f"matrix products alone: {total_bound:.1f} ms at {rate / 1e9:.0f} GFLOP/s; the step runs at "
           f"{total_bound / (med_ours * 1e3):.2f} of that bound")
     print(f"ratio ours/pytorch: {ratio:.3f}")
@@ -172,6 +196,7 @@ def main():
                        "pytorch_ms": [t * 1e3 for t in theirs], "median_ours_ms": med_ours * 1e3,
                        "median_pytorch_ms": med_torch * 1e3, "ratio": ratio, "sgemm_gflops": rate / 1e9,
                        "products_ms": total_bound, "fraction_of_bound": total_bound / (med_ours * 1e3),
+                       "overhead_ms": overhead,
                        "breakdown": breakdown}, f, indent=1)
 
 

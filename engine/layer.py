@@ -36,11 +36,12 @@ when it moves to its device and read by the CUDA path only: it picks the product
 accepted on the CUDA path only). A layer whose weights are products' operands keeps their BF16
 copies in `low_params` under bf16 (`low_param_keys` names them; the SGD kernel updates them).
 
-Fusion. Inside a Sequential, `absorb(next_layer)` lets a layer take over the one after it (a
-Conv2d or Dense applies the ReLU after it: in its bias kernels on the GPU, on each chunk of its
-output while that is in cache on the CPU); the absorbed layer then passes its input and its
-gradient through unchanged (the one exception to "dx is a new array"). A layer called on its own,
-outside a Sequential, never fuses.
+Fusion. Inside a Sequential, `absorb(next_layer)` lets a layer take over the one after it: a
+Conv2d or Dense applies the ReLU after it (in its bias kernels on the GPU, on each chunk of its
+output while that is in cache on the CPU), and on the CPU an LRN the max-pool after it (on each
+chunk of its output). The absorbed layer then passes its input and its gradient through unchanged
+(the one exception to "dx is a new array"), on the paths where it was absorbed. A layer called on
+its own, outside a Sequential, never fuses.
 """
 import numpy as np
 
@@ -59,13 +60,14 @@ class Layer:
         self.cache = None
         self.name = type(self).__name__.lower()
         self.low_params = {}
-        self.fused_into = None   # the layer that applies this one on the CUDA path (absorb)
+        self.fused_into = None   # the layer that computes this one as well (absorb)
 
     # ---- the contract -------------------------------------------------------------------------
     def forward(self, x, train=False, keep_cache=True, runtime=None):
         rt = runtime or backend.kernel_runtime_of(x)
         self._check_array(x, "input", bf16=rt is not None)
-        self.check_input_shape(tuple(x.shape[1:]))
+        if rt is not None or self.fused_into is None:     # an absorbed layer's input is checked by its absorber
+            self.check_input_shape(tuple(x.shape[1:]))
         backend.check_same_device(self.name, x, self.params)
         # the last forward's cache is dead now: dropping it first lets its memory
         # (engine/workspace.py) serve this forward instead of holding two steps' worth at once
@@ -100,8 +102,13 @@ class Layer:
 
     # ---- fusion and precision (see the module docstring) -------------------------------------------
     def absorb(self, following):
-        """Take over `following` on the CUDA path if this layer can; True when it did."""
+        """Take over `following` if this layer can; True when it did."""
         return False
+
+    def unfuse(self):
+        """Forget what absorb set (a Sequential does this before it absorbs: a copied layer must
+        not keep its original's partner)."""
+        self.fused_into = None
 
     def gemm_param(self, key):
         """The array the products read for params[key]: its BF16 copy under bf16, else itself."""

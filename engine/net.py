@@ -8,8 +8,9 @@ parameter gradients on the way.
 (engine/precision.py). Under bf16 the net takes and returns float32 (the loss stays float32) and
 stores everything between its first and last layer as BF16: `forward` converts its input once and
 its output back, `backward` its gradient likewise (kernels/cast.cu).
-On the CUDA path a layer may take over the one after it (engine/layer.py, absorb: a ReLU after a
-Conv2d or Dense runs in their bias kernels); the net offers each layer its successor once, here.
+A layer may take over the one after it (engine/layer.py, absorb: a ReLU after a Conv2d or Dense
+runs inside them, and on the CPU a max-pool after an LRN); the net offers each layer its successor
+once, here.
 """
 from alexnet.engine import backend, precision as precisions
 from alexnet.kernels import ops
@@ -26,6 +27,8 @@ class Sequential:
         self.device = "cpu"
         self.precision = precisions.DEFAULT
         self._runtime = None          # set_precision's runtime, for the CPU harness
+        for layer in self.layers:
+            layer.unfuse()
         for layer, following in zip(self.layers, self.layers[1:]):
             layer.absorb(following)
 

@@ -57,6 +57,8 @@ def _running_max(candidate, offset, best, argmax, better, step):
 
 
 class MaxPool2d(Layer):
+    handed = None        # absorbed by an LRN: the cache that LRN's forward computed for it
+
     def __init__(self, kernel_size=3, stride=2):
         super().__init__()
         for label, v in (("kernel_size", kernel_size), ("stride", stride)):
@@ -89,6 +91,8 @@ class MaxPool2d(Layer):
 
     # ---- NumPy -----------------------------------------------------------------------------------
     def forward_numpy(self, x, train):
+        if self.fused_into is not None:       # the LRN before has pooled x already (absorb)
+            return x, self.handed
         _, OH, OW = self.output_shape(x.shape[1:])
         out = workspace.empty(x.shape[:2] + (OH, OW), x.dtype)      # (N, C, OH, OW)
         argmax = workspace.empty(out.shape, np.uint8)
@@ -136,6 +140,8 @@ class MaxPool2d(Layer):
             _running_max(rows(m1, p), offsets, out, argmax, better, step)
 
     def backward_numpy(self, dout, need_dx):
+        if self.fused_into is not None:       # the LRN before takes the pool's backward in its chunks
+            return dout
         argmax, x_shape = self.cache
         dx = workspace.empty(x_shape, dout.dtype)
         run_chunks(lambda lo, hi: self._backward_chunk(dout[lo:hi], argmax[lo:hi], dx[lo:hi]), len(dout),

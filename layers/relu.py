@@ -70,3 +70,7 @@ class AbsorbsReLU:
             return False
         self.relu, following.fused_into = following, self
         return True
+
+    def unfuse(self):
+        super().unfuse()
+        self.relu = None

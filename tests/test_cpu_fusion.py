@@ -107,3 +107,36 @@ def test_updating_each_layer_after_its_backward_is_the_separate_update_bit_for_b
     (w0, v0), (w1, v1) = runs
     assert all(np.array_equal(w0[k], w1[k]) for k in w0) and all(np.array_equal(v0[k], v1[k]) for k in v0)
     assert np.array_equal(w0["conv1.W"], tiny_alexnet(num_classes=5, seed=3).astype(np.float64).state_dict()["conv1.W"])
+
+
+# ---- LRN and the max-pool after it, chunk by chunk ---------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_lrn_with_its_pool_is_the_two_layers_bit_for_bit(dtype, rng):
+    from alexnet.layers import LRN, MaxPool2d
+
+    x = (rng.standard_normal((3, 6, 13, 11)) * 3).astype(dtype)
+    alone = [LRN(5, 1e-2, 0.75, 2.0), MaxPool2d(3, 2)]
+    fused = Sequential([LRN(5, 1e-2, 0.75, 2.0), MaxPool2d(3, 2)], ["lrn", "pool"])
+    assert fused.layers[0].pool is fused.layers[1] and alone[0].pool is None
+    h = alone[1].forward(alone[0].forward(x, train=True), train=True)
+    out = fused.forward(x, train=True)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dx = alone[0].backward(alone[1].backward(dout))
+    assert np.array_equal(out, h) and np.array_equal(fused.layers[1].cache.argmax, alone[1].cache.argmax)
+    assert np.array_equal(fused.backward(dout), dx)
+
+
+def test_a_copied_layer_does_not_keep_its_originals_partner():
+    """A Sequential forgets what its layers were fused with elsewhere: the tower split copies a
+    pool that an LRN absorbed into a net where no LRN precedes it."""
+    import copy
+
+    from alexnet.layers import LRN, MaxPool2d
+
+    first = Sequential([LRN(), MaxPool2d(3, 2)], ["lrn", "pool"])
+    copied = copy.deepcopy(first.layers[1])
+    assert copied.fused_into is not None
+    second = Sequential([ReLU(), copied], ["relu", "pool"])
+    assert second.layers[1].fused_into is None
+    x = np.random.default_rng(0).standard_normal((1, 2, 7, 7)).astype(np.float32)
+    assert second.forward(x).shape == (1, 2, 3, 3)
