@@ -960,6 +960,15 @@ def loss_and_update_sections(net, crit_cache, crit_bytes, param_bytes):
     return L + reference_lines(om) + [""]
 
 
+def fused_note(net):
+    """Which layers the CPU step computes inside the layer before them (engine/layer.py absorb)."""
+    pairs = [f"{layer.name} inside {layer.fused_into.name}" for layer in net.layers if layer.fused_into is not None]
+    return ("The step fuses on the CPU what the lesson takes one layer at a time (engine/layer.py, absorb): "
+            f"{', '.join(pairs)}. An absorbing layer hands on the absorbed one's output (a rectified conv "
+            "output, a pooled LRN output), which its row's RMS measures, and the absorbed layer hands it on "
+            "unchanged: the same numbers as the layers one by one, in fewer passes over memory.")
+
+
 def measurements(net, record, caches, info, loss, crit_bytes, param_bytes):
     """The measurements part: the step's numbers, how the batch-128 figures are derived, every
     layer's cache, the memory of a step."""
@@ -975,6 +984,7 @@ def measurements(net, record, caches, info, loss, crit_bytes, param_bytes):
          f"batch {TARGET}. With the paper's init (weights N(0, 0.01^2)) the gradient's RMS is "
          f"{sci(record[last]['dout_rms'])} where it enters {last} and {sci(record[first]['dout_rms'])} where it "
          f"reaches {first}'s output, a factor of {sci(record[first]['dout_rms'] / record[last]['dout_rms'])}.", "",
+         fused_note(net), "",
          glance_table(net, info, record, caches), "", END_MEASURED, "",
          '<a id="batch-size"></a>', "### Batch size", "",
          f"A CPU step at batch 128 takes several seconds and 4-5 GB, too slow for the test that keeps this file "
