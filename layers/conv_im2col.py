@@ -22,9 +22,9 @@ Backward, from the same product (dout_g reshaped to (Og, n*OH*OW)):
     dx     = col2im(dcol): each patch entry is added back to the input pixel it was copied from
              (overlapping patches add up), then the padding is cut off.
 
-Layouts (per batch chunk of n samples): the padded input xc is channel-major (C, n, Hp, Wp), so
-one as_strided view of it, copied once, is every group's patch matrix, and one stacked matmul
-covers all groups.
+Layouts (per batch chunk of n samples): one as_strided view of the input (of a zero-padded copy of
+it where P > 0), copied once, is every group's patch matrix in (c, p, q) row order, and one
+stacked matmul covers all groups.
 
 The interface Conv2d calls (layers/conv_winograd.py has the same):
     samples_per_chunk(conv, in_shape) -> n          how the batch is cut over the cores
@@ -73,14 +73,15 @@ def forward_chunk(conv, x, Wg, out):
     """x (n, C, H, W) -> out (n, O, OH, OW) written in place; returns col (groups, Cg*K*K, n*OH*OW)."""
     (n, C, H, W), (O, OH, OW) = x.shape, out.shape[1:]
     K, S, P, groups = conv.kernel_size, conv.stride, conv.padding, conv.groups
-    # channel-major padded copy: rows of the patch matrix then come out in (c, p, q) order
+    # the patches as a view (c, p, q, sample, i, j): of x itself where there is no padding (conv1:
+    # no copy of the input first), else of a zero-padded copy
     if P:
         xc = workspace.zeros((C, n, H + 2 * P, W + 2 * P), x.dtype)  # (C, n, Hp, Wp)
         xc[:, :, P:P + H, P:P + W] = x.transpose(1, 0, 2, 3)
+        sC, sN, sH, sW = xc.strides
     else:
-        xc = workspace.empty((C, n, H, W), x.dtype)                # (C, n, H, W)
-        xc[...] = x.transpose(1, 0, 2, 3)
-    sC, sN, sH, sW = xc.strides
+        xc = x                                                      # (n, C, H, W)
+        sN, sC, sH, sW = xc.strides
     patches = as_strided(xc, (C, K, K, n, OH, OW), (sC, sH, sW, sN, sH * S, sW * S))
     col = workspace.empty((groups, (C // groups) * K * K, n * OH * OW), x.dtype)  # (groups, Cg*K*K, n*OH*OW)
     col.reshape(patches.shape)[...] = patches                    # im2col: one copy
