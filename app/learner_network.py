@@ -43,8 +43,9 @@ class LearnerNetwork(Network):
         side = model.input_size
         self._sample_shapes = {name: shape for name, _, shape, _, _ in self.summary_rows((3, side, side))}
         self._kept = None               # (inputs, masks, train) of the last forward that kept its caches
+        summary = checks_summary(folder)           # refuses a workbook with functions not written yet
         if log is not None:
-            log(checks_summary(folder))
+            log(summary)
 
     def criterion(self):
         """The workbook's softmax cross-entropy, as the trainer's criterion."""
@@ -99,10 +100,16 @@ class LearnerNetwork(Network):
 
 
 def checks_summary(folder):
-    """One line: how many of the workbook's functions pass `alexnet exercise check`, and which fail."""
+    """One line: how many of the workbook's functions pass `alexnet exercise check`, and which fail.
+    A function not written yet cannot train at all: refused here, before the run directory exists."""
     from alexnet.app.exercise import check_exercise
 
     results = [r for name in FILES for r in check_exercise(folder, name)]
+    unwritten = [r.function for r in results if r.status == "not implemented"]
+    if unwritten:
+        raise UserError(f"{folder}: {', '.join(unwritten[:3])}{' and more' if len(unwritten) > 3 else ''} "
+                        f"{'is' if len(unwritten) == 1 else 'are'} not written yet (alexnet exercise status "
+                        f"{folder} lists what is left)")
     failing = [r.function for r in results if r.status != "passed"]
     if not failing:
         return f"forward and backward passes: yours, from {folder} (all {len(results)} functions pass their checks)"

@@ -277,3 +277,20 @@ def test_layers_from_is_refused_where_it_cannot_run(solved, tiny, tmp_path, caps
                  "--out", str(tmp_path / "run2")]) == 2
     err = capsys.readouterr().err
     assert "network.py's forward of the workbook" in err and "raised IndexError" in err and "conv.py line" in err
+
+
+def test_training_on_an_unfinished_workbook_is_refused_before_the_run_exists(tmp_path, capsys):
+    """A function still raising NotImplementedError cannot train: one line, and no run directory."""
+    from alexnet.app.cli import main
+    from conftest import make_folder, small_argv
+
+    data = make_folder(tmp_path / "data", n_train=2, n_val=1, size=20)
+    assert main(["exercise", "start", str(tmp_path / "wb")]) == 0
+    capsys.readouterr()
+    run = tmp_path / "run"
+    assert main(["train", "--data", data, "--epochs", "1", "--out", str(run), "--layers-from", str(tmp_path / "wb"),
+                 *small_argv()]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"alexnet: error: {tmp_path / 'wb'}: relu_forward, relu_backward, dense_forward and more "
+                          "are not written yet") and len(err.strip().splitlines()) == 1
+    assert not run.exists()
