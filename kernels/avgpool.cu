@@ -16,32 +16,10 @@
 
 #include "digits.h"
 
-// v = q*d + r with 0 <= r < d, for a divisor d fixed for the whole launch.
-struct AvgQR {
-    int q, r;
-};
-
-// The pair of v. It divides: only before the loops.
-__device__ __forceinline__ AvgQR avg_divmod(int v, int d) {
-    const int q = v / d;
-    return {q, v - q * d};
-}
-
-// (a + b) as a pair, from the pairs of a and b: two additions and one compare.
-__device__ __forceinline__ AvgQR avg_add(AvgQR a, AvgQR b, int d) {
-    a.q += b.q;
-    a.r += b.r;
-    if (a.r >= d) {
-        a.r -= d;
-        ++a.q;
-    }
-    return a;
-}
-
 // The end of a bin, ceil((i+1)*size / out_size), from its start i*size / out_size as a pair and
 // `one` = size / out_size as a pair.
-__device__ __forceinline__ int avg_bin_end(AvgQR start, AvgQR one, int out_size) {
-    const AvgQR next = avg_add(start, one, out_size);
+__device__ __forceinline__ int avg_bin_end(IndexQR start, IndexQR one, int out_size) {
+    const IndexQR next = index_add(start, one, out_size);
     return next.q + (next.r > 0);
 }
 
@@ -57,10 +35,10 @@ __device__ void avgpool_forward_body(const T* __restrict__ x, T* __restrict__ ou
     int ow = index_digit(rest, OW), oh = index_digit(rest, OH), nc = rest;
     rest = stride;
     const int s_ow = index_digit(rest, OW), s_oh = index_digit(rest, OH), s_nc = rest;
-    AvgQR h_start = avg_divmod(oh * H, OH), w_start = avg_divmod(ow * W, OW);
+    IndexQR h_start = index_divmod(oh * H, OH), w_start = index_divmod(ow * W, OW);
     // what the starts move by: the stride's digit of bins, one bin (also a carry in)
-    const AvgQR h_step = avg_divmod(s_oh * H, OH), w_step = avg_divmod(s_ow * W, OW);
-    const AvgQR h_one = avg_divmod(H, OH), w_one = avg_divmod(W, OW);
+    const IndexQR h_step = index_divmod(s_oh * H, OH), w_step = index_divmod(s_ow * W, OW);
+    const IndexQR h_one = index_divmod(H, OH), w_one = index_divmod(W, OW);
     for (; i < total; i += stride) {
         const int h0 = h_start.q, h1 = avg_bin_end(h_start, h_one, OH);
         const int w0 = w_start.q, w1 = avg_bin_end(w_start, w_one, OW);
@@ -71,12 +49,12 @@ __device__ void avgpool_forward_body(const T* __restrict__ x, T* __restrict__ ou
         }
         store(out, i, sum / (float)((h1 - h0) * (w1 - w0)));
         ow += s_ow;
-        w_start = avg_add(w_start, w_step, OW);
+        w_start = index_add(w_start, w_step, OW);
         const int carry_w = index_carry(ow, OW);
         if (carry_w) w_start.q -= W;  // back OW bins: OW*W / OW = W columns exactly
         oh += s_oh + carry_w;
-        h_start = avg_add(h_start, h_step, OH);
-        if (carry_w) h_start = avg_add(h_start, h_one, OH);
+        h_start = index_add(h_start, h_step, OH);
+        if (carry_w) h_start = index_add(h_start, h_one, OH);
         const int carry_h = index_carry(oh, OH);
         if (carry_h) h_start.q -= H;
         nc += s_nc + carry_h;
@@ -86,26 +64,26 @@ __device__ void avgpool_forward_body(const T* __restrict__ x, T* __restrict__ ou
 // Where input row h lies among the bins along one axis (size H -> out_size OH): first = h*OH / H,
 // the first bin holding it, and start = first.q * H / OH, that bin's first row, both as pairs.
 struct AvgAxis {
-    AvgQR first, start;
+    IndexQR first, start;
 };
 
 // What an AvgAxis moves by when h moves by d >= 0: first by d*OH / H, so first.q by that quotient
 // or, when the remainders carry, one more; start by as many bins.
 struct AvgMove {
-    AvgQR first, start;
+    IndexQR first, start;
 };
 
 __device__ __forceinline__ AvgMove avg_move(int d, int size, int out_size) {
-    const AvgQR first = avg_divmod(d * out_size, size);
-    return {first, avg_divmod(first.q * size, out_size)};
+    const IndexQR first = index_divmod(d * out_size, size);
+    return {first, index_divmod(first.q * size, out_size)};
 }
 
 // `one` = size / out_size as a pair: one bin further.
-__device__ __forceinline__ void avg_axis_add(AvgAxis& a, AvgMove m, AvgQR one, int size, int out_size) {
+__device__ __forceinline__ void avg_axis_add(AvgAxis& a, AvgMove m, IndexQR one, int size, int out_size) {
     const int before = a.first.q;
-    a.first = avg_add(a.first, m.first, size);
-    a.start = avg_add(a.start, m.start, out_size);
-    if (a.first.q - before > m.first.q) a.start = avg_add(a.start, one, out_size);
+    a.first = index_add(a.first, m.first, size);
+    a.start = index_add(a.start, m.start, out_size);
+    if (a.first.q - before > m.first.q) a.start = index_add(a.start, one, out_size);
 }
 
 // Back by `size` rows (a wrap of the digit): exactly out_size bins, so first.q - out_size and
@@ -132,27 +110,27 @@ __device__ void avgpool_backward_body(const T* __restrict__ dout, T* __restrict_
     int w = index_digit(rest, W), h = index_digit(rest, H), nc = rest;
     rest = stride;
     const int s_w = index_digit(rest, W), s_h = index_digit(rest, H), s_nc = rest;
-    const AvgQR h_one = avg_divmod(H, OH), w_one = avg_divmod(W, OW);
+    const IndexQR h_one = index_divmod(H, OH), w_one = index_divmod(W, OW);
     AvgAxis ah, aw;
-    ah.first = avg_divmod(h * OH, H);
-    ah.start = avg_divmod(ah.first.q * H, OH);
-    aw.first = avg_divmod(w * OW, W);
-    aw.start = avg_divmod(aw.first.q * W, OW);
+    ah.first = index_divmod(h * OH, H);
+    ah.start = index_divmod(ah.first.q * H, OH);
+    aw.first = index_divmod(w * OW, W);
+    aw.start = index_divmod(aw.first.q * W, OW);
     // the moves: the stride's digit of rows or columns, and one row (a carry in)
     const AvgMove h_step = avg_move(s_h, H, OH), w_step = avg_move(s_w, W, OW), h_next = avg_move(1, H, OH);
     for (; i < total; i += stride) {
         const T* plane = dout + nc * OH * OW;
         float sum = 0.0f;
-        AvgQR hb = ah.start;  // bin oh's first row, as oh*H / OH
+        IndexQR hb = ah.start;  // bin oh's first row, as oh*H / OH
         for (int oh = ah.first.q; oh * H < (h + 1) * OH; ++oh) {
             const int h0 = hb.q, h1 = avg_bin_end(hb, h_one, OH);
-            AvgQR wb = aw.start;
+            IndexQR wb = aw.start;
             for (int ow = aw.first.q; ow * W < (w + 1) * OW; ++ow) {
                 const int w0 = wb.q, w1 = avg_bin_end(wb, w_one, OW);
                 sum += to_f32(plane[oh * OW + ow]) / (float)((h1 - h0) * (w1 - w0));
-                wb = avg_add(wb, w_one, OW);
+                wb = index_add(wb, w_one, OW);
             }
-            hb = avg_add(hb, h_one, OH);
+            hb = index_add(hb, h_one, OH);
         }
         store(dx, i, sum);
         w += s_w;

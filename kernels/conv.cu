@@ -33,34 +33,6 @@
 
 #include "digits.h"
 
-// v = q*d + r with 0 <= r < d, for a divisor d fixed for the whole launch.
-struct ConvQR {
-    int q, r;
-};
-
-// The pair of v. It divides: only before the loops. Floor division, so that a negative v (a
-// move backwards) also gets 0 <= r < d.
-__device__ __forceinline__ ConvQR conv_divmod(int v, int d) {
-    const int q = v / d;
-    ConvQR a = {q, v - q * d};
-    if (a.r < 0) {
-        a.r += d;
-        --a.q;
-    }
-    return a;
-}
-
-// (a + b) as a pair, from the pairs of a and b: two additions and one compare.
-__device__ __forceinline__ ConvQR conv_add(ConvQR a, ConvQR b, int d) {
-    a.q += b.q;
-    a.r += b.r;
-    if (a.r >= d) {
-        a.r -= d;
-        ++a.q;
-    }
-    return a;
-}
-
 // One thread per (c, output pixel q): j = c*NQ + q, q = (n*OH + oh)*OW + ow, grid-stride. It
 // writes the KH*KW entries of column q in rows c*KH*KW .. (c+1)*KH*KW - 1, stepping through the
 // window and down the rows by additions, so the digits (c, n, oh, ow) it carries serve KH*KW
@@ -117,11 +89,11 @@ __device__ void conv_col2im_body(const T* __restrict__ col, T* __restrict__ dx, 
     int w = index_digit(rest, W), h = index_digit(rest, H), c = index_digit(rest, C), n = rest;
     rest = stride;
     const int s_w = index_digit(rest, W), s_h = index_digit(rest, H), s_c = index_digit(rest, C), s_n = rest;
-    ConvQR hp = conv_divmod(h + P, S), wp = conv_divmod(w + P, S);  // (oh_top, kh_top), (ow_top, kw_top)
+    IndexQR hp = index_divmod(h + P, S), wp = index_divmod(w + P, S);  // (oh_top, kh_top), (ow_top, kw_top)
     // what the pairs move by: the stride's digit, one row (a carry in), back one plane or row (a wrap)
-    const ConvQR hp_step = conv_divmod(s_h, S), wp_step = conv_divmod(s_w, S);
-    const ConvQR hp_one = {S == 1, S != 1};  // 1 = 1*S + 0 or 0*S + 1
-    const ConvQR hp_wrap = conv_divmod(-H, S), wp_wrap = conv_divmod(-W, S);
+    const IndexQR hp_step = index_divmod(s_h, S), wp_step = index_divmod(s_w, S);
+    const IndexQR hp_one = {S == 1, S != 1};  // 1 = 1*S + 0 or 0*S + 1
+    const IndexQR hp_wrap = index_divmod(-H, S), wp_wrap = index_divmod(-W, S);
     for (; i < total; i += stride) {
         const T* src = col + (c * KH * KW) * NQ + n * OH * OW;  // row (c, 0, 0), image n's first column
         float sum = 0.0f;
@@ -134,14 +106,14 @@ __device__ void conv_col2im_body(const T* __restrict__ col, T* __restrict__ dx, 
         }
         store(dx, i, sum);
         w += s_w;
-        wp = conv_add(wp, wp_step, S);
+        wp = index_add(wp, wp_step, S);
         const int carry_w = index_carry(w, W);
-        if (carry_w) wp = conv_add(wp, wp_wrap, S);
+        if (carry_w) wp = index_add(wp, wp_wrap, S);
         h += s_h + carry_w;
-        hp = conv_add(hp, hp_step, S);
-        if (carry_w) hp = conv_add(hp, hp_one, S);
+        hp = index_add(hp, hp_step, S);
+        if (carry_w) hp = index_add(hp, hp_one, S);
         const int carry_h = index_carry(h, H);
-        if (carry_h) hp = conv_add(hp, hp_wrap, S);
+        if (carry_h) hp = index_add(hp, hp_wrap, S);
         c += s_c + carry_h;
         n += s_n + index_carry(c, C);
     }
@@ -205,24 +177,24 @@ __device__ void conv_bias_backward_body(const T* __restrict__ dout, const T* __r
     // keeps their unused products in range.)
     const int first_run = (int)blockIdx.x < slices ? (int)blockIdx.x : slices;
     const int run_step = (int)gridDim.x < slices ? (int)gridDim.x : slices;
-    const ConvQR first = conv_divmod(first_run * run + threadIdx.x, P);
-    const ConvQR next = conv_divmod(blockDim.x, P), next_run = conv_divmod(run_step * run, P);
+    const IndexQR first = index_divmod(first_run * run + threadIdx.x, P);
+    const IndexQR next = index_divmod(blockDim.x, P), next_run = index_divmod(run_step * run, P);
     for (int c = blockIdx.y; c < C; c += gridDim.y) {
-        ConvQR start = first;
+        IndexQR start = first;
         for (int s = blockIdx.x; s < slices; s += gridDim.x) {
             const int end = (s + 1) * run < NP ? (s + 1) * run : NP;
             float sum = 0.0f;
-            ConvQR np = start;
+            IndexQR np = start;
             for (int j = s * run + threadIdx.x; j < end; j += blockDim.x) {
                 const int o = (np.q * C + c) * P + np.r;
                 const float v = to_f32(dout[o]) * (relu && !(to_f32(out[o]) > 0.0f) ? 0.0f : 1.0f);
                 store(dy, (long long)c * NP + j, v);
                 sum += v;
-                np = conv_add(np, next, P);
+                np = index_add(np, next, P);
             }
             sum = conv_block_sum(sum, partials);
             if (threadIdx.x == 0) partial[c * slices + s] = sum;
-            start = conv_add(start, next_run, P);
+            start = index_add(start, next_run, P);
         }
     }
 }

@@ -18,34 +18,6 @@
 
 #include "digits.h"
 
-// v = q*d + r with 0 <= r < d, for a divisor d fixed for the whole launch.
-struct PoolQR {
-    int q, r;
-};
-
-// The pair of v. It divides: only before the loops. Floor division, so that a negative v (a
-// move backwards) also gets 0 <= r < d.
-__device__ __forceinline__ PoolQR pool_divmod(int v, int d) {
-    const int q = v / d;
-    PoolQR a = {q, v - q * d};
-    if (a.r < 0) {
-        a.r += d;
-        --a.q;
-    }
-    return a;
-}
-
-// (a + b) as a pair, from the pairs of a and b: two additions and one compare.
-__device__ __forceinline__ PoolQR pool_add(PoolQR a, PoolQR b, int d) {
-    a.q += b.q;
-    a.r += b.r;
-    if (a.r >= d) {
-        a.r -= d;
-        ++a.q;
-    }
-    return a;
-}
-
 // One thread per output element i = (nc*OH + oh)*OW + ow, grid-stride, its digits carried across
 // the loop. Writes the maximum and its window offset; ties keep the first maximum in row-major
 // window order (strict >), as layers/pool.py and PyTorch do. A NaN is the maximum of any window that
@@ -103,11 +75,11 @@ __device__ void maxpool_backward_body(const T* __restrict__ dout, const unsigned
     int w = index_digit(rest, W), h = index_digit(rest, H), nc = rest;
     rest = stride;
     const int s_w = index_digit(rest, W), s_h = index_digit(rest, H), s_nc = rest;
-    PoolQR hs = pool_divmod(h, S), ws = pool_divmod(w, S);  // (hq, hr), (wq, wr)
+    IndexQR hs = index_divmod(h, S), ws = index_divmod(w, S);  // (hq, hr), (wq, wr)
     // what the pairs move by: the stride's digit, one row (a carry in), back one plane or row (a wrap)
-    const PoolQR hs_step = pool_divmod(s_h, S), ws_step = pool_divmod(s_w, S);
-    const PoolQR hs_one = {S == 1, S != 1};  // 1 = 1*S + 0 or 0*S + 1
-    const PoolQR hs_wrap = pool_divmod(-H, S), ws_wrap = pool_divmod(-W, S);
+    const IndexQR hs_step = index_divmod(s_h, S), ws_step = index_divmod(s_w, S);
+    const IndexQR hs_one = {S == 1, S != 1};  // 1 = 1*S + 0 or 0*S + 1
+    const IndexQR hs_wrap = index_divmod(-H, S), ws_wrap = index_divmod(-W, S);
     for (; i < total; i += stride) {
         const T* d = dout + nc * OH * OW;
         const unsigned char* offsets = argmax + nc * OH * OW;
@@ -121,14 +93,14 @@ __device__ void maxpool_backward_body(const T* __restrict__ dout, const unsigned
         }
         store(dx, i, sum);
         w += s_w;
-        ws = pool_add(ws, ws_step, S);
+        ws = index_add(ws, ws_step, S);
         const int carry_w = index_carry(w, W);
-        if (carry_w) ws = pool_add(ws, ws_wrap, S);
+        if (carry_w) ws = index_add(ws, ws_wrap, S);
         h += s_h + carry_w;
-        hs = pool_add(hs, hs_step, S);
-        if (carry_w) hs = pool_add(hs, hs_one, S);
+        hs = index_add(hs, hs_step, S);
+        if (carry_w) hs = index_add(hs, hs_one, S);
         const int carry_h = index_carry(h, H);
-        if (carry_h) hs = pool_add(hs, hs_wrap, S);
+        if (carry_h) hs = index_add(hs, hs_wrap, S);
         nc += s_nc + carry_h;
     }
 }

@@ -19,3 +19,33 @@ __device__ __forceinline__ int index_carry(int& digit, int radix) {
     if (carry) digit -= radix;
     return carry;
 }
+
+// v = q*d + r with 0 <= r < d, for a divisor d fixed for the whole launch: a quotient and its
+// remainder carried together, where a loop body needs both (col2im's (h + P) / S, max-pool's
+// h / S, adaptive pooling's bin edges).
+struct IndexQR {
+    int q, r;
+};
+
+// The pair of v. It divides: only before the loops. Floor division, so that a negative v (a
+// move backwards) also gets 0 <= r < d.
+__device__ __forceinline__ IndexQR index_divmod(int v, int d) {
+    const int q = v / d;
+    IndexQR a = {q, v - q * d};
+    if (a.r < 0) {
+        a.r += d;
+        --a.q;
+    }
+    return a;
+}
+
+// (a + b) as a pair, from the pairs of a and b: two additions and one compare.
+__device__ __forceinline__ IndexQR index_add(IndexQR a, IndexQR b, int d) {
+    a.q += b.q;
+    a.r += b.r;
+    if (a.r >= d) {
+        a.r -= d;
+        ++a.q;
+    }
+    return a;
+}
