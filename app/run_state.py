@@ -18,6 +18,7 @@ import time
 
 from alexnet.app import checkpoint as ckpt
 from alexnet.app.errors import UserError
+from alexnet.app.preprocess import Preprocessing
 
 
 @dataclasses.dataclass
@@ -73,6 +74,10 @@ def check_resumable(path, arrays, meta, model, dataset, config):
     if bad:
         raise UserError(f"checkpoint {path} has non-finite weights ({bad}): the run had already diverged "
                         f"when it was saved; resume from an earlier checkpoint with a lower --lr")
+    # the inputs are normalised by the checkpoint's mean: a NaN there would pass for divergence
+    if "data/mean" not in arrays:
+        raise UserError(f"checkpoint {path} has no training mean")
+    Preprocessing.check_mean(arrays["data/mean"], f"checkpoint {path}")
 
 
 def restore_model(arrays, meta, model):

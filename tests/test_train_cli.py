@@ -259,3 +259,24 @@ def test_resuming_a_checkpoint_with_nan_weights_says_so(trained, tmp_path, capsy
     assert line == (f"alexnet: error: checkpoint {bad} has non-finite weights (model/conv1.W: 2 of "
                     f"{arrays['model/conv1.W'].size} NaN/inf): the run had already diverged when it was saved; "
                     f"resume from an earlier checkpoint with a lower --lr")
+
+
+@pytest.mark.parametrize("mean, reason", [
+    (np.full((1, 1, 3), np.nan, np.float32), "its mean has non-finite values (NaN or infinity)"),
+    (np.zeros((2, 3), np.float32), "its mean has shape (2, 3) (float32), not (1, 1, 3) or (S, S, 3)"),
+    (None, "has no training mean"),
+])
+def test_resuming_a_checkpoint_with_a_bad_mean_is_refused(trained, tmp_path, capsys, mean, reason):
+    data, run = trained
+    arrays, meta = ckpt.load(os.path.join(run, "checkpoints", "ckpt-00000003.npz"))
+    if mean is None:
+        del arrays["data/mean"]
+    else:
+        arrays["data/mean"] = mean
+    bad = str(tmp_path / "bad" / "checkpoints" / "ckpt-00000003.npz")
+    os.makedirs(os.path.dirname(bad))
+    ckpt.save(bad, arrays, meta)
+    rc = main(["train", "--resume", bad, "--no-progress"])
+    line = _one_error_line(capsys, rc)
+    assert line.startswith(f"alexnet: error: checkpoint {bad}") and line.endswith(reason), line
+    assert sorted(os.listdir(os.path.dirname(bad))) == ["ckpt-00000003.npz"]
