@@ -430,20 +430,21 @@ def check_network(module, where):
     expected = {full: layer.grads[key] for full, layer, key in reversed(list(net.named_parameters()))}
     expected["dx"] = expected_dx                # last: the order the backward computes them in
     params = {full: layer.params[key] for full, layer, key in net.named_parameters()}
-    results = []
+    results, running = [], "forward"
     try:
         logits, inputs = module.forward(engine_ops(), params, architecture(net), x, masks, True)
         problem = describe_difference("logits", logits, expected_logits)
         if problem:                         # forward is given: only a changed one is reported
             results.append(Result("forward", "failed", problem + ["the forward no longer computes the network's "
                                                                   "logits: compare it with a fresh workbook's"]))
+        running = "backward"
         dx, grads = module.backward(engine_ops(), params, architecture(net), inputs, masks, dlogits, True)
     except NotImplementedError:
         return results + [Result("backward", "not implemented",
                                  [f"not implemented yet: backward in {where} still raises NotImplementedError; "
                                   f"write it, fc8 back to conv1"])]
     except Exception as e:                  # the learner's code
-        return results + [Result("backward" if results else "forward", "failed",
+        return results + [Result(running, "failed",
                                  [f"raised {type(e).__name__}: {e} ({where_in(e, where)}in {where})"])]
     return results + [network_backward_result({"dx": dx, **(grads if isinstance(grads, dict) else {})}, expected)]
 

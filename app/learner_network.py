@@ -113,8 +113,8 @@ def checks_summary(folder):
     failing = [r.function for r in results if r.status != "passed"]
     if not failing:
         return f"forward and backward passes: yours, from {folder} (all {len(results)} functions pass their checks)"
-    return (f"forward and backward passes: yours, from {folder}; warning: {', '.join(failing)} do not pass their "
-            f"checks (alexnet exercise check {folder}): training goes on with them as they are")
+    return (f"forward and backward passes: yours, from {folder}; warning: {', '.join(failing)} "
+            f"{'does' if len(failing) == 1 else 'do'} not pass {'its' if len(failing) == 1 else 'their'} checks (alexnet exercise check {folder}): training goes on with them as they are")
 
 
 class LearnerLoss:

@@ -80,6 +80,11 @@ def _on_device(x, labels, device):
     return backend.to_device(x, device), backend.to_device(labels, device)
 
 
+def _count(n, noun):
+    """'1 epoch', '2 epochs'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _fmt_time(seconds):
     seconds = int(round(seconds))
     if seconds < 60:
@@ -512,7 +517,7 @@ class Trainer:
         self.log(f"model: {cfg.model} ({self.model.num_params():,} parameters, init {cfg.init}) on {cfg.device} "
                  f"in {cfg.precision}{' with CUDA graphs' if self._run_step != self._eager_step else ''}; "
                  f"batch {cfg.batch_size}, lr {self.optimizer.lr:g}, momentum {cfg.momentum:g}, "
-                 f"weight decay {cfg.weight_decay:g}, {cfg.epochs} epochs")
+                 f"weight decay {cfg.weight_decay:g}, {_count(cfg.epochs, 'epoch')}")
         if self.strategy.describe():
             self.log(self.strategy.describe())
         if self.files.resumed_from:
@@ -523,7 +528,7 @@ class Trainer:
     def _summary(self, seconds):
         ds, pos, ckpts = self.dataset, self.position, self.files.ckpts
         bad = {**getattr(ds.train, "bad", {}), **getattr(ds.val, "bad", {})}
-        self.log(f"done: {self.config.epochs} epochs, {pos.step} steps in {_fmt_time(seconds)} (this session); "
+        self.log(f"done: {_count(self.config.epochs, 'epoch')}, {_count(pos.step, 'step')} in {_fmt_time(seconds)} (this session); "
                  f"best val top-1 {100 * pos.best_top1:.1f}% at epoch {pos.best_epoch} "
                  f"(chance {100 / self.model.num_classes:.1f}%)")
         if bad:

@@ -188,6 +188,20 @@ def test_the_network_check_names_the_first_wrong_gradient(solved, capsys):
     assert "the first gradient that differs is fc6.b: everything above fc6 is right" in out, out
 
 
+def test_an_exception_in_the_network_backward_is_the_backwards(solved, capsys):
+    """The forward is given and right: an error raised by the learner's backward names backward."""
+    path = os.path.join(solved, "network.py")
+    with open(path) as f:
+        text = f.read()
+    assert 'd.reshape(inputs["flatten"].shape)' in text
+    with open(path, "w") as f:
+        f.write(text.replace('d.reshape(inputs["flatten"].shape)', "d"))
+    assert main(["exercise", "check", solved, "network"]) == 1
+    out = capsys.readouterr().out
+    assert "backward" in out and "FAILED" in out and "raised ValueError" in out, out
+    assert not any(line.split()[:2] == ["forward", "FAILED"] for line in out.splitlines()), out
+
+
 def test_a_file_that_does_not_load_is_reported_and_the_others_still_checked(solved, capsys):
     append(solved, "relu", "def broken(:")
     assert main(["exercise", "check", solved]) == 1
