@@ -16,6 +16,11 @@ Both generations of layer message are read:
 Blobs carry `shape` (BlobShape) or, in older files, num/channels/height/width.
 The still older V0 layers (V1LayerParameter.layer, field 1) are refused: Caffe's
 upgrade_net_proto_binary tool converts them.
+
+The parser makes an object of every entry: a few hundred bytes for an empty layer or blob of 2 or
+3 bytes in the file, so 22 MB of empty layers took 1.9 GB and 20 s. Before it runs, the net's
+layout is read from the wire format, tags and lengths only (check_layout): a file with more
+layers, or more entries in its layers, blobs and settings, than a Caffe model has is refused there.
 """
 import math
 from collections import namedtuple
@@ -26,6 +31,18 @@ from alexnet.app.errors import UserError, one_line
 
 MAX_NET_BYTES = 2 << 30        # protobuf parses at most 2 GB; bvlc_alexnet.caffemodel is 233 MB
 MAX_MEAN_BYTES = 64 << 20      # a mean image: imagenet_mean.binaryproto (3x256x256 floats) is 786 KB
+# The layout no Caffe model has, refused before the parse (check_layout). bvlc_alexnet has about 25
+# layers; the deepest published Caffe models a few hundred (ResNet-152's deploy net, with its
+# BatchNorm and Scale layers: about 670) to well over a thousand (DenseNet-264). A layer holds a
+# handful of entries (name, type, its bottoms and tops, parameters, 1 to 3 blobs), a blob a few
+# more (its shape's 1 to 4 dims, its numbers: Caffe's caffe.proto packs them, so all of them are
+# one entry); a whole net some tens of thousands. At these caps the parser's objects take tens of
+# MB (an empty blob, 2 bytes in the file, becomes ~450 bytes of objects and array), whatever the
+# file; what it does not count (names, numbers, fields it skips) it keeps in about the bytes they
+# take in the file.
+MAX_LAYERS = 10_000
+MAX_ENTRIES = 100_000          # fields of the net, its layers, their blobs, shapes and convolution settings
+MAX_BLOB_AXES = 32             # Caffe's kMaxBlobAxes
 
 # message -> [(field, number, type, label, default)]; type is a scalar name or another message
 _OPT, _REP = "optional", "repeated"
@@ -124,13 +141,15 @@ def messages():
 
 def _parse(path, message, limit, what):
     """The `message` in file `path`, read whole (refused above `limit` bytes, or when it is not a
-    regular file: /dev/zero would be read for ever); `what` names the file in errors."""
+    regular file: /dev/zero would be read for ever) and its layout checked (check_layout); `what`
+    names the file in errors."""
     msg = messages()[message]()                    # first: says what to install when protobuf is missing
     from google.protobuf.message import DecodeError
 
     from alexnet.app.files import read_capped
 
     raw = read_capped(path, limit, what)
+    check_layout(raw, path, message)
     try:
         msg.ParseFromString(raw)
     except (DecodeError, RuntimeError, ValueError) as e:
@@ -138,10 +157,104 @@ def _parse(path, message, limit, what):
     return msg
 
 
+def _varint(raw, pos, end):
+    """The varint at raw[pos:end] and the position after it."""
+    value = shift = 0
+    while shift < 64:
+        if pos >= end:
+            raise ValueError("a varint runs past the end of its message")
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("a varint of over 10 bytes")
+
+
+def _fields(raw, pos, end):
+    """(field number, wire type, start, end of its value) for each field of the message in
+    raw[pos:end]: tags and lengths only, nothing copied."""
+    while pos < end:
+        key, pos = _varint(raw, pos, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            after = _varint(raw, pos, end)[1]
+        elif wire == 2:
+            length, pos = _varint(raw, pos, end)
+            after = pos + length
+        elif wire in (1, 5):
+            after = pos + (8 if wire == 1 else 4)
+        else:                   # 3, 4: groups, which no Caffe message has; 6, 7: none at all
+            raise ValueError(f"field {number} has wire type {wire}")
+        if number == 0 or after > end:
+            raise ValueError("a field runs past the end of its message" if number else "a field numbered 0")
+        yield number, wire, pos, after
+        pos = after
+
+
+# What check_layout counts: the fields of a message, and of those of its fields that are messages
+# in this table (field number -> their own table): NetParameter's layers (V1 `layers` 2, `layer`
+# 100), their blobs (6, 7) and convolution_param (10, 106), a blob's shape (7). Every repeated field
+# of SCHEMA is in there; the integers of one (_INTS: a shape's dims, a convolution's pad,
+# kernel_size and stride) count one each, packed or not: a byte in the file, 8 once parsed.
+_INTS = "integers"
+_BLOB_LAYOUT = {7: {1: _INTS}}
+_CONV_LAYOUT = {3: _INTS, 4: _INTS, 6: _INTS}
+_NET_LAYOUT = {2: {6: _BLOB_LAYOUT, 10: _CONV_LAYOUT}, 100: {7: _BLOB_LAYOUT, 106: _CONV_LAYOUT}}
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+
+
+def _count(raw, start, end, layout, tally):
+    """tally(n) for the fields of the message in raw[start:end] and, recursively, of the messages
+    `layout` names; packed integers count one per varint (each ends in a byte below 0x80)."""
+    for number, wire, inner_start, inner_end in _fields(raw, start, end):
+        inner = layout.get(number) if wire == 2 else None
+        if inner is _INTS:
+            tally(len(raw[inner_start:inner_end].translate(None, _HIGH_BYTES)))
+        else:
+            tally(1)
+            if inner is not None:
+                _count(raw, inner_start, inner_end, inner, tally)
+
+
+def check_layout(raw, path, message="NetParameter"):
+    """Refuse a serialized NetParameter (or BlobProto) with more entries (MAX_ENTRIES) or layers
+    (MAX_LAYERS) than a Caffe model has, reading tags and lengths only: before the parser makes
+    an object of each."""
+    entries = 0
+
+    def tally(n):
+        nonlocal entries
+        entries += n
+        if entries > MAX_ENTRIES:
+            raise UserError(f"{path} holds over {MAX_ENTRIES:,} entries (layers, their blobs and settings), more "
+                            f"than a Caffe model has (Caffe writes a blob's numbers packed, as one): not a Caffe file")
+
+    try:
+        if message != "NetParameter":
+            _count(raw, 0, len(raw), _BLOB_LAYOUT, tally)
+            return
+        layers = 0
+        for number, wire, start, end in _fields(raw, 0, len(raw)):
+            tally(1)
+            if number in _NET_LAYOUT and wire == 2:
+                layers += 1
+                if layers > MAX_LAYERS:
+                    raise UserError(f"{path} holds over {MAX_LAYERS:,} layers, more than any Caffe network has "
+                                    f"(AlexNet has about 25): not a Caffe model")
+                _count(raw, start, end, _NET_LAYOUT[number], tally)
+    except ValueError as e:
+        raise UserError(f"{path} is truncated or not a Caffe {message} file ({e})") from None
+
+
 def blob_array(blob, what):
     """A BlobProto as a float32 NumPy array of its shape (BlobShape, else the legacy 4-d dims)."""
     data = np.array(blob.data, np.float32) if len(blob.data) else np.array(blob.double_data, np.float32)
     if blob.HasField("shape"):
+        if len(blob.shape.dim) > MAX_BLOB_AXES:       # before a tuple is made of millions of them
+            raise UserError(f"{what}: its shape has {len(blob.shape.dim):,} axes, more than Caffe's "
+                            f"{MAX_BLOB_AXES}")
         shape = tuple(int(d) for d in blob.shape.dim)
     else:
         shape = tuple(int(d) for d in (blob.num, blob.channels, blob.height, blob.width))

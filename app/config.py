@@ -18,7 +18,9 @@ epochs...) default to None, "the recipe's": `resolve` fills them once the traini
 known, and a resolved config (config.json, the checkpoints) has none left, so a resumed run never
 re-chooses. The choices come from the modules that own them (the model registry, the init presets,
 the dropout variants, ...). A config is checked when it is made (`__post_init__`): a TrainConfig
-that exists is a valid one, and nothing checks it again.
+that exists is a valid one, and nothing checks it again. A config a file stored (a checkpoint's,
+which anyone can edit) is checked the same way as it is read (`stored`), each value against its
+field's type (None only where the default is None) and checks, in one line naming the file.
 """
 import argparse
 import dataclasses
@@ -70,9 +72,9 @@ def name_list(text):
     return parts
 
 
-def parse_save_every(text):
+def read_save_every(text):
     """--save-every: a number of steps ("500") or a time ("90s", "10m", "1.5h") -> (steps, seconds),
-    the other one None."""
+    the other one None; None when `text` is neither."""
     value = str(text).strip().lower()
     if re.fullmatch(r"\d+", value):
         steps = int(value)
@@ -83,12 +85,25 @@ def parse_save_every(text):
         seconds = float(m.group(1)) * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
         if seconds > 0:
             return None, seconds
-    raise UserError(f"--save-every takes a number of steps (e.g. 500) or a time (e.g. 90s, 10m, 2h), got {text!r}")
+    return None
+
+
+def save_every_check(v):
+    ok = read_save_every(v) is not None
+    return None if ok else f"takes a number of steps (e.g. 500) or a time (e.g. 90s, 10m, 2h), got {v!r}"
+
+
+def parse_save_every(text):
+    """`read_save_every`, or a UserError."""
+    parsed = read_save_every(text)
+    if parsed is None:
+        raise UserError(f"--save-every {save_every_check(text)}")
+    return parsed
 
 
 def pool_check(v):
     ok = len(v) == 2 and all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in v)
-    return None if ok else f"must be KERNEL/STRIDE such as 3/2, got {v!r}"
+    return None if ok else f"must be KERNEL/STRIDE such as 3/2, got {list(v)!r}"
 
 
 def at_least(low):
@@ -104,6 +119,16 @@ def finite_at_least(low, strict=False):
     return check
 
 
+def epoch_numbers(v):
+    ok = all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in v)
+    return None if ok else f"must be epoch numbers >= 1 such as 30,60, got {list(v)!r}"
+
+
+def layer_names(v):
+    ok = all(isinstance(e, str) and e.strip() for e in v)
+    return None if ok else f"must be layer names such as conv1..conv5 or conv1,conv2, got {list(v)!r}"
+
+
 def usable_device(v):
     from alexnet.engine import backend
 
@@ -114,13 +139,15 @@ def in_unit_interval(v):
     return None if 0.0 <= v < 1.0 else f"must be in [0, 1), got {v}"
 
 
-def option(default, help, *, resume=FIXED, choices=None, parse=None, check=None, metavar=None, group=None,
-           cli=True):
+def option(default, help, *, resume=FIXED, choices=None, parse=None, check=None, usable=None, metavar=None,
+           group=None, cli=True):
     """A field of TrainConfig with what the command line and resume need to know of it. `parse`
     reads the flag's text (default: the field's type); `check(value)` returns what is wrong with
-    a value, or None; `group` is the --help section; `cli=False` keeps a field off the command line."""
-    meta = dict(help=help, resume=resume, choices=choices, parse=parse, check=check, metavar=metavar,
-                group=group, cli=cli)
+    a value, or None; `usable(value)` what keeps this machine from using it (a stored config is
+    read without it: the resumed run may change it); `group` is the --help section; `cli=False`
+    keeps a field off the command line. None is a value only where it is the default."""
+    meta = dict(help=help, resume=resume, choices=choices, parse=parse, check=check, usable=usable,
+                metavar=metavar, group=group, cli=cli)
     if isinstance(default, (list, dict, set)):
         raise TypeError("option defaults must be immutable")
     return dataclasses.field(default=default, metadata=meta)
@@ -148,7 +175,7 @@ class TrainConfig:
                                  metavar="WD")
     init: str = option(None, "weight init preset (engine/init.py)", choices=PRESETS)
     seed: int = option(0, "seed of the init, data order, augmentation and dropout", metavar="S")
-    device: str = option("cpu", "where to train", resume=MAY_CHANGE, choices=DEVICES, check=usable_device)
+    device: str = option("cpu", "where to train", resume=MAY_CHANGE, choices=DEVICES, usable=usable_device)
     precision: str = option("fp32", "arithmetic on the GPU: fp32 (strict float32), tf32 (the matrix products on TF32 "
                                     "tensor cores), bf16 (BF16 activations and products, float32 master weights and "
                                     "loss); the CPU computes in fp32 only (engine/precision.py)",
@@ -181,9 +208,9 @@ class TrainConfig:
                                           "travel on by about 9 of their last steps at the old rate)")
     save_every: str = option(None, "also save a resumable checkpoint inside epochs: every N steps (e.g. 500) or "
                                    "every TIME (e.g. 90s, 10m, 2h) since the last save (default: at the end of "
-                                   "each epoch only)", resume=MAY_CHANGE, metavar="N|TIME")
+                                   "each epoch only)", resume=MAY_CHANGE, check=save_every_check, metavar="N|TIME")
     lr_drops: tuple = option((), "divide the LR by 10 after these epochs instead of on plateaus", parse=epoch_list,
-                             metavar="E1,E2")
+                             check=epoch_numbers, metavar="E1,E2")
     lrn: bool = option(PAPER_OPTIONS["lrn"], "local response normalization", group=DESIGN)
     pool: tuple = option(PAPER_OPTIONS["pool"], "max-pool window/stride (3/2: overlapping)", parse=pool_window,
                          check=pool_check, metavar="K/S", group=DESIGN)
@@ -198,7 +225,7 @@ class TrainConfig:
                                   "layer when the classes differ; its input normalisation comes with it",
                             metavar="CKPT", group=TUNING)
     freeze: tuple = option((), "with --init-from: layers that do not learn, e.g. conv1..conv5 or conv1,conv2",
-                           parse=name_list, metavar="LAYERS", group=TUNING)
+                           parse=name_list, check=layer_names, metavar="LAYERS", group=TUNING)
     pretrained_lr_mult: float = option(None, "with --init-from: the loaded layers learn at X times --lr (default "
                                              "0.1); the new head at --lr", check=finite_at_least(0), metavar="X",
                                        group=TUNING)
@@ -210,22 +237,22 @@ class TrainConfig:
                                    "towers on 2 ranks (docs/distributed.md)", resume=LAUNCH,
                            choices=PARALLEL_CHOICES)
     demo: bool = option(False, "trains on the built-in demo dataset", resume=MAY_CHANGE, cli=False)
+    # not a setting: False checks all but what this machine can use (a stored config, `stored`)
+    here: dataclasses.InitVar[bool] = True
 
-    def __post_init__(self):
-        for name in ("pool", "lr_drops", "freeze"):             # JSON gives lists
-            setattr(self, name, tuple(getattr(self, name)))
-        self._check()
+    def __post_init__(self, here):
+        for name in FIELDS:
+            setattr(self, name, as_field(name, getattr(self, name)))
+        self._check(here)
 
     # ---- checking -----------------------------------------------------------------------------
-    def _check(self):
+    def _check(self, here):
         """Reject impossible values with one clear line, before anything touches the disk; settings
         still left to the recipe (None) are the recipe's, which tests/test_config.py checks."""
         for name in FIELDS:
-            check_value(name, getattr(self, name))
+            check_value(name, getattr(self, name), here=here)
         if (self.freeze or self.pretrained_lr_mult is not None) and not self.init_from:
             raise UserError("--freeze and --pretrained-lr-mult go with --init-from CKPT (fine-tuning)")
-        if self.save_every is not None:
-            parse_save_every(self.save_every)
         check_precision(self.device, self.precision)
         if self.layers_from and (self.device != "cpu" or self.parallel == "towers"):
             raise UserError("--layers-from trains on your NumPy passes: on the CPU, one process or --parallel data")
@@ -257,34 +284,29 @@ class TrainConfig:
         return cls(**{**(base or {}), **given(args)})
 
     @classmethod
-    def from_json(cls, d, changes=None):
-        """The config a file stored (config.json, a checkpoint), with `changes` applied; fields
-        this version does not know are dropped."""
-        d = {k: v for k, v in d.items() if k in FIELDS}
-        if "recipe" not in d:
-            # written before recipes existed: its settings are all there, and it ran with the
-            # paper's update rule and dropout scaling
-            d.update(recipe="paper", rescale_velocity=False)
-            d.setdefault("dropout_variant", "inverted")
-        return cls(**{**d, **(changes or {})})
+    def from_json(cls, d, changes=None, source="the file"):
+        """The config a file stored (config.json, a checkpoint: `source`), with `changes` applied;
+        its values are checked first (`stored`)."""
+        return cls(**{**stored(d, source), **(changes or {})})
 
     @classmethod
-    def resumed(cls, stored, args):
-        """A resumed run's config: the checkpoint's `stored` one, with the flags in `args` that may
-        change; a flag that would change a fixed setting is refused, naming the run's value."""
-        wanted, changes = given(args), {}
+    def resumed(cls, config, args, source="the file"):
+        """A resumed run's config: the one `source` stored (checked first: `stored`), with the
+        flags in `args` that may change; a flag that would change a fixed setting is refused,
+        naming the run's value."""
+        ours, wanted, changes = stored(config, source), given(args), {}
         for f in FIELDS.values():
-            rule, ours = f.metadata["resume"], stored.get(f.name, f.default)
-            ours = tuple(ours) if isinstance(ours, list) else ours          # JSON has no tuples
+            rule = f.metadata["resume"]
             if rule == LAUNCH:
                 changes[f.name] = wanted.get(f.name, f.default)
             elif f.name not in wanted:
                 continue
             elif rule == MAY_CHANGE:
                 changes[f.name] = wanted[f.name]
-            elif not same_setting(f.name, wanted[f.name], ours, stored):
-                raise UserError(f"{flag(f.name)} cannot change when resuming (the run uses {ours})")
-        return cls.from_json(stored, changes)
+            elif not same_setting(f.name, wanted[f.name], ours.get(f.name, f.default), ours):
+                raise UserError(f"{flag(f.name)} cannot change when resuming "
+                                f"(the run uses {ours.get(f.name, f.default)})")
+        return cls(**{**ours, **changes})
 
     def to_json(self):
         return dataclasses.asdict(self)
@@ -296,20 +318,48 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", tuple: "a list"}
 
 
-def check_value(name, value):
-    """A UserError naming the flag when `value` is not one field `name` takes (None: the recipe's)."""
-    if value is None:
+def as_field(name, value):
+    """`value` as field `name` holds it: JSON has lists where the field has a tuple."""
+    return tuple(value) if FIELDS[name].type is tuple and isinstance(value, list) else value
+
+
+def check_value(name, value, here=True):
+    """A UserError naming the flag when `value` is not one field `name` takes: of its declared
+    type (None only where the default is None: the recipe's, or not set), one of its choices, what
+    its check allows and, `here`, what this machine can use."""
+    f = FIELDS[name]
+    if value is None and f.default is None:
         return
-    kind = FIELDS[name].type
     # a config read back from a file (a checkpoint someone edited) may hold any JSON value
-    if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind):
-        raise UserError(f"{flag(name)} must be {_KIND_NAMES[kind]}, got {value!r}")
-    choices, check = FIELDS[name].metadata["choices"], FIELDS[name].metadata["check"]
+    kinds = (int, float) if f.type is float else f.type
+    if isinstance(value, bool) != (f.type is bool) or not isinstance(value, kinds):
+        raise UserError(f"{flag(name)} must be {_KIND_NAMES[f.type]}, got {value!r}")
+    choices = f.metadata["choices"]
     if choices is not None and value not in choices:
         raise UserError(f"unknown {flag(name)} {value!r}: expected one of {', '.join(map(str, choices))}")
-    problem = check(value) if check is not None else None
-    if problem:
-        raise UserError(f"{flag(name)} {problem}")
+    for check in (f.metadata["check"], f.metadata["usable"] if here else None):
+        problem = check(value) if check is not None else None
+        if problem:
+            raise UserError(f"{flag(name)} {problem}")
+
+
+def stored(config, source):
+    """{field: value} of a `config` a file stored (config.json, a checkpoint's meta["config"]),
+    checked as a new run's flags are, but for what this machine can use (the resumed run checks
+    that once its flags may have changed it: --device): an impossible value, which only an edit
+    makes, is one line naming `source`, the field and the value. Fields this version does not
+    know are dropped; those an older version did not have take their defaults."""
+    values = {name: as_field(name, value) for name, value in config.items() if name in FIELDS}
+    if "recipe" not in values:
+        # written before recipes existed: its settings are all there, and it ran with the
+        # paper's update rule and dropout scaling
+        values.update(recipe="paper", rescale_velocity=False)
+        values.setdefault("dropout_variant", "inverted")
+    try:
+        TrainConfig(**values, here=False)
+    except UserError as e:
+        raise UserError(f"{source} has an impossible config: {e}") from None
+    return values
 
 
 def check_precision(device, precision):
@@ -335,7 +385,7 @@ def same_setting(name, asked, stored, run=None):
     if name == "freeze" and run is not None:
         from alexnet.app.finetune import same_layers
 
-        config = TrainConfig.from_json(run)
+        config = TrainConfig(**run, here=False)
         return same_layers(asked, stored, config.model, config.model_options())
     return False
 

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from alexnet.app.files import fsync_dir
+from alexnet.app.files import check_output, check_outside_dataset, fsync_dir
 from alexnet.app.errors import UserError
 from alexnet.engine.threads import shares
 
@@ -746,8 +746,7 @@ def prepare_dataset(src, dst, size, strict=False, shard_size=None, workers=2, pr
 
     from tqdm import tqdm
 
-    if os.path.lexists(dst):        # a link too, even one that leads nowhere: DST is made, never replaced
-        raise UserError(f"{dst} already exists; remove it or choose another destination")
+    _check_destination(src, dst)
     if is_prepared(src):
         raise UserError(f"{src} is already a prepared dataset")
     ds = _open_folder(src, size, strict, need_train=True, mean_samples=0)
@@ -792,6 +791,16 @@ def prepare_dataset(src, dst, size, strict=False, shard_size=None, workers=2, pr
         raise
     bad = {**ds.train.bad, **ds.val.bad}
     return {"counts": counts, "classes": len(ds.classes), "skipped": ds.skipped, "bad": bad, "size": size}
+
+
+def _check_destination(src, dst):
+    """prepare's DST, before SRC is read: made, never replaced (a link too, even one that leads
+    nowhere); not inside SRC (app/files.py's check_outside_dataset: a folder in SRC/train/ would be
+    read as one more class); its folder made with its parents, or refused here where it cannot be."""
+    if os.path.lexists(dst):
+        raise UserError(f"{dst} already exists; remove it or choose another destination")
+    check_outside_dataset(dst, src)
+    check_output(dst)
 
 
 def _write_split(tmp, split, source, size, shard_size, workers, progress, tqdm, mean_sum):

@@ -28,7 +28,13 @@ def _environment_errors():
 
 def is_reported(e):
     """Whether exception `e` is the user's to fix (one line) rather than a bug (a traceback)."""
-    return isinstance(e, (UserError, OSError, MemoryError) + _environment_errors())
+    # these first, importing nothing: after a MemoryError the address space can still be full
+    # (the half-built arrays live on in the traceback's frames, and memory freed to malloc is not
+    # given back), so the imports of _environment_errors (subprocess, ctypes, shared libraries to
+    # map) would fail in turn, and "out of memory" become that ImportError's traceback, exit 1
+    if isinstance(e, (UserError, OSError, MemoryError)):
+        return True
+    return isinstance(e, _environment_errors())
 
 
 def one_line(e):

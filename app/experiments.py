@@ -27,9 +27,13 @@ import time
 import numpy as np
 
 from alexnet.app.errors import UserError
-from alexnet.app.files import write_png, write_text
+from alexnet.app.files import check_output, check_outside_dataset, write_png, write_text
 
 NAMES = ("relu-vs-tanh", "ablations", "towers", "lr-drop")
+# what each writes into --out beside its runs/ (checked before the trainings, written after them)
+FIGURES = {"relu-vs-tanh": "relu_vs_tanh.png", "ablations": "ablations.png", "towers": "towers.png",
+           "lr-drop": "lr_drop.png"}
+REPORT_FILES = ("report.md", "results.json")
 
 # The training recipe every experiment starts from (the small recipe of app/recipes.py): He
 # init, pixels scaled to about unit spread, batch 64, the learning rate the paper used.
@@ -100,8 +104,9 @@ def smooth(ys, window):
 
 
 def write_report(out, title, sections, results):
-    write_text(os.path.join(out, "report.md"), f"# {title}\n\n" + "\n\n".join(sections).strip() + "\n")
-    write_text(os.path.join(out, "results.json"), json.dumps(results, indent=1))
+    report, numbers = (os.path.join(out, name) for name in REPORT_FILES)
+    write_text(report, f"# {title}\n\n" + "\n\n".join(sections).strip() + "\n")
+    write_text(numbers, json.dumps(results, indent=1))
 
 
 def table(header, rows):
@@ -147,7 +152,7 @@ def relu_vs_tanh(out, data, quick, seeds, epochs, log):
         reach[act] = {level: mean_spread(h) if None not in h else None for level, h in hits.items()}
     ratios = {str(level): (reach["tanh"][str(level)][0] / reach["relu"][str(level)][0]
                            if reach["relu"][str(level)] and reach["tanh"][str(level)] else None) for level in levels}
-    write_png(os.path.join(out, "relu_vs_tanh.png"),
+    write_png(os.path.join(out, FIGURES["relu-vs-tanh"]),
               line_chart("training error of the four-layer net, ReLU against tanh (running mean, 1/4 epoch)",
                          [(act, c[0]["epochs_x"], c[0]["smoothed"]) for act, c in curves.items()],
                          xlabel="epochs", size=(640, 380)))
@@ -234,7 +239,7 @@ def ablations(out, data, quick, seeds, epochs, log):
                      "—" if label == "baseline" else f"{d1:+.1f} / {d5:+.1f}", f"{gap:+.1f}", paper])
     from alexnet.app.plots import bar_chart
     labels = [label for label, _, _, _ in ABLATIONS]
-    write_png(os.path.join(out, "ablations.png"),
+    write_png(os.path.join(out, FIGURES["ablations"]),
               bar_chart("best validation top-1 error (%), mean over seeds, with its spread", labels,
                         [100 * results[k]["val_top1_error"][0] for k in labels],
                         [100 * results[k]["val_top1_error"][1] for k in labels]))
@@ -282,7 +287,7 @@ def towers(out, data, quick, seeds, epochs, log):
         scores.append({"tower1": float(spec[:half].mean()), "tower2": float(spec[half:].mean()),
                        "per_filter": spec.tolist()})
         if seed == 1:
-            write_png(os.path.join(out, "towers.png"),
+            write_png(os.path.join(out, FIGURES["towers"]),
                       side_by_side([filter_grid(W[:half], cols=4), filter_grid(W[half:], cols=4)],
                                    "conv1: tower 1 (left), tower 2 (right)"))
     rows = [[f"seed {i + 1}", f"{s['tower1']:.3f}", f"{s['tower2']:.3f}",
@@ -325,7 +330,7 @@ def lr_drop(out, data, quick, seeds, epochs, log):
                              "step_loss": [r["loss"] for r in step_recs],
                              "best_val_top1": max(r["val_top1"] for r in epoch_recs)})
         results[rule] = per_seed
-    write_png(os.path.join(out, "lr_drop.png"),
+    write_png(os.path.join(out, FIGURES["lr-drop"]),
               line_chart(f"training loss, learning rate / 10 after epoch {drop}",
                          [(f"{rule} rule", r[0]["steps_x"], r[0]["step_loss"]) for rule, r in results.items()],
                          xlabel="epochs", size=(640, 380), marks=(drop,)))
@@ -372,6 +377,16 @@ def register(subparsers):
     p.set_defaults(func=cmd_experiment)
 
 
+def check_outputs(out, data, name):
+    """Before the trainings (minutes to an hour) rather than after them: --out is not inside the
+    dataset the runs read (app/files.py's check_outside_dataset: a folder in train/ would be read as
+    a class), and the report, the numbers and the figure can be written there by app/files.py's rule
+    (--out itself is made, with its parents, by the lock)."""
+    check_outside_dataset(out, data)
+    for file_name in (*REPORT_FILES, FIGURES[name]):
+        check_output(os.path.join(out, file_name))
+
+
 def cmd_experiment(args):
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 2)
     if seeds < 1 or (args.epochs is not None and args.epochs < 1):
@@ -384,6 +399,7 @@ def cmd_experiment(args):
     else:
         from alexnet.app.data import peek_classes
         peek_classes(data)                  # a --data that is no dataset is refused before --out exists
+    check_outputs(out, data, args.name)
     from alexnet.app.rundir import RunLock
     start = time.perf_counter()
     # one experiment per --out at a time, as one trainer per run directory: a second one would

@@ -12,6 +12,14 @@ the run lock; prepare and the demo write a new folder and rename it into place):
                                     FIFO, a socket
     one of the command's inputs     refused with one line (the same file by device and inode, so a
                                     second name or a link to it counts too)
+    in a folder that is missing     refused with one line that names the folder, for a file the user
+                                    names (`--onnx`, `--out FILE`: a missing folder there is most
+                                    likely a typo, and no folder is made silently); a command that
+                                    makes its own output folder (a run directory, plot's plots/,
+                                    saliency and experiment --out, prepare) makes it with its
+                                    parents, and is refused only where it cannot (a file in the
+                                    way, a folder it may not write to)
+    inside a dataset it reads       refused with one line (`check_outside_dataset`)
 
 `check_output` applies the rule (commands call it early, before any work, and atomic_write again
 right before the rename). atomic_write: a temporary in the target's folder, fsync, rename, fsync
@@ -47,32 +55,93 @@ def kind_of(mode):
 
 
 def _stat(path, what):
-    """os.stat(path) following links, None when nothing is there; a loop or a permission is one line."""
+    """os.stat(path) following links, None when nothing is there (or a file stands where a folder of
+    the path should be); a loop or a permission is one line."""
     try:
         return os.stat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as e:
         raise UserError(f"cannot use {what} {path}: {e.strerror}") from None
 
 
-def check_output(path, inputs=()):
+def check_output(path, inputs=(), folder_must_exist=False):
     """The file to write for output ``path`` (the module docstring's rule): ``path`` itself, or
     the file a symbolic link leads to; UserError for what must not be replaced. ``inputs``: the
-    paths this command reads (missing ones are skipped)."""
-    target = os.path.realpath(path) if os.path.islink(path) else path
+    paths this command reads (missing ones are skipped). ``folder_must_exist``: the command writes
+    into the output's folder without making it (a file the user names: --onnx, --out FILE; and
+    atomic_write itself); otherwise the folder may be missing if it can be made (the command makes
+    it with os.makedirs before it writes: plot's plots/, saliency's --out)."""
+    link = os.path.islink(path)
+    target = os.path.realpath(path) if link else path
     st = _stat(target, "output")
-    if st is None:
-        return target
-    if not stat.S_ISREG(st.st_mode):
+    if st is not None and not stat.S_ISREG(st.st_mode):
         raise UserError(f"{path} exists and is {kind_of(st.st_mode)}, not a regular file: refusing to write "
                         f"over it (give a file name)")
-    for source in inputs:
+    # a link's own folder exists: it is the folder of the file it leads to that must, made by no one
+    _check_folder(path, target, folder_must_exist or link)
+    for source in inputs if st is not None else ():
         if source is not None and same_file(source, target):
             same = "" if os.path.abspath(source) == os.path.abspath(path) else f" ({source})"
             raise UserError(f"{path} is also an input of this command{same}: refusing to overwrite it "
                             f"(write to another file)")
     return target
+
+
+def _check_folder(path, target, must_exist):
+    """Refuse, in one line and before any work, an output whose folder cannot take it: missing
+    (where ``must_exist``), under something that is not a folder, or not writable (a new file and
+    atomic_write's temporary are made in it). Without this the error came after the work, as a
+    raw "[Errno 2] No such file or directory"."""
+    folder = os.path.dirname(target) or "."
+    where = f"{path}: it leads to {target}, whose folder" if target != path else f"{path}: the folder"
+    existing = folder                           # the nearest part of it that exists
+    while (st := _stat(existing, "output folder")) is None:
+        parent = os.path.dirname(existing.rstrip(os.sep)) or "."
+        if parent == existing:
+            raise UserError(f"cannot write {where} {folder} cannot be made")
+        existing = parent
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"cannot write {path}: {existing} is not a folder")
+    if existing != folder and must_exist:
+        raise UserError(f"cannot write {where} {folder} does not exist (make it first, or write elsewhere)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {path}: the folder {existing} is not writable ({_why_not(existing)})")
+
+
+def _why_not(folder):
+    try:
+        return "a read-only file system" if os.statvfs(folder).f_flag & os.ST_RDONLY else "permission denied"
+    except (OSError, AttributeError):
+        return "permission denied"
+
+
+def check_outside_dataset(path, root, images=()):
+    """Refuse output ``path`` (a file or a folder the command writes) when it would land in the
+    dataset ``root`` the command reads. The rule: nothing is written inside the dataset folder
+    (compared after following links, so a link from elsewhere into it counts). It is cheap (no
+    listing), and it keeps out more than the images themselves: a new picture in train/<class>/
+    would be a training image of that class, and a new folder in train/ a class, the next time
+    the folder is read. ``images``: the dataset's files, which may also live outside ``root`` (a
+    hard link, a class folder that is a link to elsewhere); the same file by device and inode is
+    refused too. That costs a stat per image, so it is done only when the output already exists."""
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
+        where = "is the dataset folder" if real == real_root else f"is inside the dataset folder {root}"
+        raise UserError(f"{path} {where}, an input of this command: refusing to write there "
+                        f"(write outside {root})")
+    try:
+        st = os.stat(path)
+    except OSError:
+        return                                  # nothing there yet: no image of the dataset
+    for image in images:
+        try:
+            other = os.stat(image)
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            raise UserError(f"{path} is one of the files of the dataset {root} ({image}), an input of this "
+                            f"command: refusing to overwrite it (write to another file)")
 
 
 def same_file(a, b):
@@ -103,11 +172,11 @@ def read_capped(path, limit, what="file"):
         raise UserError(f"{what} {path} is {size:,} bytes, more than the {limit:,} such a file can need")
     try:
         with open(path, "rb") as f:
-            data = f.read(limit + 1)
+            data = f.read(size + 1)             # not limit + 1: read() reserves what it is asked for
     except OSError as e:
         raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
-    if len(data) > limit:                       # it grew after the check
-        raise UserError(f"{what} {path} is more than the {limit:,} bytes such a file can need")
+    if len(data) != size:                       # it changed after the check
+        raise UserError(f"{what} {path} changed while it was read ({size:,} bytes, then {len(data):,}{'+' if len(data) > size else ''})")
     return data
 
 
@@ -121,7 +190,7 @@ def atomic_write(path, write, inputs=()):
     A failed write (a full disk) removes its temporary and raises the OSError with ``filename``
     set to ``path``, the file the user knows.
     """
-    target = check_output(path, inputs)
+    target = check_output(path, inputs, folder_must_exist=True)
     directory = os.path.dirname(os.path.abspath(target))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=TEMP_SUFFIX, dir=directory)
@@ -135,7 +204,7 @@ def atomic_write(path, write, inputs=()):
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        check_output(path, inputs)      # again: the writing took time, and the rename is final
+        check_output(path, inputs, folder_must_exist=True)  # again: the writing took time, the rename is final
         os.replace(tmp, target)
     except BaseException as e:
         try:

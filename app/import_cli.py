@@ -96,7 +96,7 @@ def cmd_import(args):
     t0 = time.perf_counter()
     out = args.out or os.path.splitext(os.path.basename(args.source))[0] + ".npz"
     inputs = (args.source, args.classes, args.mean)
-    check_output(out, inputs)                      # before the reading: it may take a while
+    check_output(out, inputs, folder_must_exist=True)   # before the reading: it may take a while
     arrays, meta, imported = import_weights(args.source, args.format, args.classes, args.mean)
     checkpoint.save(out, arrays, meta, inputs)
     params = sum(a.size for k, a in arrays.items() if k.startswith("model/"))

@@ -193,20 +193,34 @@ def _train_crops_and_features(model, ds, prep, limit, batch_size):
     return np.concatenate(feats), np.concatenate(pixels), np.concatenate(crops), np.concatenate(labels)
 
 
+def dataset_files(ds):
+    """The files of dataset ``ds`` that hold its images: a folder's image files, a prepared set's shards."""
+    for source in (ds.train, ds.val):
+        if source is None:
+            continue
+        if hasattr(source, "paths"):
+            yield from source.paths
+        else:
+            yield from (s.filename for s in source.shards if getattr(s, "filename", None))
+
+
 def cmd_neighbors(args):
     from alexnet.app.checkpoint import load_model
     from alexnet.app.data import open_dataset
-    from alexnet.app.files import check_output, write_png
+    from alexnet.app.files import check_output, check_outside_dataset, write_png
     if args.k < 1 or args.limit < 1 or args.batch_size < 1:
         raise UserError("--k, --limit and --batch-size must be at least 1")
     inputs = [args.checkpoint, *args.images]
-    check_output(args.out, inputs)
+    # the output first (its folder must exist: --out names a file), never inside the dataset searched
+    check_output(args.out, inputs, folder_must_exist=True)
+    check_outside_dataset(args.out, args.data)
     model, meta, prep = load_model(args.checkpoint)
-    # the queries and the output first: the search below reads up to --limit training images
+    # the queries first: the search below reads up to --limit training images
     x, query_crops = prep.inputs(prep.decode(args.images))
-    ds = open_dataset(args.data, model.resize_size)
+    ds = open_dataset(args.data, model.resize_size, mean_samples=0)     # the checkpoint has its own mean
     if ds.classes != meta["classes"]:
         raise UserError(f"{args.data} has other classes than the checkpoint was trained on")
+    check_outside_dataset(args.out, args.data, dataset_files(ds))       # a link to an image from elsewhere
     feats, pixels, crops, labels = _train_crops_and_features(model, ds, prep, args.limit, args.batch_size)
     k = min(args.k, len(feats))
     by_features, _ = nearest(hidden_features(model, x), feats, k)

@@ -154,7 +154,7 @@ def export(checkpoint_path, out_path):
     from alexnet.app.files import atomic_write, check_output
 
     _onnx()                                                # before the weights are read
-    check_output(out_path, [checkpoint_path])
+    check_output(out_path, [checkpoint_path], folder_must_exist=True)     # a file named by the user
     model, meta, prep = load_model(checkpoint_path)
     onnx_model = to_onnx(model, meta, prep)
     atomic_write(out_path, lambda f: f.write(onnx_model.SerializeToString()), [checkpoint_path])

@@ -78,6 +78,26 @@ def check_resumable(path, arrays, meta, model, dataset, config):
     if "data/mean" not in arrays:
         raise UserError(f"checkpoint {path} has no training mean")
     Preprocessing.check_mean(arrays["data/mean"], f"checkpoint {path}")
+    check_schedule(path, meta, config)
+
+
+def check_schedule(path, meta, config):
+    """Refuse a checkpoint whose learning-rate schedule state is not the one its config makes
+    (--lr-drops: the milestones; else the plateau's --patience and --max-drops), as when one of
+    the two was edited: the state would be loaded over the config's settings, or fail to load."""
+    keys = {"milestones": ("milestones",), "plateau": ("patience", "max_drops")}
+    ours = {"kind": "milestones", "milestones": sorted(config.lr_drops)} if config.lr_drops else \
+        {"kind": "plateau", "patience": config.patience, "max_drops": config.max_drops}
+    state = meta.get("schedule")
+    kind = state.get("kind") if isinstance(state, dict) else None
+    if kind == ours["kind"] and all(state.get(k) == ours[k] for k in keys[kind]):
+        return
+
+    def text(values):
+        return f"{values['kind']} ({', '.join(f'{k} {values.get(k)}' for k in keys[values['kind']])})"
+    held = text(state) if kind in keys else repr(state)
+    raise UserError(f"checkpoint {path}: its learning-rate schedule state is for {held}, its config makes "
+                    f"{text(ours)}: one of them was edited")
 
 
 def restore_model(arrays, meta, model):

@@ -22,7 +22,8 @@ indices (a 4-byte index makes the unpickler size its memo table to it), before i
 nesting depth and shared objects (a 1 KB pickle of lists that hold one list twice, 30 levels deep,
 is 2^30 lists when walked naively: each object here is walked once) while the result is walked;
 every storage's byte count against the bytes the file has for it, and every tensor's element
-count against its storage, before an array is made.
+count against its storage, and the bytes of all the copies made so far against the storages'
+(COPY_FACTOR), before an array is made.
 
 Two layouts (torch/serialization.py):
 - zip (PyTorch >= 1.6, the default): <name>/data.pkl, <name>/data/<key> (one raw file per
@@ -50,6 +51,18 @@ MAX_PICKLE_BYTES = 16 << 20
 MAX_PICKLE_OPS = 1 << 18
 MAX_NESTING = 64
 MAX_DIMS = 32
+# A tensor that views part of a storage, or views it out of order, becomes a copy (_tensor); the
+# copies of one load together may take at most COPY_FACTOR times the bytes of its storages, plus
+# COPY_SLACK. Without a bound a 6 MB file holding one 4 MB storage viewed by 60,000 tensors would
+# be 240 GB of copies. A real state dict stays far below: torch.save of a model's state_dict
+# (torchvision's alexnet-owt-*.pth among them) gives each tensor a whole storage of its own, in
+# order, which is never copied (0x); a converted one (Caffe's weights saved through PyTorch) holds
+# at worst transposed or sliced views, each element copied once (1x); tensors that share a storage
+# on purpose (slices of one flat parameter buffer, a tied weight saved as W and as W.t()) copy each
+# element once, or twice where a slice is also saved transposed (2x). The slack covers a small file
+# whose few small views are still more than twice its few stored bytes.
+COPY_FACTOR = 2
+COPY_SLACK = 16 << 20
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 
@@ -86,6 +99,23 @@ class _TensorRef:
 
     def __init__(self, storage, offset, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+
+class _Copies:
+    """The bytes the copies of one load's tensors may still take (COPY_FACTOR), given its storages."""
+    __slots__ = ("stored", "limit", "left")
+
+    def __init__(self, storages):
+        self.stored = sum(s.data.nbytes for s in storages.values() if s.data is not None)
+        self.limit = self.left = COPY_FACTOR * self.stored + COPY_SLACK
+
+    def take(self, nbytes):
+        """Count a copy of `nbytes` before it is made; refused past the limit."""
+        if nbytes > self.left:
+            raise UserError(f"its tensors view their storages over and over: as arrays they would take over "
+                            f"{self.limit:,} bytes, {COPY_FACTOR} times its storages' {self.stored:,} plus "
+                            f"{COPY_SLACK >> 20} MiB, which no state dict needs (it holds each weight once)")
+        self.left -= nbytes
 
 
 class _Unpickler(pickle.Unpickler):
@@ -252,7 +282,7 @@ def _read_zip(path, size):
                 raise UserError(f"its storages declare more bytes than the file's {size:,} (compressed, or damaged)")
         for s in storages.values():
             s.data = _as_array(z.read(f"{prefix}data/{s.key}"), s.dtype, order)
-    return _materialize(obj)
+    return _materialize(obj, storages)
 
 
 def _read_legacy(path, size):
@@ -282,7 +312,7 @@ def _read_legacy(path, size):
                 raise UserError(f"the file ends inside storage {s.key} ({nbytes:,} bytes declared, "
                                 f"{size - raw.tell():,} left)")
             s.data = _as_array(raw.read(nbytes), s.dtype, order)
-    return _materialize(obj)
+    return _materialize(obj, storages)
 
 
 def _itemsize(dtype):
@@ -298,11 +328,12 @@ def _as_array(raw, dtype, order):
     return a.astype(a.dtype.newbyteorder("="), copy=False)
 
 
-def _materialize(obj):
+def _materialize(obj, storages):
     """Replace every tensor reference in nested dicts, lists and tuples by its array. Each object
     is walked once, however often the file shares it (the result shares it too); a structure
-    that contains itself, or nests deeper than MAX_NESTING, is refused."""
-    done, open_now = {}, set()
+    that contains itself, or nests deeper than MAX_NESTING, is refused, and so are copies beyond
+    COPY_FACTOR times `storages` (key -> _Storage, read)."""
+    done, open_now, copies = {}, set(), _Copies(storages)
 
     def walk(o, depth):
         if not isinstance(o, (_TensorRef, dict, list, tuple)):
@@ -315,7 +346,7 @@ def _materialize(obj):
             raise Refused(f"it nests containers over {MAX_NESTING} deep, which a state dict never does")
         open_now.add(id(o))
         if isinstance(o, _TensorRef):
-            result = _tensor(o)
+            result = _tensor(o, copies)
         elif isinstance(o, dict):
             result = type(o)((k, walk(v, depth + 1)) for k, v in o.items())
         else:
@@ -327,10 +358,11 @@ def _materialize(obj):
     return walk(obj, 0)
 
 
-def _tensor(ref):
+def _tensor(ref, copies):
     """The array a tensor views: `size` elements from `offset` with `stride` (in elements), all of
     it checked to lie inside the storage before any memory is touched, and no larger than its
-    storage (stride 0 could otherwise make 1 stored number into 10^9 copies)."""
+    storage (stride 0 could otherwise make 1 stored number into 10^9 copies); a copy is counted
+    in `copies` (_Copies) before it is made."""
     s = ref.storage
     if not (isinstance(s, _Storage) and s.data is not None and isinstance(ref.offset, int)
             and isinstance(ref.size, tuple) and isinstance(ref.stride, tuple) and len(ref.size) == len(ref.stride)
@@ -354,4 +386,5 @@ def _tensor(ref):
     # storage's bytes, read-only; a transposed or partial view gets its own compact copy
     if view.flags.c_contiguous and view.size == s.numel:
         return view
+    copies.take(view.nbytes)
     return np.array(view)

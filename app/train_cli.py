@@ -152,7 +152,17 @@ def _train(args, world):
 
 def _train_setup(args):
     """(config, run dir, resume state, --lr given on resume) from the command line, checked before
-    the demo is generated and before anything is written."""
+    the demo is generated and before anything is written; the run directory never inside --data
+    (a folder there would be read as a class next time)."""
+    from alexnet.app.files import check_outside_dataset
+
+    config, run_dir, resume_state, lr_override = _train_target(args)
+    if config.data:
+        check_outside_dataset(run_dir, config.data)
+    return config, run_dir, resume_state, lr_override
+
+
+def _train_target(args):
     from alexnet.app import checkpoint as ckpt
     from alexnet.app.config import TrainConfig
 
@@ -173,7 +183,7 @@ def _train_setup(args):
                         f"{os.path.basename(path)}: continue from the latest, or give --out NEW_RUN_DIR "
                         f"to branch off from this one")
     # --lr on resume is a deliberate change of the checkpoint's current rate
-    return TrainConfig.resumed(meta["config"], args), run_dir, (path, arrays, meta), args.lr
+    return TrainConfig.resumed(meta["config"], args, f"checkpoint {path}"), run_dir, (path, arrays, meta), args.lr
 
 
 # ---------------------------------------------------------------------------------------------

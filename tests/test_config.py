@@ -63,7 +63,7 @@ def test_impossible_values_are_one_users_error(argv, message):
 def test_each_check_runs_once(monkeypatch):
     calls = []
     real = config.check_value
-    monkeypatch.setattr(config, "check_value", lambda name, value: calls.append(name) or real(name, value))
+    monkeypatch.setattr(config, "check_value", lambda name, value, **kw: calls.append(name) or real(name, value, **kw))
     cfg = TrainConfig.from_args(train_args("--data", "d"))
     assert sorted(calls) == sorted(FIELDS)
     calls.clear()
@@ -106,6 +106,30 @@ def test_a_config_from_an_older_version_reads():
     old["something_new"] = 1
     cfg = TrainConfig.from_json({**old, "pool": [3, 2], "lr_drops": []})
     assert (cfg.recipe, cfg.rescale_velocity, cfg.dropout_variant, cfg.pool) == ("paper", False, "inverted", (3, 2))
+
+
+def test_a_stored_config_is_checked_as_it_is_read_naming_the_file(monkeypatch):
+    """Each stored value as a flag's (its type, None only where the default is None, its choices and
+    checks, the fields together), in one line naming the file; all but whether this machine can
+    use it: a run trained on a GPU resumes here with --device cpu."""
+    from alexnet.engine import backend
+
+    monkeypatch.setattr(backend, "cuda_available", lambda: False)
+    on_gpu = {**_stored(), "device": "cuda"}
+    assert TrainConfig.resumed(on_gpu, train_args("--resume", "--device", "cpu"), "checkpoint c.npz").device == "cpu"
+    with pytest.raises(UserError, match="^--device cuda is not usable"):
+        TrainConfig.resumed(on_gpu, train_args("--resume"), "checkpoint c.npz")
+    for change, message in (({"lr": None}, "--lr must be a number, got None"),
+                            ({"pool": True}, "--pool must be a list, got True"),
+                            ({"lr_drops": ["x"]}, "--lr-drops must be epoch numbers >= 1 such as 30,60, got ['x']"),
+                            ({"parallel": "x"}, "unknown --parallel 'x': expected one of data, towers"),
+                            ({"save_every": "0"}, "--save-every takes a number of steps"),
+                            ({"freeze": ["conv1"]}, "--freeze and --pretrained-lr-mult go with --init-from")):
+        for read in (lambda c: TrainConfig.resumed(c, train_args("--resume", "--epochs", "9"), "checkpoint c.npz"),
+                     lambda c: TrainConfig.from_json(c, source="checkpoint c.npz")):
+            with pytest.raises(UserError) as e:
+                read({**_stored(), **change})
+            assert str(e.value).startswith(f"checkpoint c.npz has an impossible config: {message}"), str(e.value)
 
 
 def test_eval_and_predict_share_the_declared_flags():

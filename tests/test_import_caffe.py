@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import max_rel_diff
+from conftest import max_rel_diff, run_limited
 from alexnet.app import caffe_format, checkpoint, weights
 from alexnet.app.cli import main
 from alexnet.app.import_cli import import_weights
@@ -256,6 +256,67 @@ def test_truncated_and_foreign_files_give_one_line(bvlc, tmp_path, capsys):
     (tmp_path / "mean.binaryproto").write_bytes(b"")
     line = error_line(capsys, new, "--mean", tmp_path / "mean.binaryproto", "-o", tmp_path / "x.npz")
     assert "mean file" in line and "not a 3-channel image" in line
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(tag, body):
+    """A length-delimited field: its tag's bytes (field number and wire type 2), length, body."""
+    return tag + _varint(len(body)) + body
+
+
+MILLIONS = 7 << 20
+# (file name, its bytes, what `import` says): files of millions of entries, 1 to 3 bytes each,
+# that the parser made objects or 8-byte numbers of (22 MB of empty layers: 1.9 GB, 20 s; 14 MB of
+# empty blobs in one layer: 3.1 GB, 38 s; 14 MB of packed dims: 540 MB)
+FLOODS = [
+    ("layers.caffemodel", b"\xa2\x06\x00" * MILLIONS, "holds over 10,000 layers, more than any Caffe network has"),
+    ("v1-layers.caffemodel", b"\x12\x00" * MILLIONS, "holds over 10,000 layers"),
+    ("blobs.caffemodel", _field(b"\xa2\x06", b"\x3a\x00" * MILLIONS),
+     "holds over 100,000 entries (layers, their blobs and settings)"),
+    ("bottoms.caffemodel", _field(b"\xa2\x06", b"\x1a\x00" * MILLIONS), "holds over 100,000 entries"),
+    # one blob whose shape has 14M dims, packed as Caffe writes them: 8 bytes each once parsed
+    ("dims.caffemodel", _field(b"\xa2\x06", _field(b"\x3a", _field(b"\x3a", _field(b"\x0a", b"\x01" * 2 * MILLIONS)))),
+     "holds over 100,000 entries"),
+    ("names.caffemodel", b"\x0a\x00" * MILLIONS, "holds over 100,000 entries"),
+    # a convolution's kernel_size, 14M times, packed
+    ("kernel.caffemodel",
+     _field(b"\xa2\x06", b"\x12\x0bConvolution" + _field(b"\xd2\x06", _field(b"\x22", b"\x03" * 2 * MILLIONS))),
+     "holds over 100,000 entries"),
+]
+
+
+@pytest.mark.parametrize("name,raw,message", FLOODS, ids=[case[0] for case in FLOODS])
+def test_millions_of_entries_are_refused_before_they_are_parsed(tmp_path, name, raw, message):
+    path = tmp_path / name
+    path.write_bytes(raw)
+    # 512 MB of address space (the interpreter and NumPy take ~300 of it), a quarter of what the
+    # layers took before they were counted, and half the time
+    code, err = run_limited(["import", path, "--out", tmp_path / "x.npz"], memory_mb=512, seconds=10)
+    assert code == 2 and err.count("\n") == 1 and message in err, (code, err[-500:])
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_the_layout_caps_are_above_any_caffe_model(tmp_path, capsys):
+    # 10,000 layers, or 99,990 blobs in one, are parsed, and refused for what they are
+    (tmp_path / "many.caffemodel").write_bytes(b"\xa2\x06\x00" * caffe_format.MAX_LAYERS)
+    assert "has layers alexnet has no counterpart for" in error_line(capsys, tmp_path / "many.caffemodel")
+    (tmp_path / "blobs.caffemodel").write_bytes(_field(b"\xa2\x06", b"\x3a\x00" * 99_990))
+    assert "has layers alexnet has no counterpart for" in error_line(capsys, tmp_path / "blobs.caffemodel")
+    # a mean file is a blob: its dims are counted too, and a shape Caffe cannot have is one line
+    (tmp_path / "dims.binaryproto").write_bytes(_field(b"\x3a", _field(b"\x0a", b"\x01" * MILLIONS)))
+    assert "holds over 100,000 entries" in error_line(capsys, tmp_path / "many.caffemodel", "--mean",
+                                                      tmp_path / "dims.binaryproto")
+    (tmp_path / "axes.binaryproto").write_bytes(_field(b"\x3a", _field(b"\x0a", b"\x01" * 33)))
+    line = error_line(capsys, tmp_path / "many.caffemodel", "--mean", tmp_path / "axes.binaryproto")
+    assert "its shape has 33 axes, more than Caffe's 32" in line and len(line) < 200
 
 
 def test_without_protobuf_the_caffe_import_says_what_to_install(bvlc, monkeypatch, capsys):

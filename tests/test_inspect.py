@@ -109,7 +109,35 @@ def test_neighbors_checks_its_images_and_output_before_the_search(run, tmp_path,
     for images, out, message in (([str(tmp_path / "missing.jpg")], "n.png", "image " + str(tmp_path / "missing.jpg")
                                   + " not found"),
                                  ([str(broken)], "n.png", "cannot read image"),
-                                 ([image], str(tmp_path), "is a folder, not a regular file")):
+                                 ([image], str(tmp_path), "is a folder, not a regular file"),
+                                 # the folder of --out missing: one line, before the search
+                                 ([image], "nodir/n.png", f"cannot write {tmp_path}/nodir/n.png: the folder "
+                                  f"{tmp_path}/nodir does not exist")):
         assert main(["neighbors", "--checkpoint", ckpt, "--data", data, *images, "--out", str(tmp_path / out)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+
+
+def test_neighbors_never_writes_into_the_dataset_it_searches(run, tmp_path, capsys):
+    """The dataset's images are inputs of neighbors: --out onto one of them (by its name, a hard
+    link or a symbolic link from elsewhere) or anywhere inside the dataset folder is refused."""
+    import shutil
+    _, ckpt = run
+    data = str(tmp_path / "data")
+    shutil.copytree(run[0], data)                       # a copy: a failing test must not spoil the others'
+    image = os.path.join(data, "val", "a", "0.jpg")
+    searched = os.path.join(data, "train", "a", "0.jpg")
+    linked = os.path.join(data, "train", "b", "1.jpg")
+    before = {p: open(p, "rb").read() for p in (searched, linked)}
+    os.link(linked, tmp_path / "hard.jpg")
+    (tmp_path / "soft.png").symlink_to(searched)
+    for out, message in ((searched, "is inside the dataset folder"),
+                         (os.path.join(data, "train", "a", "new.png"), "is inside the dataset folder"),
+                         (str(tmp_path / "soft.png"), "is inside the dataset folder"),
+                         (str(tmp_path / "hard.jpg"), f"is one of the files of the dataset {data} ("
+                                                      f"{linked})")):
+        assert main(["neighbors", "--checkpoint", ckpt, "--data", data, image, "--out", out]) == 2, out
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert {p: open(p, "rb").read() for p in before} == before
+    assert not os.path.exists(os.path.join(data, "train", "a", "new.png"))

@@ -164,3 +164,77 @@ def test_the_rule_in_one_place(tmp_path):
     data = np.arange(3)
     files.atomic_write(str(tmp_path / "link"), lambda f: np.save(f, data))
     np.testing.assert_array_equal(np.load(plain), data)
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the command did its work before its outputs were checked")
+
+
+def test_an_output_whose_folder_is_missing_is_refused_before_the_work(run, tmp_path, capsys, monkeypatch):
+    """A file named by the user (import --out, export --onnx, neighbors --out) in a folder that does
+    not exist, under a regular file, or through a link into a missing folder: one line that names
+    the folder, before the weights or the training set are read; no folder is made for it."""
+    from alexnet.app import checkpoint, import_cli
+    run_dir, ckpt_path, data, image = run
+    monkeypatch.setattr(import_cli, "import_weights", _no_work)
+    monkeypatch.setattr(checkpoint, "load_model", _no_work)
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "badlink.onnx").symlink_to("/nonexistent-alexnet/dir/x.onnx")
+    nodir = str(tmp_path / "nodir")
+    for out, said in ((f"{nodir}/x.out", f"cannot write {nodir}/x.out: the folder {nodir} does not exist"),
+                      (f"{tmp_path}/file.txt/x.out", f"cannot write {tmp_path}/file.txt/x.out: {tmp_path}/file.txt "
+                                                     f"is not a folder"),
+                      (str(tmp_path / "badlink.onnx"), "badlink.onnx: it leads to /nonexistent-alexnet/dir/x.onnx, "
+                                                       "whose folder /nonexistent-alexnet/dir does not exist")):
+        commands = [["import", ckpt_path, "--out", out],
+                    ["neighbors", "--checkpoint", ckpt_path, "--data", data, image, "--out", out]]
+        if HAVE_ONNX:
+            commands.append(["export", "--onnx", out, "--checkpoint", ckpt_path])
+        for argv in commands:
+            assert said in error_line(capsys, argv), argv
+    assert not os.path.exists(nodir) and not os.path.exists("/nonexistent-alexnet")
+
+
+def test_the_folder_of_an_output(tmp_path):
+    """check_output's folder rule: a file output's folder must exist; a command that makes its
+    output folder (plot's plots/, saliency --out) may name one that does not, if it can be made."""
+    missing = str(tmp_path / "new" / "deeper" / "x.png")
+    with pytest.raises(UserError, match=f"cannot write {missing}: the folder {tmp_path}/new/deeper does not exist"):
+        files.check_output(missing, folder_must_exist=True)
+    assert files.check_output(missing) == missing
+    with pytest.raises(UserError, match="the folder .*/new/deeper does not exist"):
+        files.atomic_write(missing, lambda f: f.write(b"x"))            # atomic_write never makes one
+    assert not os.path.exists(tmp_path / "new")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match=f"{tmp_path}/f is not a folder"):
+        files.check_output(str(tmp_path / "f" / "sub" / "x.png"))
+    if os.geteuid() != 0:                                                  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        with pytest.raises(UserError, match=f"the folder {ro} is not writable"):
+            files.check_output(str(ro / "x.png"))
+
+
+def test_nothing_is_written_inside_a_dataset_the_command_reads(run, tmp_path, capsys, monkeypatch):
+    """experiment --out and prepare's destination inside the dataset they read are refused (a
+    folder there would be read as a class next time), and experiment checks its report, results
+    and figure before the trainings."""
+    data = str(tmp_path / "data")
+    shutil.copytree(run[2], data)                 # a copy: a failing test must not spoil the others' data
+    monkeypatch.setitem(experiments.EXPERIMENTS, "relu-vs-tanh", _no_work)
+    for argv, said in ((["experiment", "relu-vs-tanh", "--data", data, "--out", os.path.join(data, "train", "e")],
+                        f"{data}/train/e is inside the dataset folder {data}"),
+                       (["experiment", "relu-vs-tanh", "--data", data, "--out", data], f"{data} is the dataset folder"),
+                       (["prepare", data, os.path.join(data, "train", "p")], f"{data}/train/p is inside the dataset "
+                                                                                f"folder {data}"),
+                       (["train", "--data", data, "--out", os.path.join(data, "train", "x"), *small_argv()],
+                        f"{data}/train/x is inside the dataset folder {data}")):
+        assert said in error_line(capsys, argv), argv
+    assert sorted(os.listdir(data)) == ["train", "val"] and sorted(os.listdir(os.path.join(data, "train"))) == [
+        "a", "b", "c"]
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    os.mkfifo(exp / "relu_vs_tanh.png")
+    assert "relu_vs_tanh.png exists and is a FIFO" in error_line(
+        capsys, ["experiment", "relu-vs-tanh", "--data", data, "--out", str(exp)])

@@ -12,6 +12,7 @@ from PIL import Image
 
 from alexnet.app import checkpoint as ckpt
 from alexnet.app.cli import main
+from alexnet.app.config import FIELDS, flag
 from conftest import make_folder, small_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -280,3 +281,65 @@ def test_resuming_a_checkpoint_with_a_bad_mean_is_refused(trained, tmp_path, cap
     line = _one_error_line(capsys, rc)
     assert line.startswith(f"alexnet: error: checkpoint {bad}") and line.endswith(reason), line
     assert sorted(os.listdir(os.path.dirname(bad))) == ["ckpt-00000003.npz"]
+
+
+# ---- a checkpoint's stored config, edited: every declared field, each kind of impossible value -------------
+_SAMPLES = ["x", 7, 2.5, True, [1], {"a": 1}, None, -1, 0, [0, 0], [""]]
+
+
+def _impossible(name, value):
+    """Whether the declaration of field `name` refuses `value` read from a stored config: not of its type
+    (JSON has lists for tuples; None only where the default is None), not one of its choices, or refused by
+    its check. Derived from app/config.py, so that a new field is covered without a change here."""
+    f = FIELDS[name]
+    if value is None:
+        return f.default is not None
+    kinds = {str: str, int: int, float: (int, float), bool: bool, tuple: list}[f.type]
+    if isinstance(value, bool) != (f.type is bool) or not isinstance(value, kinds):
+        return True
+    value, choices, check = tuple(value) if f.type is tuple else value, f.metadata["choices"], f.metadata["check"]
+    return (choices is not None and value not in choices) or (check is not None and check(value) is not None)
+
+
+EDITED_CONFIGS = [(name, value) for name in FIELDS for value in _SAMPLES if _impossible(name, value)]
+
+
+def _resume_edited(run, tmp_path, capsys, name, value):
+    """`train --resume` from the run's last checkpoint with meta["config"][name] = value: (its path, the
+    error line)."""
+    arrays, meta = ckpt.load(os.path.join(run, "checkpoints", "ckpt-00000006.npz"))
+    meta["config"][name] = value
+    bad = str(tmp_path / "edited" / "checkpoints" / "ckpt-00000006.npz")
+    os.makedirs(os.path.dirname(bad))
+    ckpt.save(bad, arrays, meta)
+    return bad, _one_error_line(capsys, main(["train", "--resume", bad, "--epochs", "3", "--no-progress"]))
+
+
+def test_the_edited_configs_cover_every_field_and_kind_of_value():
+    assert {name for name, _ in EDITED_CONFIGS} == set(FIELDS)
+    for case in (("lr", None), ("pool", True), ("pool", [1]), ("lr_drops", [""]), ("parallel", "x"),
+                 ("save_every", "x"), ("groups", 7), ("demo", None)):
+        assert case in EDITED_CONFIGS, case
+    for case in (("init_from", None), ("lr_drops", [1]), ("lr", 7)):         # values the fields take
+        assert case not in EDITED_CONFIGS, case
+
+
+@pytest.mark.parametrize("name, value", [pytest.param(name, value, id=f"{name}={json.dumps(value)}")
+                                         for name, value in EDITED_CONFIGS])
+def test_an_impossible_value_in_a_checkpoints_config_is_one_line(trained, tmp_path, capsys, name, value):
+    """A checkpoint's meta["config"] edited by hand is checked as it is read, as a flag's value is, and
+    refused in one line naming the checkpoint, the field and the value (it gave tracebacks, or was used)."""
+    bad, line = _resume_edited(trained[1], tmp_path, capsys, name, value)
+    assert line.startswith(f"alexnet: error: checkpoint {bad} has an impossible config: "), line
+    assert flag(name) in line and repr(value) in line, line
+
+
+@pytest.mark.parametrize("name, value", [("lr_drops", [1]), ("patience", 5), ("max_drops", 0)])
+def test_a_config_edited_against_its_schedule_state_is_refused(trained, tmp_path, capsys, name, value):
+    """A value the field takes, but not the one the run's learning-rate schedule was made with: the state
+    would be loaded over it (patience), or fail to load (a KeyError for lr_drops)."""
+    state = ckpt.load(os.path.join(trained[1], "checkpoints", "ckpt-00000006.npz"))[1]["schedule"]
+    bad, line = _resume_edited(trained[1], tmp_path, capsys, name, value)
+    assert state["kind"] == "plateau" and line.startswith(
+        f"alexnet: error: checkpoint {bad}: its learning-rate schedule state is for plateau (patience "
+        f"{state['patience']}, max_drops {state['max_drops']}), its config makes "), line

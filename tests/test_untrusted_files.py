@@ -149,6 +149,43 @@ def test_declared_byte_lengths_are_checked_against_the_file(tmp_path):
     assert "truncated or not a PyTorch state dict" in refused(tmp_path / "bytes-legacy.pth")
 
 
+def test_views_of_one_storage_are_copied_at_most_twice_its_size(tmp_path):
+    # one 4 MB storage seen by 2,000 tensors of all its numbers but the last, each of them a copy:
+    # 8 GB of arrays from a 4 MB file (before: out of memory under the limit)
+    n = 1 << 20
+    one = Storage("0", n)
+    views = [tensor(one, (n - 1,), (1,)) for _ in range(2000)]
+    path = torch_zip(tmp_path / "views.pth", dumps(views), [("0", b"\0" * (4 * n))])
+    assert os.path.getsize(path) < 5 << 20
+    line = refused(path)
+    assert "its tensors view their storages over and over: as arrays they would take over 25,165,824 bytes, " \
+           "2 times its storages' 4,194,304 plus 16 MiB" in line, line
+    # up to the bound they load: 6 transposed copies of the whole storage are its 2 times plus 16 MiB
+    # (the whole storage in order is no copy); a seventh is refused
+    six = [tensor(one, (1024, 1024), (1, 1024)) for _ in range(6)] + [tensor(one, (n,), (1,))]
+    path = torch_zip(tmp_path / "six.pth", dumps(six), [("0", np.arange(n, dtype="<f4").tobytes())])
+    read = torch_format.load(str(path))
+    assert all(a.shape == (1024, 1024) and a[2, 1] == 1026 for a in read[:6]) and read[6][1026] == 1026
+    seven = [tensor(one, (1024, 1024), (1, 1024)) for _ in range(7)]
+    with pytest.raises(UserError, match="view their storages over and over"):
+        torch_format.load(str(torch_zip(tmp_path / "seven.pth", dumps(seven), [("0", b"\0" * (4 * n))])))
+
+
+def test_tensors_that_share_a_storage_on_purpose_load(tmp_path):
+    """Slices of one flat parameter buffer, one of them also saved transposed (a tied weight), and
+    a whole storage: what real state dicts share stays under the copy bound."""
+    flat, whole = Storage("0", 12), Storage("1", 4)
+    state = collections.OrderedDict(a=tensor(flat, (2, 3), (3, 1)), b=tensor(flat, (3, 2), (2, 1), offset=6),
+                                    bt=tensor(flat, (2, 3), (1, 2), offset=6), c=tensor(whole, (2, 2), (2, 1)))
+    path = torch_zip(tmp_path / "shared.pth", dumps(state), [("0", np.arange(12, dtype="<f4").tobytes()),
+                                                             ("1", np.ones(4, "<f4").tobytes())])
+    read = torch_format.load(str(path))
+    np.testing.assert_array_equal(read["a"], [[0, 1, 2], [3, 4, 5]])
+    np.testing.assert_array_equal(read["b"], [[6, 7], [8, 9], [10, 11]])
+    np.testing.assert_array_equal(read["bt"], read["b"].T)
+    np.testing.assert_array_equal(read["c"], np.ones((2, 2)))
+
+
 @pytest.mark.parametrize("count", [100_000, 10**9])
 def test_the_class_count_is_checked_before_a_model_is_built(tmp_path, count):
     """torchvision's 16 keys, each one float, but fc8 declared (count, 0): a few hundred bytes
@@ -224,6 +261,25 @@ def test_running_out_of_memory_is_one_line():
     code, err = run_limited(["summary", "--classes", "100000000"], memory_mb=600)
     assert code == 2 and err == "alexnet: error: out of memory: Unable to allocate 1.49 TiB for an array with " \
         "shape (100000000, 4096) and data type float32\n", err
+
+
+def test_running_out_of_memory_with_the_arrays_still_held_is_one_line(tmp_path):
+    """A file within every bound but larger than the memory allowed: one flat 96 MB storage whose
+    64 KB slices are each saved as they are and transposed (192 MB of copies, twice the storage),
+    under 256 MB. The arrays made so far are still held when memory runs out (by the traceback's
+    frames), so the report must import nothing: an import fails then too, and the line became a
+    49-line traceback with exit 1 (stderr a pipe, as in run_limited)."""
+    n, side = 96 << 18, 128
+    flat = Storage("0", n)
+    state = collections.OrderedDict()
+    for i in range(n // side**2):
+        state[f"w{i}"] = tensor(flat, (side, side), (side, 1), offset=i * side**2)
+        state[f"w{i}.t"] = tensor(flat, (side, side), (1, side), offset=i * side**2)
+    path = torch_zip(tmp_path / "flat.pth", dumps(state), [("0", bytes(4 * n))])
+    code, err = run_limited(["import", path, "--out", tmp_path / "flat.npz"], memory_mb=256, seconds=60)
+    assert code == 2 and err.count("\n") == 1, (code, err[-2000:])
+    assert err.startswith("alexnet: error: out of memory: Unable to allocate 64.0 KiB"), err
+    assert not os.path.exists(tmp_path / "flat.npz")
 
 
 # ---- 2. non-finite weights and means ---------------------------------------------------------------
