@@ -116,3 +116,17 @@ def probabilities(model, views, device="cpu"):
         logits = backend.to_numpy(model.forward(backend.to_device(x, device), keep_cache=False))
         probs = probs + softmax(logits.astype(np.float64))
     return probs / len(views)
+
+
+def check_finite_outputs(values, model):
+    """For predict and eval (training says the same as divergence, naming its last good checkpoint):
+    finite weights large enough to overflow float32 make NaN outputs, which are refused in one line
+    rather than printed as nan%."""
+    from alexnet.engine import backend
+
+    if np.isfinite(values).all():
+        return
+    size, name = max((float(np.abs(backend.to_numpy(layer.params[key])).max(initial=0.0)), full)
+                     for full, layer, key in model.named_parameters())
+    raise UserError(f"the model's outputs are not finite (NaN or infinity): its weights overflow float32 "
+                    f"arithmetic (largest |weight| {size:.3g} in {name}); retrain or import it again")

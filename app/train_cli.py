@@ -223,6 +223,7 @@ def cmd_eval(args):
     from alexnet.app.checkpoint import load_model
     from alexnet.app.data import class_difference, open_dataset
     from alexnet.app.evaluate import evaluate
+    from alexnet.app.preprocess import check_finite_outputs
 
     for name in EVAL_DEFAULTS:
         config.check_value(name, getattr(args, name))
@@ -238,6 +239,7 @@ def cmd_eval(args):
     t0 = time.perf_counter()
     r = evaluate(model, ds.val, prep, batch_size=args.batch_size, ten_crop=args.ten_crop, workers=args.workers,
                  device=args.device, progress=not args.no_progress)
+    check_finite_outputs(r["loss"], model)
     views = "10-crop" if args.ten_crop else "centre crop"
     print(f"{args.checkpoint} on {args.data} ({r['count']} val images, {views}): top-1 {100 * r['top1']:.2f}% "
           f"(error {100 * (1 - r['top1']):.2f}%), top-5 {100 * r['top5']:.2f}% "
@@ -252,14 +254,17 @@ def cmd_predict(args):
     import numpy as np
 
     from alexnet.app.checkpoint import load_model
-    from alexnet.app.preprocess import probabilities
+    from alexnet.app.evaluate import quiet_numerics
+    from alexnet.app.preprocess import check_finite_outputs, probabilities
 
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")
     config.check_value("device", args.device)
     config.check_precision(args.device, args.precision)
     model, meta, prep = load_model(args.checkpoint, args.device, args.precision)
-    probs = probabilities(model, prep.views(prep.decode(args.images), args.ten_crop), args.device)
+    with quiet_numerics():                  # an overflow is said once, by check_finite_outputs
+        probs = probabilities(model, prep.views(prep.decode(args.images), args.ten_crop), args.device)
+    check_finite_outputs(probs, model)
     classes = meta["classes"]
     k = min(args.top, len(classes))
     for path, p in zip(args.images, probs):

@@ -336,6 +336,19 @@ def test_non_finite_weights_and_means_are_refused_by_every_load(trained, tmp_pat
     assert not os.path.exists(tmp_path / "ft")
 
 
+def test_finite_weights_that_overflow_are_said_so_not_printed_as_nan(trained, tmp_path, capsys):
+    """3e38 is finite, so every load takes it; the logits it makes are not: predict and eval say
+    so in one line instead of printing nan%."""
+    path, image = trained
+    w = ckpt.split(ckpt.load(path)[0], "model")["fc6.W"].copy()   # alexnet-small's first dense layer
+    w[0, :] = 3e38
+    huge = rewrite(path, tmp_path / "huge.npz", {"model/fc6.W": w})
+    data = os.path.dirname(os.path.dirname(os.path.dirname(image)))
+    for argv in (["predict", "--checkpoint", huge, image], ["eval", "--checkpoint", huge, "--data", data]):
+        line = one_error_line(capsys, argv)
+        assert "the model's outputs are not finite" in line and "largest |weight| 3e+38 in fc6.W" in line, line
+
+
 # ---- 3. the reader's state is its own ---------------------------------------------------------------
 def test_a_file_cannot_change_how_the_next_file_is_read(tmp_path):
     # GLOBAL torch.FloatStorage, then BUILD (None, {"name": "IntStorage"}) on it: before, the one
