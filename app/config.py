@@ -132,7 +132,9 @@ def layer_names(v):
 def usable_device(v):
     from alexnet.engine import backend
 
-    return None if v != "cuda" or backend.cuda_available() else f"cuda is not usable: {backend.cuda_unavailable_reason()}"
+    if v != "cuda" or backend.cuda_available():
+        return None
+    return f"cuda is not usable: {backend.cuda_unavailable_reason()}"
 
 
 def in_unit_interval(v):
@@ -306,6 +308,10 @@ class TrainConfig:
             elif not same_setting(f.name, wanted[f.name], ours.get(f.name, f.default), ours):
                 raise UserError(f"{flag(f.name)} cannot change when resuming "
                                 f"(the run uses {ours.get(f.name, f.default)})")
+        if ours.get("layers_from") and "layers_from" not in wanted:
+            # the file names Python to run: only a folder the user names is imported
+            raise UserError(f"{source} trains on the workbook in {ours['layers_from']}, whose code a resume "
+                            f"runs: name it yourself (--layers-from {ours['layers_from']})")
         return cls(**{**ours, **changes})
 
     def to_json(self):

@@ -117,19 +117,26 @@ def _why_not(folder):
 
 
 def check_outside_dataset(path, root, images=()):
-    """Refuse output ``path`` (a file or a folder the command writes) when it would land in the
-    dataset ``root`` the command reads. The rule: nothing is written inside the dataset folder
-    (compared after following links, so a link from elsewhere into it counts). It is cheap (no
-    listing), and it keeps out more than the images themselves: a new picture in train/<class>/
-    would be a training image of that class, and a new folder in train/ a class, the next time
-    the folder is read. ``images``: the dataset's files, which may also live outside ``root`` (a
-    hard link, a class folder that is a link to elsewhere); the same file by device and inode is
-    refused too. That costs a stat per image, so it is done only when the output already exists."""
-    real, real_root = os.path.realpath(path), os.path.realpath(root)
-    if real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep):
-        where = "is the dataset folder" if real == real_root else f"is inside the dataset folder {root}"
-        raise UserError(f"{path} {where}, an input of this command: refusing to write there "
-                        f"(write outside {root})")
+    """Refuse output ``path`` (a file or a folder the command writes) when it would land where the
+    dataset ``root`` the command reads is read from: the dataset folder itself, its train/ and val/
+    splits and every class folder in them, each compared after following links (a class folder
+    that is a link to elsewhere counts where it leads), and all of a prepared dataset's folder. A
+    new picture in train/<class>/ would be a training image of that class, and a new folder in
+    train/ a class, the next time the folder is read; the root's other folders are never read, so
+    a run directory beside train/ is fine. It costs a listing of the two splits, not of the images.
+    ``images``: the dataset's files (a hard link to one from anywhere is refused by device and
+    inode, checked only when the output already exists: a stat per image)."""
+    try:
+        real = os.path.realpath(path)
+        areas = _dataset_areas(root)
+    except ValueError:                          # a NUL in a path: the dataset's own check says so
+        return
+    for area, what in areas:
+        if real == area or (what != "dataset folder" and real.startswith(area.rstrip(os.sep) + os.sep)):
+            where = (f"is the dataset folder {root}" if what == "dataset folder" else
+                     f"is {'the' if real == area else 'inside the'} {what} of the dataset {root}")
+            raise UserError(f"{path} {where}, an input of this command: refusing to write there (write "
+                            f"outside the dataset's splits)")
     try:
         st = os.stat(path)
     except OSError:
@@ -142,6 +149,24 @@ def check_outside_dataset(path, root, images=()):
         if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
             raise UserError(f"{path} is one of the files of the dataset {root} ({image}), an input of this "
                             f"command: refusing to overwrite it (write to another file)")
+
+
+def _dataset_areas(root):
+    """[(real path, what it is)] where dataset ``root`` is read from (check_outside_dataset)."""
+    real_root = os.path.realpath(root)
+    if os.path.isfile(os.path.join(root, "meta.json")):        # a prepared dataset: all of it
+        return [(real_root, "prepared dataset folder")]
+    areas = []                                 # the most particular first: the one a message names
+    for split in ("train", "val"):
+        folder = os.path.join(root, split)
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            names = []
+        areas += [(os.path.realpath(os.path.join(folder, n)), f"class folder {split}/{n}") for n in names
+                  if os.path.isdir(os.path.join(folder, n))]
+        areas.append((os.path.realpath(folder), f"{split}/ folder"))
+    return areas + [(real_root, "dataset folder")]
 
 
 def same_file(a, b):
@@ -176,7 +201,8 @@ def read_capped(path, limit, what="file"):
     except OSError as e:
         raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
     if len(data) != size:                       # it changed after the check
-        raise UserError(f"{what} {path} changed while it was read ({size:,} bytes, then {len(data):,}{'+' if len(data) > size else ''})")
+        more = "+" if len(data) > size else ""
+        raise UserError(f"{what} {path} changed while it was read ({size:,} bytes, then {len(data):,}{more})")
     return data
 
 

@@ -113,8 +113,9 @@ def checks_summary(folder):
     failing = [r.function for r in results if r.status != "passed"]
     if not failing:
         return f"forward and backward passes: yours, from {folder} (all {len(results)} functions pass their checks)"
-    return (f"forward and backward passes: yours, from {folder}; warning: {', '.join(failing)} "
-            f"{'does' if len(failing) == 1 else 'do'} not pass {'its' if len(failing) == 1 else 'their'} checks (alexnet exercise check {folder}): training goes on with them as they are")
+    verb = "does not pass its" if len(failing) == 1 else "do not pass their"
+    return (f"forward and backward passes: yours, from {folder}; warning: {', '.join(failing)} {verb} checks "
+            f"(alexnet exercise check {folder}): training goes on with them as they are")
 
 
 class LearnerLoss:

@@ -118,15 +118,27 @@ def probabilities(model, views, device="cpu"):
     return probs / len(views)
 
 
-def check_finite_outputs(values, model):
+def check_finite_outputs(values, model, prep):
     """For predict and eval (training says the same as divergence, naming its last good checkpoint):
-    finite weights large enough to overflow float32 make NaN outputs, which are refused in one line
-    rather than printed as nan%."""
+    finite weights, a mean or an input scale large enough to overflow float32 make NaN outputs,
+    refused in one line that names the culprit rather than printed as nan%. NaN from moderate
+    values is a bug of ours, and raised as one."""
     from alexnet.engine import backend
 
     if np.isfinite(values).all():
         return
     size, name = max((float(np.abs(backend.to_numpy(layer.params[key])).max(initial=0.0)), full)
                      for full, layer, key in model.named_parameters())
-    raise UserError(f"the model's outputs are not finite (NaN or infinity): its weights overflow float32 "
-                    f"arithmetic (largest |weight| {size:.3g} in {name}); retrain or import it again")
+    culprits = [(size, f"largest |weight| {size:.3g} in {name}"),
+                (float(np.abs(prep.mean).max()), f"its mean reaches {float(np.abs(prep.mean).max()):.3g}"),
+                (prep.input_scale, f"its input scale is {prep.input_scale:.3g}")]
+    large = [what for value, what in culprits if value > HUGE]
+    if not large:
+        raise RuntimeError(f"non-finite outputs from a model whose weights, mean and input scale are all "
+                           f"moderate ({', '.join(what for _, what in culprits)})")
+    raise UserError(f"the model's outputs are not finite (NaN or infinity): {', '.join(large)}, which "
+                    f"overflows float32 arithmetic; retrain or import it again")
+
+
+# no trained weight, pixel mean (0..255) or input scale (<= 1) comes near this
+HUGE = 1e6

@@ -14,11 +14,13 @@ holds), so a checkpoint holds everything the computation depends on:
                                that would not be exact (other classes, another number of images)
 """
 import dataclasses
+import math
 import time
 
 from alexnet.app import checkpoint as ckpt
 from alexnet.app.errors import UserError
 from alexnet.app.preprocess import Preprocessing
+from alexnet.app.run_stats import new_epoch
 
 
 @dataclasses.dataclass
@@ -78,6 +80,11 @@ def check_resumable(path, arrays, meta, model, dataset, config):
     if "data/mean" not in arrays:
         raise UserError(f"checkpoint {path} has no training mean")
     Preprocessing.check_mean(arrays["data/mean"], f"checkpoint {path}")
+    check_state(path, meta)
+    unseeded = [layer.name for layer in model.layers
+                if layer.rng_state() is not None and layer.name not in meta["rng"]]
+    if unseeded:
+        raise UserError(f"checkpoint {path} holds no dropout counter for {', '.join(unseeded)}")
     check_schedule(path, meta, config)
 
 
@@ -90,7 +97,12 @@ def check_schedule(path, meta, config):
         {"kind": "plateau", "patience": config.patience, "max_drops": config.max_drops}
     state = meta.get("schedule")
     kind = state.get("kind") if isinstance(state, dict) else None
+    kind = kind if isinstance(kind, str) and kind in keys else None
     if kind == ours["kind"] and all(state.get(k) == ours[k] for k in keys[kind]):
+        for key, (what, ok) in SCHEDULE_ENTRIES[kind].items():
+            if not ok(state.get(key)):
+                raise UserError(f"checkpoint {path}: its learning-rate schedule's {key} is {state.get(key)!r}, "
+                                f"not {what}")
         return
 
     def text(values):
@@ -98,6 +110,46 @@ def check_schedule(path, meta, config):
     held = text(state) if kind in keys else repr(state)
     raise UserError(f"checkpoint {path}: its learning-rate schedule state is for {held}, its config makes "
                     f"{text(ours)}: one of them was edited")
+
+
+def _count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number(v, low=-math.inf, infinite=False):
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+            and (infinite or math.isfinite(v)) and v >= low)
+
+
+# what a checkpoint's training state holds, each entry with what it must be (an edited one is
+# refused, never loaded): meta key -> (said as, test); the schedules' entries per kind
+STATE_ENTRIES = {
+    "epoch": ("a count", _count), "batch": ("a count", _count), "step": ("a count", _count),
+    "best_epoch": ("a count", _count),
+    "best_top1": ("a fraction (-1 before the first validation)", lambda v: _number(v, -1) and v <= 1),
+    "lr": ("a finite number > 0", lambda v: _number(v) and v > 0),
+    "rng": ("an object of {'step': count} per dropout layer",
+            lambda v: isinstance(v, dict) and all(isinstance(s, dict) and _count(s.get("step")) for s in v.values())),
+    "epoch_stats": ("an object of the running totals " + ", ".join(new_epoch()) + ", each >= 0",
+                    lambda v: isinstance(v, dict) and set(v) == set(new_epoch())
+                    and all(_number(x, 0) for x in v.values())),
+    "layer_lr_mults": ("an object of multipliers >= 0",
+                       lambda v: isinstance(v, dict) and all(_number(x, 0) for x in v.values())),
+}
+_FACTOR = ("0.1, the factor every schedule divides by", lambda v: v == 0.1)
+SCHEDULE_ENTRIES = {
+    "milestones": {"factor": _FACTOR},
+    "plateau": {"factor": _FACTOR, "threshold": ("a finite number >= 0", lambda v: _number(v, 0)),
+                "best": ("a number (infinity before the first validation)", lambda v: _number(v, infinite=True)),
+                "bad_epochs": ("a count", _count), "drops": ("a count", _count)},
+}
+
+
+def check_state(path, meta):
+    """Refuse a checkpoint whose position, rate, counters or totals are not what a run writes."""
+    for key, (what, ok) in STATE_ENTRIES.items():
+        if (key in meta or key in ("step", "lr", "rng", "epoch_stats")) and not ok(meta.get(key)):
+            raise UserError(f"checkpoint {path}: its {key} is {meta.get(key)!r}, not {what}")
 
 
 def restore_model(arrays, meta, model):

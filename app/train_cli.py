@@ -164,6 +164,7 @@ def _train_setup(args):
 
 def _train_target(args):
     from alexnet.app import checkpoint as ckpt
+    from alexnet.app import run_state
     from alexnet.app.config import TrainConfig
 
     if args.stop_after_steps is not None and args.stop_after_steps < 1:
@@ -176,6 +177,7 @@ def _train_target(args):
     arrays, meta = ckpt.load(path)
     if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("step"), int):
         raise UserError(f"checkpoint {path} holds no training state to resume from")
+    run_state.check_state(path, meta)              # its step decides what "later" means below
     newer = [p for p in ckpt.CheckpointDir(os.path.join(run_dir, "checkpoints")).list()
              if ckpt.CheckpointDir.step_of(p) > meta["step"]]
     if newer:
@@ -239,7 +241,7 @@ def cmd_eval(args):
     t0 = time.perf_counter()
     r = evaluate(model, ds.val, prep, batch_size=args.batch_size, ten_crop=args.ten_crop, workers=args.workers,
                  device=args.device, progress=not args.no_progress)
-    check_finite_outputs(r["loss"], model)
+    check_finite_outputs(r["loss"], model, prep)
     views = "10-crop" if args.ten_crop else "centre crop"
     print(f"{args.checkpoint} on {args.data} ({r['count']} val images, {views}): top-1 {100 * r['top1']:.2f}% "
           f"(error {100 * (1 - r['top1']):.2f}%), top-5 {100 * r['top5']:.2f}% "
@@ -264,7 +266,7 @@ def cmd_predict(args):
     model, meta, prep = load_model(args.checkpoint, args.device, args.precision)
     with quiet_numerics():                  # an overflow is said once, by check_finite_outputs
         probs = probabilities(model, prep.views(prep.decode(args.images), args.ten_crop), args.device)
-    check_finite_outputs(probs, model)
+    check_finite_outputs(probs, model, prep)
     classes = meta["classes"]
     k = min(args.top, len(classes))
     for path, p in zip(args.images, probs):

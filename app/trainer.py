@@ -528,7 +528,8 @@ class Trainer:
     def _summary(self, seconds):
         ds, pos, ckpts = self.dataset, self.position, self.files.ckpts
         bad = {**getattr(ds.train, "bad", {}), **getattr(ds.val, "bad", {})}
-        self.log(f"done: {_count(self.config.epochs, 'epoch')}, {_count(pos.step, 'step')} in {_fmt_time(seconds)} (this session); "
+        self.log(f"done: {_count(self.config.epochs, 'epoch')}, {_count(pos.step, 'step')} in {_fmt_time(seconds)} "
+                 f"(this session); "
                  f"best val top-1 {100 * pos.best_top1:.1f}% at epoch {pos.best_epoch} "
                  f"(chance {100 / self.model.num_classes:.1f}%)")
         if bad:

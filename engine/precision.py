@@ -40,7 +40,7 @@ def check(precision, device):
         raise ValueError(f"unknown precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if device == "cpu" and precision != "fp32":
         raise ValueError(f"--precision {precision} needs --device cuda: the CPU path computes in float32 "
-                         f"(NumPy has no TF32 or BF16 arithmetic)")
+                         f"(NumPy has no TF32 or BF16 arithmetic; --precision fp32 runs on the CPU)")
 
 
 def activation_dtype(precision):

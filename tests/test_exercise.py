@@ -280,6 +280,21 @@ def test_alexnet_train_layers_from_runs_the_workbook_as_the_engine_runs(solved, 
         assert theirs[key] == pytest.approx(ours[key], rel=1e-5), key
 
 
+def test_a_resume_runs_a_workbook_only_when_the_user_names_it(solved, tiny, tmp_path, capsys):
+    """A checkpoint names its workbook folder, and a shared run directory could name any Python:
+    `--resume` alone is refused, `--resume` with `--layers-from` the same folder continues."""
+    engine_bodies(solved)
+    flags = small_argv() + ["--data", tiny, "--epochs", "2", "--stop-after-steps", "2"]
+    assert main(["train", *flags, "--out", str(tmp_path / "run"), "--layers-from", solved]) == 0
+    capsys.readouterr()
+    latest = str(tmp_path / "run" / "checkpoints" / "ckpt-00000002.npz")
+    assert main(["train", "--resume", latest, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"alexnet: error: checkpoint {latest} trains on the workbook in {solved}, whose code a resume "
+                   f"runs: name it yourself (--layers-from {solved})\n"), err
+    assert main(["train", "--resume", latest, "--no-progress", "--layers-from", solved]) == 0
+
+
 def test_layers_from_is_refused_where_it_cannot_run(solved, tiny, tmp_path, capsys):
     with pytest.raises(UserError, match="on the CPU, one process or --parallel data"):
         TrainConfig(layers_from=solved, parallel="towers")

@@ -131,9 +131,13 @@ def test_neighbors_never_writes_into_the_dataset_it_searches(run, tmp_path, caps
     before = {p: open(p, "rb").read() for p in (searched, linked)}
     os.link(linked, tmp_path / "hard.jpg")
     (tmp_path / "soft.png").symlink_to(searched)
-    for out, message in ((searched, "is inside the dataset folder"),
-                         (os.path.join(data, "train", "a", "new.png"), "is inside the dataset folder"),
-                         (str(tmp_path / "soft.png"), "is inside the dataset folder"),
+    # a class folder that is a link to a folder elsewhere: where it leads is read as that class
+    shutil.move(os.path.join(data, "train", "c"), tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", os.path.join(data, "train", "c"))
+    for out, message in ((searched, f"is inside the class folder train/a of the dataset {data}"),
+                         (os.path.join(data, "train", "a", "new.png"), "is inside the class folder train/a"),
+                         (str(tmp_path / "soft.png"), "is inside the class folder train/a"),
+                         (str(tmp_path / "elsewhere" / "new.png"), "is inside the class folder train/c"),
                          (str(tmp_path / "hard.jpg"), f"is one of the files of the dataset {data} ("
                                                       f"{linked})")):
         assert main(["neighbors", "--checkpoint", ckpt, "--data", data, image, "--out", out]) == 2, out
@@ -141,3 +145,4 @@ def test_neighbors_never_writes_into_the_dataset_it_searches(run, tmp_path, caps
         assert err.count("\n") == 1 and message in err, err
     assert {p: open(p, "rb").read() for p in before} == before
     assert not os.path.exists(os.path.join(data, "train", "a", "new.png"))
+    assert not os.path.exists(tmp_path / "elsewhere" / "new.png")

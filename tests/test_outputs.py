@@ -224,15 +224,21 @@ def test_nothing_is_written_inside_a_dataset_the_command_reads(run, tmp_path, ca
     shutil.copytree(run[2], data)                 # a copy: a failing test must not spoil the others' data
     monkeypatch.setitem(experiments.EXPERIMENTS, "relu-vs-tanh", _no_work)
     for argv, said in ((["experiment", "relu-vs-tanh", "--data", data, "--out", os.path.join(data, "train", "e")],
-                        f"{data}/train/e is inside the dataset folder {data}"),
-                       (["experiment", "relu-vs-tanh", "--data", data, "--out", data], f"{data} is the dataset folder"),
-                       (["prepare", data, os.path.join(data, "train", "p")], f"{data}/train/p is inside the dataset "
-                                                                                f"folder {data}"),
-                       (["train", "--data", data, "--out", os.path.join(data, "train", "x"), *small_argv()],
-                        f"{data}/train/x is inside the dataset folder {data}")):
+                        f"{data}/train/e is inside the train/ folder of the dataset {data}"),
+                       (["experiment", "relu-vs-tanh", "--data", data, "--out", data],
+                        f"{data} is the dataset folder {data}"),
+                       (["prepare", data, os.path.join(data, "train", "p")], f"{data}/train/p is inside the train/ "
+                                                                                f"folder of the dataset {data}"),
+                       (["train", "--data", data, "--out", os.path.join(data, "val", "b", "x"), *small_argv()],
+                        f"{data}/val/b/x is inside the class folder val/b of the dataset {data}")):
         assert said in error_line(capsys, argv), argv
     assert sorted(os.listdir(data)) == ["train", "val"] and sorted(os.listdir(os.path.join(data, "train"))) == [
         "a", "b", "c"]
+    # beside the splits nothing is read: a run directory there is fine (`cd data; alexnet train --data .`)
+    monkeypatch.chdir(data)
+    assert main(["train", "--data", ".", "--epochs", "1", "--stop-after-steps", "1", "--out", "runs/r",
+                 *small_argv(workers=0)]) == 0
+    assert sorted(os.listdir(os.path.join(data, "train"))) == ["a", "b", "c"]
     exp = tmp_path / "exp"
     exp.mkdir()
     os.mkfifo(exp / "relu_vs_tanh.png")

@@ -343,3 +343,27 @@ def test_a_config_edited_against_its_schedule_state_is_refused(trained, tmp_path
     assert state["kind"] == "plateau" and line.startswith(
         f"alexnet: error: checkpoint {bad}: its learning-rate schedule state is for plateau (patience "
         f"{state['patience']}, max_drops {state['max_drops']}), its config makes "), line
+
+
+# a run's training state edited by hand: each entry with values a run never writes
+EDITED_STATE = [("lr", "x"), ("lr", 0), ("lr", None), ("step", -1), ("step", 1.5), ("epoch", "1"), ("batch", None),
+                ("best_top1", 2.0), ("best_epoch", -3), ("rng", "x"), ("rng", {"drop6": {"step": -1}}), ("rng", {}),
+                ("epoch_stats", "x"), ("epoch_stats", {"loss_sum": 0.0}), ("layer_lr_mults", {"fc8": -1}),
+                ("schedule", "x"), ("schedule", {"kind": ["plateau"]}), ("schedule.factor", 5.0),
+                ("schedule.best", "x"), ("schedule.drops", None), ("schedule.threshold", float("nan"))]
+
+
+@pytest.mark.parametrize("key, value", EDITED_STATE, ids=[f"{k}={v!r}" for k, v in EDITED_STATE])
+def test_an_edited_training_state_is_refused_in_one_line(trained, tmp_path, capsys, key, value):
+    """Tracebacks before (a ValueError for best "x", a KeyError for a missing entry), or used: a
+    schedule factor of 5 multiplied the rate by 5 at each plateau."""
+    arrays, meta = ckpt.load(os.path.join(trained[1], "checkpoints", "ckpt-00000006.npz"))
+    if key.startswith("schedule."):
+        meta["schedule"][key.split(".")[1]] = value
+    else:
+        meta[key] = value
+    bad = str(tmp_path / "edited" / "checkpoints" / "ckpt-00000006.npz")
+    os.makedirs(os.path.dirname(bad))
+    ckpt.save(bad, arrays, meta)
+    line = _one_error_line(capsys, main(["train", "--resume", bad, "--epochs", "3", "--no-progress"]))
+    assert line.startswith(f"alexnet: error: checkpoint {bad}"), line

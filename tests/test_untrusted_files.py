@@ -344,9 +344,20 @@ def test_finite_weights_that_overflow_are_said_so_not_printed_as_nan(trained, tm
     w[0, :] = 3e38
     huge = rewrite(path, tmp_path / "huge.npz", {"model/fc6.W": w})
     data = os.path.dirname(os.path.dirname(os.path.dirname(image)))
-    for argv in (["predict", "--checkpoint", huge, image], ["eval", "--checkpoint", huge, "--data", data]):
+    arrays, meta = ckpt.load(path)
+    scaled = rewrite(path, tmp_path / "scaled.npz", meta={**meta, "input_scale": 1e37})
+    for argv, culprit in ((["predict", "--checkpoint", huge, image], "largest |weight| 3e+38 in fc6.W"),
+                          (["eval", "--checkpoint", huge, "--data", data], "largest |weight| 3e+38 in fc6.W"),
+                          (["predict", "--checkpoint", scaled, image], "its input scale is 1e+37")):
         line = one_error_line(capsys, argv)
-        assert "the model's outputs are not finite" in line and "largest |weight| 3e+38 in fc6.W" in line, line
+        assert "the model's outputs are not finite" in line and culprit in line, line
+    # from moderate weights, mean and scale a NaN is a bug of ours: raised as one, not the user's error
+    from alexnet.app.checkpoint import load_model
+    from alexnet.app.preprocess import check_finite_outputs
+    model, _, prep = load_model(path)
+    with pytest.raises(RuntimeError, match="all moderate"):
+        check_finite_outputs(np.array([[0.5, np.nan]]), model, prep)
+    check_finite_outputs(np.array([[0.5, 0.25]]), model, prep)
 
 
 # ---- 3. the reader's state is its own ---------------------------------------------------------------
