@@ -176,7 +176,7 @@ class TrainConfig:
     weight_decay: float = option(5e-4, "weight decay of the paper's update rule", check=finite_at_least(0),
                                  metavar="WD")
     init: str = option(None, "weight init preset (engine/init.py)", choices=PRESETS)
-    seed: int = option(0, "seed of the init, data order, augmentation and dropout", metavar="S")
+    seed: int = option(0, "seed of the init, data order, augmentation and dropout", check=at_least(0), metavar="S")
     device: str = option("cpu", "where to train", resume=MAY_CHANGE, choices=DEVICES, usable=usable_device)
     precision: str = option("fp32", "arithmetic on the GPU: fp32 (strict float32), tf32 (the matrix products on TF32 "
                                     "tensor cores), bf16 (BF16 activations and products, float32 master weights and "

@@ -242,10 +242,19 @@ def is_prepared(path):
     return os.path.isfile(os.path.join(path, "meta.json"))
 
 
+def check_data_folder(root):
+    """A dataset is a folder (an image folder, or one `alexnet prepare` wrote)."""
+    if os.path.isdir(root):
+        return
+    if os.path.exists(root):
+        raise UserError(f"data folder {root} is a file, not a folder (give the folder that holds train/ and val/, "
+                        f"or a prepared dataset's folder)")
+    raise UserError(f"data folder {root} not found")
+
+
 def peek_classes(root):
     """The class names of DIR without scanning files: enough to size the model's last layer."""
-    if not os.path.isdir(root):
-        raise UserError(f"data folder {root} not found")
+    check_data_folder(root)
     if is_prepared(root):
         try:
             with open(os.path.join(root, "classes.json")) as f:
@@ -396,8 +405,7 @@ def open_dataset(root, size, strict=False, need_train=True, mean_samples=1000):
     was prepared at (callers check that it is at least their crop). With need_train=False only
     val is required (evaluation).
     """
-    if not os.path.isdir(root):
-        raise UserError(f"data folder {root} not found")
+    check_data_folder(root)
     if is_prepared(root):
         return _open_prepared(root, need_train)
     return _open_folder(root, size, strict, need_train, mean_samples)

@@ -50,6 +50,7 @@ def test_a_new_run_takes_the_flags_given_and_the_defaults():
     (["--momentum", "-1"], "--momentum must be a finite number >= 0, got -1"),
     (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
     (["--workers", "-1"], "--workers must be at least 0, got -1"),
+    (["--seed", "-1"], "--seed must be at least 0, got -1"),
     (["--freeze", "conv1"], "--freeze and --pretrained-lr-mult go with --init-from CKPT (fine-tuning)"),
     (["--save-every", "0"], "--save-every takes a number of steps"),
     (["--model", "convnet4", "--groups", "1"], "convnet4 has no option groups (it takes activation)"),

@@ -38,6 +38,11 @@ def test_a_users_error_is_one_line_unless_debugging(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "app/data.py" in err       # where it was raised
     assert err.endswith(f"alexnet: error: data folder {missing} not found\n")
+    monkeypatch.delenv("ALEXNET_DEBUG")
+    (tmp_path / "meta.json").write_text("{}")            # a prepared dataset's file, given for its folder
+    assert main(["train", "--data", str(tmp_path / "meta.json"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith(f"alexnet: error: data folder {tmp_path / 'meta.json'} is a file, "
+                                              f"not a folder")
 
 
 def test_the_users_errors_and_the_bugs():
