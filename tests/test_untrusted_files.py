@@ -172,16 +172,24 @@ def test_views_of_one_storage_are_copied_at_most_twice_its_size(tmp_path):
 
 
 def test_tensors_that_share_a_storage_on_purpose_load(tmp_path):
-    """Slices of one flat parameter buffer, one of them also saved transposed (a tied weight), and
-    a whole storage: what real state dicts share stays under the copy bound."""
-    flat, whole = Storage("0", 12), Storage("1", 4)
-    state = collections.OrderedDict(a=tensor(flat, (2, 3), (3, 1)), b=tensor(flat, (3, 2), (2, 1), offset=6),
-                                    bt=tensor(flat, (2, 3), (1, 2), offset=6), c=tensor(whole, (2, 2), (2, 1)))
-    path = torch_zip(tmp_path / "shared.pth", dumps(state), [("0", np.arange(12, dtype="<f4").tobytes()),
+    """Halves of one flat parameter buffer, one of them also saved transposed (a tied weight), and
+    a whole storage: what real state dicts share stays under the copy bound. Large enough (the
+    three copies, 72 MiB, against a 48 MiB buffer) that a bound of one buffer's bytes plus the
+    slack would refuse it."""
+    rows, cols = 3, 1 << 21                                   # 24 MiB per half
+    half = rows * cols
+    flat, whole = Storage("0", 2 * half), Storage("1", 4)
+    state = collections.OrderedDict(a=tensor(flat, (rows, cols), (cols, 1)),
+                                    b=tensor(flat, (cols, rows), (rows, 1), offset=half),
+                                    bt=tensor(flat, (rows, cols), (1, rows), offset=half),
+                                    c=tensor(whole, (2, 2), (2, 1)))
+    values = np.arange(2 * half, dtype="<f4")
+    path = torch_zip(tmp_path / "shared.pth", dumps(state), [("0", values.tobytes()),
                                                              ("1", np.ones(4, "<f4").tobytes())])
+    assert 3 * half * 4 > 2 * half * 4 + torch_format.COPY_SLACK        # more than one buffer's bytes + slack
     read = torch_format.load(str(path))
-    np.testing.assert_array_equal(read["a"], [[0, 1, 2], [3, 4, 5]])
-    np.testing.assert_array_equal(read["b"], [[6, 7], [8, 9], [10, 11]])
+    np.testing.assert_array_equal(read["a"], values[:half].reshape(rows, cols))
+    np.testing.assert_array_equal(read["b"], values[half:].reshape(cols, rows))
     np.testing.assert_array_equal(read["bt"], read["b"].T)
     np.testing.assert_array_equal(read["c"], np.ones((2, 2)))
 
