@@ -129,8 +129,8 @@ def check_finite_outputs(values, model, prep):
         return
     size, name = max((float(np.abs(backend.to_numpy(layer.params[key])).max(initial=0.0)), full)
                      for full, layer, key in model.named_parameters())
-    culprits = [(size, f"largest |weight| {size:.3g} in {name}"),
-                (float(np.abs(prep.mean).max()), f"its mean reaches {float(np.abs(prep.mean).max()):.3g}"),
+    mean = float(np.abs(prep.mean).max())
+    culprits = [(size, f"largest |weight| {size:.3g} in {name}"), (mean, f"its mean reaches {mean:.3g}"),
                 (prep.input_scale, f"its input scale is {prep.input_scale:.3g}")]
     large = [what for value, what in culprits if value > HUGE]
     if not large:

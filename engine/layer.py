@@ -54,6 +54,7 @@ BF16_STORAGE = np.uint16     # BF16 activations on the CUDA path (kernels/ops.py
 class Layer:
     precision = "fp32"       # set by Sequential.to; the CUDA path reads it
     low_param_keys = ()      # the params the products read, kept as BF16 copies under bf16
+    absorbs = None           # (layer type, attribute): what `absorb` takes over, and where it keeps it
     def __init__(self):
         self.params = {}
         self.grads = {}
@@ -102,13 +103,21 @@ class Layer:
 
     # ---- fusion and precision (see the module docstring) -------------------------------------------
     def absorb(self, following):
-        """Take over `following` if this layer can; True when it did."""
-        return False
+        """Take over `following` if it is of the type `absorbs` names (exactly: a subclass may
+        compute something else); True when it did. Both keep the link: this layer in its
+        attribute, `following` in `fused_into`."""
+        if self.absorbs is None or type(following) is not self.absorbs[0]:
+            return False
+        setattr(self, self.absorbs[1], following)
+        following.fused_into = self
+        return True
 
     def unfuse(self):
         """Forget what absorb set (a Sequential does this before it absorbs: a copied layer must
         not keep its original's partner)."""
         self.fused_into = None
+        if self.absorbs is not None:
+            setattr(self, self.absorbs[1], None)
 
     def gemm_param(self, key):
         """The array the products read for params[key]: its BF16 copy under bf16, else itself."""

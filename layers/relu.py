@@ -63,14 +63,5 @@ class AbsorbsReLU:
     absorbed (engine/layer.py): the layer's `relu` is set, and the ReLU passes its input and
     gradient through on the GPU. Only a plain ReLU: a subclass may compute something else."""
 
+    absorbs = (ReLU, "relu")
     relu = None
-
-    def absorb(self, following):
-        if type(following) is not ReLU:
-            return False
-        self.relu, following.fused_into = following, self
-        return True
-
-    def unfuse(self):
-        super().unfuse()
-        self.relu = None
