@@ -31,8 +31,8 @@ Reference loops: layers/reference.py conv_forward / conv_backward / conv_backwar
 How it is computed fast. The loops of layers/reference.py compute the sums above as written; the
 CPU path computes the same numbers with one of two optimisations behind one interface, each in
 its own module with its own derivation: im2col (layers/conv_im2col.py: patches copied into a
-matrix, one GEMM per group) and Winograd F(2x2, 3x3) and F(2x2, 5x5) (layers/conv_winograd.py:
-stride-1 kernels, about half and 0.4 times the multiplications). `algorithm="auto"` takes Winograd
+matrix, one GEMM per group) and Winograd F(2x2, 3x3) and F(4x4, 5x5) (layers/conv_winograd.py:
+stride-1 kernels, about half and a sixth of the multiplications). `algorithm="auto"` takes Winograd
 where it pays (AlexNet's conv2-5) and im2col elsewhere (conv1); `alexnet summary` says which each
 layer uses and why. The batch is cut into chunks of a few samples run on every core
 (engine/threads.py).

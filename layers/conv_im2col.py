@@ -50,7 +50,7 @@ def why(conv):
     K, S = conv.kernel_size, conv.stride
     if conv.algorithm == "im2col":
         return f"im2col: chosen with algorithm='im2col' ({K}x{K} stride {S}: one GEMM per group)"
-    return f"im2col: {K}x{K} stride {S} (Winograd F(2x2,3x3) takes only 3x3 stride 1): one GEMM per group"
+    return f"im2col: {K}x{K} stride {S} (Winograd takes only 3x3 and 5x5 stride 1): one GEMM per group"
 
 
 def samples_per_chunk(conv, in_shape):

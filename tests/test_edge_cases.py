@@ -276,10 +276,13 @@ def _conv(C, O, K, S, P, G, shape, m_factor=1):
 
 # conv 5x5/2 runs im2col on every path; 3x3/1 runs Winograd F(2x2, 3x3) on the NumPy path, whose
 # transforms add and subtract up to 4 terms on each side before the products and 4 after them:
-# its error bound is a small multiple of the direct sum's (4x here)
+# its error bound is a small multiple of the direct sum's (4x here). 5x5/1 runs F(4x4, 5x5) there,
+# whose transforms' coefficients reach 21 (B^T) and 8 (A^T): measured, its errors stay inside the
+# direct sum's own bound (a factor of 1 passes), held at 4x as the 3x3's
 SPECS = {s.name: s for s in (_relu(), _tanh(), _lrn(5, 1e-4, 0.75, 2.0), _lrn(3, 1e-2, 0.6, 1.0), _maxpool(),
                              _avgpool(), _dropout(), _dense(), _conv(4, 4, 5, 2, 2, 2, (2, 4, 7, 6)),
-                             _conv(2, 3, 3, 1, 1, 1, (1, 2, 5, 6), m_factor=4))}
+                             _conv(2, 3, 3, 1, 1, 1, (1, 2, 5, 6), m_factor=4),
+                             _conv(4, 4, 5, 1, 2, 2, (2, 4, 9, 10), m_factor=4))}
 
 
 def check_layer(backend, spec, x, dout, params):
@@ -400,7 +403,7 @@ def test_loss_of_non_finite_logits_follows_float64(backend, logits, label):
 # ---- every layer: large magnitudes, all-zero and all-negative input, subnormals, NaN and infinities ------
 LARGE = [("relu", 1e30), ("tanh", 1e4), ("lrn5", 1e2), ("lrn5", 1e4), ("lrn5", 1e12), ("lrn3", 1e4),
          ("maxpool", 1e30), ("avgpool", 1e30), ("dropout", 1e30), ("dense", 1e4), ("conv5x5/2", 1e4),
-         ("conv3x3/1", 1e4)]
+         ("conv3x3/1", 1e4), ("conv5x5/1", 1e4)]
 
 
 @pytest.mark.parametrize("name,gain", LARGE, ids=[f"{n}-{g:g}" for n, g in LARGE])
@@ -455,7 +458,7 @@ def test_subnormals_into_relu_and_maxpool_on_each_path(backend):
     assert np.argmax(dx.ravel()) == (0 if backend.flushes_subnormals else 1)
 
 
-NON_FINITE = [name for name in SPECS if name != "conv3x3/1"]  # Winograd: test_winograd_spreads_nan_over_tiles
+NON_FINITE = [name for name in SPECS if name not in ("conv3x3/1", "conv5x5/1")]  # Winograd: test_winograd_spreads_nan_over_tiles
 
 
 @pytest.mark.parametrize("name", NON_FINITE)

@@ -100,11 +100,41 @@ def test_conv_algorithm_choice_and_bad_values():
     assert Conv2d(4, 4, 5, padding=2, algorithm="winograd").cpu_algorithm() is conv_winograd
     assert "stride 1" in Conv2d(4, 4, 3, padding=1).algorithm_reason()
     assert "5x5" in Conv2d(4, 4, 5, padding=2).algorithm_reason()
-    assert "36 products per 2x2 output tile where im2col has 100" in Conv2d(96, 256, 5, padding=2).algorithm_reason()
+    assert "64 products per 4x4 output tile where im2col has 400" in Conv2d(96, 256, 5, padding=2).algorithm_reason()
+    assert "16 products per 2x2 output tile where im2col has 36" in Conv2d(4, 4, 3, padding=1).algorithm_reason()
     with pytest.raises(ValueError, match="algorithm must be one of auto, im2col, winograd"):
         Conv2d(4, 4, 3, algorithm="fft")
     with pytest.raises(ValueError, match=r"winograd' needs a 3x3 or 5x5 kernel with stride 1, got 7x7 with stride 1"):
         Conv2d(4, 4, 7, algorithm="winograd")
+
+
+def test_winograd_transforms_from_their_points():
+    """transforms(m, r) builds F(2x2, 3x3)'s matrices as layers/conv_winograd.py prints them, and
+    F(2x2, 5x5)'s as they were written by hand before (integer B^T rows); every point set gives the
+    1-D identity A^T [(G g) * (B^T d)] = the m outputs of correlating d with g, and its 2-D
+    Kronecker form the same on a tile."""
+    BT, G, AT = conv_winograd.transforms(2, 3)
+    np.testing.assert_array_equal(BT, [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, -1, 0, 1]])
+    np.testing.assert_array_equal(G, [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    np.testing.assert_array_equal(AT, [[1, 1, 1, 0], [0, 1, -1, 1]])
+    BT, G, AT = conv_winograd.transforms(2, 5)
+    np.testing.assert_array_equal(BT, [[4, 0, -5, 0, 1, 0], [0, 4, 4, -1, -1, 0], [0, -4, 4, 1, -1, 0],
+                                       [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]])
+    np.testing.assert_allclose(G[:, 0], [1 / 4, 1 / 6, 1 / 6, 1 / 24, 1 / 24, 0], rtol=1e-15)
+    rng = np.random.default_rng(5)
+    for m, r in conv_winograd.POINTS:
+        BT, G, AT = conv_winograd.transforms(m, r)
+        a = m + r - 1
+        assert BT.shape == (a, a) and G.shape == (a, r) and AT.shape == (m, a)
+        assert (BT == np.round(BT)).all()                        # integer rows: exact in float32
+        d, g = rng.standard_normal(a), rng.standard_normal(r)
+        np.testing.assert_allclose(AT @ ((G @ g) * (BT @ d)), np.correlate(d, g, "valid"), rtol=0, atol=1e-13)
+        Bk, Gk, Ak = conv_winograd.matrices(np.float64, r, m)
+        d2, g2 = rng.standard_normal((a, a)), rng.standard_normal((r, r))
+        direct = [[np.sum(d2[i:i + r, j:j + r] * g2) for j in range(m)] for i in range(m)]
+        np.testing.assert_allclose((Ak @ ((Gk @ g2.ravel()) * (Bk @ d2.ravel()))).reshape(m, m), direct,
+                                   rtol=0, atol=1e-12)
+    assert conv_winograd.matrices(np.float32, 5)[0].shape == (64, 64)           # the layer's F(4x4, 5x5)
 
 
 @pytest.mark.parametrize("shape,K,padding,groups", [((5, 6, 13, 13), 3, 1, 2), ((2, 4, 8, 11), 3, 1, 1),

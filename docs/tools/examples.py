@@ -182,12 +182,12 @@ def winograd_example():
     products), Y = A^T M A, held to the direct sum, to Conv2d(algorithm="winograd") and to the
     reference loops. The 4x4 and 4x3 matrices are layers/conv_winograd.py's; the layer itself uses
     their Kronecker products (conv_winograd.matrices) on flattened tiles, checked equal here."""
-    BT, G, AT = conv_winograd.KERNELS[3]
+    BT, G, AT = conv_winograd.transforms(2, 3)
     V = BT @ WINO_D @ BT.T
     U = G @ WINO_G @ G.T
     M = U * V
     Y = AT @ M @ AT.T
-    Bk, Gk, Ak = conv_winograd.matrices(np.float64)
+    Bk, Gk, Ak = conv_winograd.matrices(np.float64, 3, 2)
     _same("kron(B^T, B^T) vec(d)", (Bk @ WINO_D.ravel()).reshape(4, 4), V)
     _same("kron(G, G) vec(g)", (Gk @ WINO_G.ravel()).reshape(4, 4), U)
     _same("kron(A^T, A^T) vec(M)", (Ak @ M.ravel()).reshape(2, 2), Y)
