@@ -30,8 +30,8 @@ spread out, the transforms' coefficients grow, and float32 rounding grows with t
 Their float32 error, measured against float64 direct sums over 256 channels of normal data
 (largest error over the mean output): 2e-6 for F(2x2, 3x3), 3e-5 for F(4x4, 5x5) (F(2x2, 5x5):
 2e-5), where the direct float32 sum has 5e-7; the point sets are the most accurate of those tried.
-Measured on 2 cores at batch 32 (bench/cpu_step.py, docs/benchmarks.md): conv2 forward+backward
-166-202 ms with F(2x2, 5x5), 105-117 ms with F(4x4, 5x5). For the 3x3 layers' 13x13 outputs
+Measured on 2 cores in the batch-32 step (bench/cpu_step.py, alternating; docs/benchmarks.md):
+conv2 forward+backward 178-194 ms with F(2x2, 5x5), 106-136 ms with F(4x4, 5x5). For the 3x3 layers' 13x13 outputs
 F(3x3, 3x3) and F(4x4, 3x3) were no faster (27% fewer products, but smaller ones, which BLAS runs
 less well), so they keep the most accurate tile.
 Not in IEEE arithmetic at NaN and infinity: the transforms multiply every pixel of a tile by the
