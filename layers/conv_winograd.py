@@ -65,6 +65,7 @@ in im2col; tiles are ordered (n, tile row, tile column), so T = n * TH * TW.
 The interface Conv2d calls is layers/conv_im2col.py's: prepare_weights (here U, the transformed
 filters, once per forward), forward_chunk (saves V) and backward_chunk.
 """
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -125,9 +126,8 @@ def transforms(m, r):
         cols = [_solve(eqs, [Fraction(l == i + k) for i in range(m) for k in range(r)]) for l in range(a)]
         BT = [[cols[l][j] for l in range(a)] for j in range(a)]
         for j in range(a):              # row j of B^T times s, row j of G over s: the product is unchanged
-            denominators = np.lcm.reduce([v.denominator for v in BT[j]])
-            numerators = [int(v * denominators) for v in BT[j]]
-            s = Fraction(int(denominators), np.gcd.reduce(numerators))
+            denominators = math.lcm(*(v.denominator for v in BT[j]))
+            s = Fraction(denominators, math.gcd(*(int(v * denominators) for v in BT[j])))
             s = -s if next(v for v in G[j] if v) * s < 0 else s         # G's first entry positive
             BT[j] = [v * s for v in BT[j]]
             G[j] = [v / s for v in G[j]]
