@@ -24,7 +24,12 @@ from conftest import make_folder, small_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "mpi_worker.py")
-SMALL = small_argv(batch_size=16, dropout=0.5, augment="paper", log_every=1)
+# Dropout off in the float32 runs compared across processes and threads: with dropout and the
+# paper's augmentation on, this 4-step run is chaotic enough that one process on 1 thread and on 2
+# (float32 sums in another order, nothing else) ends with velocities 50% apart (fc7.b; measured),
+# which would make every yardstick below vacuous. That 2 ranks draw one process's dropout masks
+# and augmentation is the float64 test's to show (train64 below: both on, to 1e-12).
+SMALL = small_argv(batch_size=16, dropout=0.0, augment="paper", log_every=1)
 TIMEOUT = 180
 
 
