@@ -16,10 +16,12 @@ coefficient: the point infinity), B^T carries the input to the same points, the 
 there, and A^T interpolates back. With alpha = m + r - 1 points (alpha - 1 finite ones and
 infinity) the same construction gives F(m x m, r x r) for any m: alpha x alpha input tiles,
 alpha^2 products per m x m output tile where the direct sum has m^2 r^2. `transforms(m, r)` builds
-the three matrices from the points in exact rational arithmetic (A^T[i, j] = p_j^i, G[j, k] =
-p_j^k / prod_{l != j} (p_j - p_l), and B^T the one matrix that makes the identity hold, its rows
-scaled to integers); for F(2x2, 3x3) it gives the matrices above (Lavin and Gray's, up to
-the sign of the point infinity's column and row).
+the three matrices from the points in exact rational arithmetic: A^T[i, j] = p_j^i, G[j, k] =
+p_j^k / prod_{l != j} (p_j - p_l) (infinity's row and column pick the leading coefficients), and
+B^T the one matrix that makes the identity hold; then each row j of B^T is multiplied by the s_j
+that makes it primitive integers (exact in float32) and row j of G divided by it, the sign chosen
+so that G's first nonzero entry is positive. For F(2x2, 3x3) that gives the matrices above (Lavin
+and Gray's, up to the sign of the point infinity's column and row).
 
 Which tile. Larger tiles need fewer products per output (alpha^2 / m^2) and, as much, fewer
 transformed tiles to write and read, which on a CPU cost as much as the products; but the points
@@ -32,8 +34,8 @@ Their float32 error, measured against float64 direct sums over 256 channels of n
 2e-5), where the direct float32 sum has 5e-7; the point sets are the most accurate of those tried.
 Measured on 2 cores in the batch-32 step (bench/cpu_step.py, alternating; docs/benchmarks.md):
 conv2 forward+backward 178-194 ms with F(2x2, 5x5), 106-136 ms with F(4x4, 5x5). For the 3x3 layers' 13x13 outputs
-F(3x3, 3x3) and F(4x4, 3x3) were no faster (27% fewer products, but smaller ones, which BLAS runs
-less well), so they keep the most accurate tile.
+F(3x3, 3x3) and F(4x4, 3x3) were no faster (20% and 27% fewer products, but smaller ones, which
+BLAS runs less well), so they keep the most accurate tile.
 Not in IEEE arithmetic at NaN and infinity: the transforms multiply every pixel of a tile by the
 zeros of B too, so a non-finite input makes all m x m outputs of each tile whose input tile holds
 it NaN (for 3x3 kernels up to 4 tiles, 16 outputs, where the direct sum has 9 non-finite).
@@ -83,8 +85,8 @@ _TRANSFORMS, _MATS = {}, {}
 
 
 def _solve(rows, rhs):
-    """x with rows @ x = rhs, in Fractions (Gauss-Jordan; the system may have more equations than
-    unknowns but must be consistent)."""
+    """The one x with rows @ x = rhs, in Fractions (Gauss-Jordan; the system may have more equations
+    than unknowns but must be consistent and of full rank)."""
     aug = [list(row) + [v] for row, v in zip(rows, rhs)]
     n, pivots, top = len(rows[0]), [], 0
     for col in range(n):
@@ -101,6 +103,8 @@ def _solve(rows, rhs):
         top += 1
     if any(row[-1] != 0 for row in aug[top:]):
         raise ArithmeticError("the Winograd identity has no solution for these points")
+    if len(pivots) < n:             # distinct points give a unique B^T; repeated ones would not
+        raise ArithmeticError("the Winograd identity does not fix B^T for these points")
     x = [Fraction(0)] * n
     for i, col in enumerate(pivots):
         x[col] = aug[i][-1]
