@@ -75,7 +75,10 @@ class Dense(AbsorbsReLU, Layer):
         return out, DenseCache(x, out if self.relu is not None else None)
 
     def _forward_chunk(self, x, W, b, out):
-        np.add(x @ W.T, b, out=out)
+        # W x^T, transposed as the bias is added: the same products as x W^T, but OpenBLAS runs a
+        # skinny product faster with the long side as its rows (measured on one core, half of fc6:
+        # 9.8 against 15.9 ms at batch 32, 27 against 32 ms at batch 128)
+        np.add((W @ x.T).T, b, out=out)
         if self.relu is not None:             # an absorbed ReLU, on the chunk just written
             np.maximum(out, 0, out=out)
 
