@@ -14,13 +14,32 @@ that what a hostile file makes the program take shows as an error, never as this
 
 pytest puts this folder on sys.path (the test folder has no __init__.py), so a script the tests
 start, such as tests/mpi_worker.py, imports these helpers with `from conftest import ...`.
+
+The tests import the installed package (tests/test_structure.py). Before collecting anything,
+pytest_configure checks that it is this checkout's: another clone's editable install, or a stale
+one whose folder is gone, would otherwise make every test file fail to import, or test the other
+checkout's code.
 """
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+def pytest_configure(config):
+    here = Path(__file__).resolve().parent.parent
+    try:
+        import alexnet.app
+        found = Path(alexnet.app.__file__).resolve().parent
+    except ImportError as e:
+        found = e
+    if found != here / "app":
+        what = f"imports from {found}" if isinstance(found, Path) else f"does not import ({found})"
+        pytest.exit(f"alexnet.app {what}, not from this checkout ({here}): run pip install -e '.[test]' in it "
+                    f"first, as the README says", returncode=pytest.ExitCode.USAGE_ERROR)
+
 
 # The small run's settings, as TrainConfig fields; epochs is set per test.
 SMALL_RUN = dict(model="alexnet-small", batch_size=6, init="he", input_scale=1 / 64, workers=1, log_every=2)

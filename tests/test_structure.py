@@ -123,6 +123,20 @@ def test_tests_import_the_installed_package():
         assert "sys.path.insert" not in path.read_text() or path.name == "test_structure.py", path.name
 
 
+def test_pytest_stops_at_once_when_another_checkout_is_installed(tmp_path):
+    """An `alexnet` found first elsewhere (here a folder on PYTHONPATH, as another clone's install
+    would be): tests/conftest.py stops the run before collecting, in one line saying what to do."""
+    (tmp_path / "alexnet" / "app").mkdir(parents=True)
+    (tmp_path / "alexnet" / "app" / "__init__.py").write_text("")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_errors.py"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    said = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, said[-2000:]
+    assert f"alexnet.app imports from {tmp_path / 'alexnet' / 'app'}, not from this checkout ({ROOT})" in said
+    assert "pip install -e '.[test]'" in said and "collected" not in said
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     """A regular (non-editable) wheel of the project, built the way `pip install .` builds it."""
