@@ -116,16 +116,14 @@ def _why_not(folder):
         return "permission denied"
 
 
-def check_outside_dataset(path, root, images=()):
+def check_outside_dataset(path, root):
     """Refuse output ``path`` (a file or a folder the command writes) when it would land where the
     dataset ``root`` the command reads is read from: the dataset folder itself, its train/ and val/
     splits and every class folder in them, each compared after following links (a class folder
     that is a link to elsewhere counts where it leads), and all of a prepared dataset's folder. A
     new picture in train/<class>/ would be a training image of that class, and a new folder in
     train/ a class, the next time the folder is read; the root's other folders are never read, so
-    a run directory beside train/ is fine. It costs a listing of the two splits, not of the images.
-    ``images``: the dataset's files (a hard link to one from anywhere is refused by device and
-    inode, checked only when the output already exists: a stat per image)."""
+    a run directory beside train/ is fine. It costs a listing of the two splits, not of the images."""
     try:
         real = os.path.realpath(path)
         areas = _dataset_areas(root)
@@ -137,6 +135,12 @@ def check_outside_dataset(path, root, images=()):
                      f"is {'the' if real == area else 'inside the'} {what} of the dataset {root}")
             raise UserError(f"{path} {where}, an input of this command: refusing to write there (write "
                             f"outside the dataset's splits)")
+
+
+def check_not_an_image_of(path, root, images):
+    """Refuse output ``path`` when it already exists as one of ``images``, the files of dataset
+    ``root`` (a hard link to one, from anywhere: by device and inode; a stat per image, so only
+    where the output exists). check_outside_dataset covers the dataset's own folders."""
     try:
         st = os.stat(path)
     except OSError:

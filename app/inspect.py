@@ -207,7 +207,7 @@ def dataset_files(ds):
 def cmd_neighbors(args):
     from alexnet.app.checkpoint import load_model
     from alexnet.app.data import open_dataset
-    from alexnet.app.files import check_output, check_outside_dataset, write_png
+    from alexnet.app.files import check_not_an_image_of, check_output, check_outside_dataset, write_png
     if args.k < 1 or args.limit < 1 or args.batch_size < 1:
         raise UserError("--k, --limit and --batch-size must be at least 1")
     inputs = [args.checkpoint, *args.images]
@@ -220,7 +220,7 @@ def cmd_neighbors(args):
     ds = open_dataset(args.data, model.resize_size, mean_samples=0)     # the checkpoint has its own mean
     if ds.classes != meta["classes"]:
         raise UserError(f"{args.data} has other classes than the checkpoint was trained on")
-    check_outside_dataset(args.out, args.data, dataset_files(ds))       # a link to an image from elsewhere
+    check_not_an_image_of(args.out, args.data, dataset_files(ds))       # a link to an image from elsewhere
     feats, pixels, crops, labels = _train_crops_and_features(model, ds, prep, args.limit, args.batch_size)
     k = min(args.k, len(feats))
     by_features, _ = nearest(hidden_features(model, x), feats, k)
