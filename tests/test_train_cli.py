@@ -247,18 +247,28 @@ def test_eval_on_other_classes_names_them(trained, tmp_path, capsys):
                          "only in the checkpoint: c)"), line
 
 
+def _edited_checkpoint(run, tmp_path, step, edit):
+    """The run's checkpoint of `step` with `edit(arrays, meta)` applied, saved alone in a run directory
+    of its own under tmp_path: its path."""
+    name = f"ckpt-{step:08d}.npz"
+    arrays, meta = ckpt.load(os.path.join(run, "checkpoints", name))
+    edit(arrays, meta)
+    edited = str(tmp_path / "edited" / "checkpoints" / name)
+    os.makedirs(os.path.dirname(edited))
+    ckpt.save(edited, arrays, meta)
+    return edited
+
+
 def test_resuming_a_checkpoint_with_nan_weights_says_so(trained, tmp_path, capsys):
-    data, run = trained
-    arrays, meta = ckpt.load(os.path.join(run, "checkpoints", "ckpt-00000003.npz"))
-    arrays["model/conv1.W"] = arrays["model/conv1.W"].copy()
-    arrays["model/conv1.W"][0, 0, 0, :2] = [np.nan, np.inf]
-    bad = str(tmp_path / "bad" / "checkpoints" / "ckpt-00000003.npz")
-    os.makedirs(os.path.dirname(bad))
-    ckpt.save(bad, arrays, meta)
+    def poison(arrays, meta):
+        arrays["model/conv1.W"] = arrays["model/conv1.W"].copy()
+        arrays["model/conv1.W"][0, 0, 0, :2] = [np.nan, np.inf]
+    bad = _edited_checkpoint(trained[1], tmp_path, 3, poison)
+    size = ckpt.load(bad)[0]["model/conv1.W"].size
     rc = main(["train", "--resume", bad, "--no-progress"])
     line = _one_error_line(capsys, rc)
     assert line == (f"alexnet: error: checkpoint {bad} has non-finite weights (model/conv1.W: 2 of "
-                    f"{arrays['model/conv1.W'].size} NaN/inf): the run had already diverged when it was saved; "
+                    f"{size} NaN/inf): the run had already diverged when it was saved; "
                     f"resume from an earlier checkpoint with a lower --lr")
 
 
@@ -268,15 +278,12 @@ def test_resuming_a_checkpoint_with_nan_weights_says_so(trained, tmp_path, capsy
     (None, "has no training mean"),
 ])
 def test_resuming_a_checkpoint_with_a_bad_mean_is_refused(trained, tmp_path, capsys, mean, reason):
-    data, run = trained
-    arrays, meta = ckpt.load(os.path.join(run, "checkpoints", "ckpt-00000003.npz"))
-    if mean is None:
-        del arrays["data/mean"]
-    else:
-        arrays["data/mean"] = mean
-    bad = str(tmp_path / "bad" / "checkpoints" / "ckpt-00000003.npz")
-    os.makedirs(os.path.dirname(bad))
-    ckpt.save(bad, arrays, meta)
+    def replace_mean(arrays, meta):
+        if mean is None:
+            del arrays["data/mean"]
+        else:
+            arrays["data/mean"] = mean
+    bad = _edited_checkpoint(trained[1], tmp_path, 3, replace_mean)
     rc = main(["train", "--resume", bad, "--no-progress"])
     line = _one_error_line(capsys, rc)
     assert line.startswith(f"alexnet: error: checkpoint {bad}") and line.endswith(reason), line
@@ -307,11 +314,7 @@ EDITED_CONFIGS = [(name, value) for name in FIELDS for value in _SAMPLES if _imp
 def _resume_edited(run, tmp_path, capsys, name, value):
     """`train --resume` from the run's last checkpoint with meta["config"][name] = value: (its path, the
     error line)."""
-    arrays, meta = ckpt.load(os.path.join(run, "checkpoints", "ckpt-00000006.npz"))
-    meta["config"][name] = value
-    bad = str(tmp_path / "edited" / "checkpoints" / "ckpt-00000006.npz")
-    os.makedirs(os.path.dirname(bad))
-    ckpt.save(bad, arrays, meta)
+    bad = _edited_checkpoint(run, tmp_path, 6, lambda arrays, meta: meta["config"].__setitem__(name, value))
     return bad, _one_error_line(capsys, main(["train", "--resume", bad, "--epochs", "3", "--no-progress"]))
 
 
@@ -357,13 +360,11 @@ EDITED_STATE = [("lr", "x"), ("lr", 0), ("lr", None), ("step", -1), ("step", 1.5
 def test_an_edited_training_state_is_refused_in_one_line(trained, tmp_path, capsys, key, value):
     """Tracebacks before (a ValueError for best "x", a KeyError for a missing entry), or used: a
     schedule factor of 5 multiplied the rate by 5 at each plateau."""
-    arrays, meta = ckpt.load(os.path.join(trained[1], "checkpoints", "ckpt-00000006.npz"))
-    if key.startswith("schedule."):
-        meta["schedule"][key.split(".")[1]] = value
-    else:
-        meta[key] = value
-    bad = str(tmp_path / "edited" / "checkpoints" / "ckpt-00000006.npz")
-    os.makedirs(os.path.dirname(bad))
-    ckpt.save(bad, arrays, meta)
+    def edit(arrays, meta):
+        if key.startswith("schedule."):
+            meta["schedule"][key.split(".")[1]] = value
+        else:
+            meta[key] = value
+    bad = _edited_checkpoint(trained[1], tmp_path, 6, edit)
     line = _one_error_line(capsys, main(["train", "--resume", bad, "--epochs", "3", "--no-progress"]))
     assert line.startswith(f"alexnet: error: checkpoint {bad}"), line
